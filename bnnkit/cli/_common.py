@@ -1,0 +1,42 @@
+"""Small helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from typing import Any
+
+import click
+from rich.console import Console
+
+
+@cache
+def console() -> Console:
+    return Console(highlight=False)
+
+
+@cache
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def device_option(f):
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (the CUDA GPU with most free memory, else MPS, else CPU), cpu, cuda:N, mps.",
+    )(f)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))

@@ -1,0 +1,1 @@
+"""Training, checkpoints, devices, run directories and evaluation loops."""

@@ -1,0 +1,54 @@
+"""Building a detector and its inference method from a recipe, fresh or from a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnnkit.engine.checkpoint import load_checkpoint
+from bnnkit.errors import UsageError
+from bnnkit.methods.base import InferenceMethod
+from bnnkit.model.detector import Detector, build_detector
+from bnnkit.plugins import get_registry
+from bnnkit.recipe import Recipe, read_toml, validate
+
+
+def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = None):
+    """``(detector, method)`` for a recipe. ``pretrained`` overrides the recipe's (a run's
+    checkpoint holds the weights, so loading one never needs the hub)."""
+    registry = get_registry()
+    model_cfg = recipe.model
+    if pretrained is not None:
+        model_cfg = model_cfg.model_copy(
+            update={"backbone": model_cfg.backbone.model_copy(update={"pretrained": pretrained})}
+        )
+    head_name = recipe.head_name(registry)
+    detector = build_detector(model_cfg, head_name, registry)
+    method_cls = registry.get("method", recipe.inference.name).obj
+    try:
+        method: InferenceMethod = method_cls(
+            detector.head, num_train=num_train, **recipe.inference.options()
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"inference: {exc}") from None
+    return detector, method
+
+
+def load_run(
+    run_dir: Path, device: torch.device
+) -> tuple[Recipe, Detector, InferenceMethod, dict[str, Any]]:
+    """Everything needed to evaluate or predict, from a run directory alone."""
+    recipe = validate(
+        read_toml(run_dir / "recipe.toml"), get_registry(), source=str(run_dir / "recipe.toml")
+    )
+    from bnnkit.engine.checkpoint import read_meta
+
+    meta = read_meta(run_dir)
+    detector, method = build(recipe, int(meta.get("num_train", 1)), pretrained=False)
+    state, meta = load_checkpoint(run_dir, detector, device="cpu")
+    method.load_extra_state(state.get("method", {}))
+    method.load_extra_meta(meta.get("method_meta", {}))
+    detector.to(device).eval()
+    return recipe, detector, method, meta

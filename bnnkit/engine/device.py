@@ -1,0 +1,60 @@
+"""Choosing where to run: the CUDA device with most free memory, else MPS, else the CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from bnnkit.errors import UsageError
+
+
+def cuda_free_memory() -> list[tuple[int, int, int]]:
+    """``(index, free_bytes, total_bytes)`` per visible CUDA device (CUDA_VISIBLE_DEVICES)."""
+    out = []
+    for i in range(torch.cuda.device_count()):
+        try:
+            free, total = torch.cuda.mem_get_info(i)
+        except RuntimeError:  # device busy/unavailable
+            continue
+        out.append((i, int(free), int(total)))
+    return out
+
+
+def select_device(requested: str = "auto") -> tuple[torch.device, str]:
+    """The device to use and a one-line reason, printed by the CLI."""
+    requested = (requested or "auto").strip().lower()
+    if requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError as exc:
+            raise UsageError(
+                f"--device {requested!r}: {exc}", hint="use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError(f"--device {requested}: CUDA is not available on this machine")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise UsageError(
+                    f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UsageError(f"--device {requested}: MPS is not available on this machine")
+        return device, f"{device} (requested)"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if torch.cuda.is_available():
+        if local_rank is not None:
+            index = int(local_rank)
+            return torch.device("cuda", index), f"cuda:{index} (LOCAL_RANK)"
+        free = cuda_free_memory()
+        if free:
+            index, free_b, total_b = max(free, key=lambda t: (t[1], -t[0]))
+            name = torch.cuda.get_device_name(index)
+            return (
+                torch.device("cuda", index),
+                f"cuda:{index} {name} ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free; "
+                f"most free of {len(free)})",
+            )
+    if torch.backends.mps.is_available():
+        return torch.device("mps"), "mps (Apple GPU)"
+    return torch.device("cpu"), f"cpu ({torch.get_num_threads()} threads; no GPU found)"

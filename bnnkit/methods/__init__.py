@@ -1,0 +1,1 @@
+"""The inference-method interface. Built-in methods live in ``plugins/method_*.py``."""

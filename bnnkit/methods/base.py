@@ -1,0 +1,104 @@
+"""How an approximate-inference method learns and samples the head's posterior.
+
+A method owns: which heads it accepts, its training loss, its optimiser, what it does after
+training (a Laplace fit, kept SG-MCMC samples, ensemble members), and ``sample(features, k)``.
+The engine drives it; it never sees images, only pooled features, so it works the same whether
+the backbone is fine-tuned or frozen and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bnnkit.model.heads import Head
+
+
+@dataclass
+class LossParts:
+    """One step's objective and the parts the progress bar and ``history.csv`` show."""
+
+    loss: Tensor
+    nll: Tensor
+    kl: Tensor
+    logits: Tensor
+
+
+class InferenceMethod:
+    """Base class for inference methods (register subclasses with ``register_methods``).
+
+    Class attributes a subclass sets:
+
+    - ``heads``: names of the head plugins it accepts; ``default_head`` when a recipe names none.
+    - ``options``: recipe options (``[inference]`` keys besides ``name``) with their defaults.
+    - ``joint_finetune``: True when the backbone can learn jointly with this method's loss
+      (``train.backbone = "finetune"``). False means: fine-tune with MAP first, then run the
+      method on frozen features (SG-MCMC, Laplace, head ensembles).
+    - ``needs_train_features``: ``after_training`` receives the training set's features.
+    """
+
+    heads: ClassVar[tuple[str, ...]] = ("linear",)
+    default_head: ClassVar[str] = "linear"
+    options: ClassVar[dict[str, Any]] = {}
+    joint_finetune: ClassVar[bool] = True
+    needs_train_features: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+    def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown options {sorted(unknown)}")
+        self.head = head
+        self.num_train = max(int(num_train), 1)
+        self.config = {**self.options, **options}
+
+    # -- training -------------------------------------------------------------------------------
+    def training_loss(self, features: Tensor, targets: Tensor) -> LossParts:
+        """Default: mean NLL of one forward pass (MAP)."""
+        logits = self.head(features)
+        nll = F.cross_entropy(logits, targets)
+        return LossParts(loss=nll, nll=nll.detach(), kl=torch.zeros(()), logits=logits.detach())
+
+    def configure_optimizer(
+        self, param_groups: list[dict[str, Any]], *, optimizer: str, lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
+        """The optimiser over the given parameter groups; SG-MCMC methods return their sampler."""
+        if optimizer == "sgd":
+            return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        if optimizer == "adam":
+            return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (e.g. to keep an SG-MCMC sample)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """Called at the end of every epoch."""
+
+    def after_training(self, features: Tensor | None, targets: Tensor | None) -> None:
+        """Called once training ends; gets training features when ``needs_train_features``."""
+
+    # -- prediction -----------------------------------------------------------------------------
+    def sample(self, features: Tensor, k: int) -> Tensor:
+        """Posterior predictive samples ``probs[k, B, C]`` for pooled ``features[B, D]``."""
+        return torch.softmax(self.head.sample_logits(features, k), dim=-1)
+
+    # -- persistence (beyond the head's own parameters, which live in the detector) ------------
+    def extra_state(self) -> dict[str, Tensor]:
+        """Tensors this method keeps besides the head (SG-MCMC samples, Laplace factors, ...)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no extra state, got {sorted(state)}")
+
+    def extra_meta(self) -> dict[str, Any]:
+        """JSON-serialisable facts about the fitted posterior (e.g. tuned prior precision)."""
+        return {}
+
+    def load_extra_meta(self, meta: dict[str, Any]) -> None:
+        """Restore what ``extra_meta`` returned."""

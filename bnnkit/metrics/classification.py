@@ -1,0 +1,285 @@
+"""Classification and calibration metrics for a binary real(0)/fake(1) detector.
+
+Inputs are ``p_fake`` ``[B]``, the mean predictive probability of class 1 (fake), and ``labels``
+``[B]`` with values in {0, 1}. Every function returns a Python ``float``; empty inputs give
+``nan``, and ranking metrics (AUROC, AP, TPR@FPR) give ``nan`` when only one class is present,
+instead of raising or returning torchmetrics' placeholder values.
+
+torchmetrics is used where it has the metric (AUROC, AP, ROC, binned ECE). Two of its
+conventions matter here:
+
+- Its binary metrics threshold with ``p > threshold`` (strict); this package calls ``p >= 0.5``
+  fake, so the thresholded metrics (accuracy, balanced accuracy) are computed by hand.
+- Its binary metrics treat any input outside ``[0, 1]`` as logits and apply a sigmoid. Rank
+  metrics therefore receive exact dense ranks scaled to ``[0, 1]`` (see :func:`_unit_ranks`), which
+  never leave that interval, keep ties tied and never merge distinct scores (a float32 sigmoid
+  maps 20.0 and 30.0 to the same 1.0).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+# torchmetrics is imported inside the functions that use it: importing it pulls in torchvision
+# and its audio/image modules (~3 s), which ``import bnnkit.metrics`` should not cost.
+
+__all__ = [
+    "accuracy",
+    "adaptive_ece",
+    "auroc",
+    "average_precision",
+    "balanced_accuracy",
+    "brier",
+    "classification_report",
+    "ece",
+    "nll",
+    "tpr_at_fpr",
+]
+
+NAN = float("nan")
+_EPS = 1e-12
+
+
+def _prep(p_fake: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Flatten, check shapes, return ``(float64 probabilities, long labels)``."""
+    p = torch.as_tensor(p_fake).detach().reshape(-1).to(torch.float64)
+    y = torch.as_tensor(labels).detach().reshape(-1).to(torch.long)
+    if p.shape != y.shape:
+        raise ValueError(f"p_fake and labels differ in size: {p.numel()} vs {y.numel()}")
+    return p, y
+
+
+def _unit_ranks(scores: Tensor) -> Tensor:
+    """Map scores to dense ranks scaled into ``[0, 1]`` (float64), preserving order and ties.
+
+    Rank metrics are invariant to strictly increasing maps, and the result stays inside
+    ``[0, 1]``, so torchmetrics never mistakes it for logits.
+    """
+    _, inverse = torch.unique(scores, sorted=True, return_inverse=True)
+    top = int(inverse.max()) if inverse.numel() else 0
+    return inverse.to(torch.float64) / max(top, 1)
+
+
+def _both_classes(y: Tensor) -> bool:
+    n_pos = int(y.sum())
+    return 0 < n_pos < y.numel()
+
+
+def _roc_counts(scores: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """ROC as integer counts ``(false positives, true positives)`` per operating point.
+
+    Operating points come from torchmetrics' exact ROC (flag ``score >= t`` for every distinct
+    score, plus the leading point that flags nothing). Counts avoid float comparisons against
+    rate targets such as 0.01. torchmetrics returns float32 rates; rounding them back to counts
+    is exact while a class has fewer than ~4 million items.
+    """
+    from torchmetrics.functional.classification import binary_roc
+
+    fpr, tpr, _ = binary_roc(_unit_ranks(scores), y)
+    n_pos = int(y.sum())
+    n_neg = y.numel() - n_pos
+    return torch.round(fpr.double() * n_neg).long(), torch.round(tpr.double() * n_pos).long()
+
+
+def accuracy(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Accuracy at threshold 0.5: :math:`\frac{1}{B}\sum_b [\hat y_b = y_b]`, with
+    :math:`\hat y_b = [p_b \ge 0.5]` (a tie goes to fake).
+
+    Hand-written because torchmetrics' binary accuracy uses the strict ``p > 0.5``.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    return float(((p >= 0.5).long() == y).double().mean())
+
+
+def balanced_accuracy(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Mean per-class recall at threshold 0.5: :math:`\frac{1}{2}(\text{TPR} + \text{TNR})`.
+
+    Averages over the classes present (scikit-learn's convention), so a fakes-only subset gives
+    the TPR. Thresholding ``p >= 0.5`` as in :func:`accuracy`.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    pred = (p >= 0.5).long()
+    recalls = [(pred[y == c] == c).double().mean() for c in (0, 1) if bool((y == c).any())]
+    return float(torch.stack(recalls).mean())
+
+
+def auroc(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Area under the ROC curve (fake = positive) via ``torchmetrics`` ``binary_auroc``.
+
+    Equals :math:`P(s_{fake} > s_{real}) + \frac{1}{2} P(s_{fake} = s_{real})`. ``nan`` if only
+    one class is present.
+    """
+    p, y = _prep(p_fake, labels)
+    if not _both_classes(y):
+        return NAN
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(_unit_ranks(p), y))
+
+
+def average_precision(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Average precision (fake = positive) via ``torchmetrics`` ``binary_average_precision``.
+
+    :math:`\text{AP} = \sum_n (R_n - R_{n-1}) P_n` over distinct thresholds (step-wise, no
+    interpolation, as scikit-learn). ``nan`` if only one class is present.
+    """
+    p, y = _prep(p_fake, labels)
+    if not _both_classes(y):
+        return NAN
+    from torchmetrics.functional.classification import binary_average_precision
+
+    return float(binary_average_precision(_unit_ranks(p), y))
+
+
+def nll(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Mean negative log-likelihood of the true label, in nats.
+
+    :math:`\text{NLL} = -\frac{1}{B}\sum_b \log \max(p_b(y_b), 10^{-12})`, where
+    :math:`p_b(1) = p_b` and :math:`p_b(0) = 1 - p_b`.
+
+    Hand-written: torchmetrics has no NLL from probabilities.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    p_true = torch.where(y == 1, p, 1.0 - p).clamp_min(_EPS)
+    return float(-torch.log(p_true).mean())
+
+
+def brier(p_fake: Tensor, labels: Tensor) -> float:
+    r"""Brier score, summed over the 2 classes and averaged over items.
+
+    :math:`\text{BS} = \frac{1}{B}\sum_b \sum_{c\in\{0,1\}} (p_{b,c} - [y_b = c])^2
+    = \frac{2}{B}\sum_b (p_b - y_b)^2`, in ``[0, 2]`` (the original multi-class convention of
+    Brier 1950; the one-column convention is half of this).
+
+    Hand-written: torchmetrics has no Brier score.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    return float((2.0 * (p - y.double()) ** 2).mean())
+
+
+def _top_label(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Confidence of the predicted class (``p >= 0.5`` -> fake) and whether it is correct."""
+    pred = (p >= 0.5).long()
+    conf = torch.where(pred == 1, p, 1.0 - p)
+    return conf, (pred == y).long()
+
+
+def ece(
+    p_fake: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    convention: Literal["top_label", "positive_class"] = "top_label",
+) -> float:
+    r"""Expected calibration error with ``n_bins`` equal-width bins on ``[0, 1]`` (L1).
+
+    :math:`\text{ECE} = \sum_m \frac{|B_m|}{B} \, |\text{acc}(B_m) - \text{conf}(B_m)|`
+
+    ``convention="top_label"`` (default; Guo et al. 2017): the confidence is that of the predicted
+    class, :math:`\max(p_b, 1 - p_b)` with ``p >= 0.5`` -> fake, and acc is the fraction correct.
+    Confidences lie in ``[0.5, 1]``, so only the upper half of the bins is used.
+
+    ``convention="positive_class"``: torchmetrics' own binary convention. Despite its docstring
+    saying "top-label", ``binary_calibration_error(preds, target)`` bins the raw ``preds`` (the
+    probability of class 1) and uses ``target`` itself as the "accuracy", i.e. it measures how
+    well :math:`p_b` matches the frequency of fakes in each bin (a reliability diagram for class 1).
+    It generally differs from the top-label ECE.
+
+    Both call ``binary_calibration_error(..., norm="l1")``; for top-label it is given
+    ``preds = confidence, target = correct``, which yields exactly the top-label ECE. Bins are
+    ``[i/n, (i+1)/n)`` (``torch.bucketize(right=True)``); a quirk of torchmetrics puts a
+    confidence of exactly 1.0 in an extra bin of its own instead of the last one.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    p = p.clamp(0.0, 1.0)  # float error beyond [0, 1] would make torchmetrics apply a sigmoid
+    if convention == "top_label":
+        conf, hit = _top_label(p, y)
+    elif convention == "positive_class":
+        conf, hit = p, y
+    else:
+        raise ValueError(f"unknown convention {convention!r}")
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    return float(binary_calibration_error(conf, hit, n_bins=n_bins, norm="l1"))
+
+
+def adaptive_ece(p_fake: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    r"""Adaptive (equal-mass) ECE on the top-label confidence (Nixon et al. 2019).
+
+    Items are sorted by confidence :math:`\max(p_b, 1 - p_b)` (stable sort) and split into
+    ``n_bins`` contiguous bins whose sizes differ by at most one (the first ``B mod n_bins`` bins
+    get one extra item); empty bins (``B < n_bins``) are skipped. Then
+    :math:`\text{ACE} = \sum_m \frac{|B_m|}{B} |\text{acc}(B_m) - \text{conf}(B_m)|`.
+    Tied confidences may fall in neighbouring bins.
+
+    Hand-written: torchmetrics only has equal-width bins.
+    """
+    p, y = _prep(p_fake, labels)
+    if p.numel() == 0:
+        return NAN
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf, hit = _top_label(p, y)
+    order = torch.sort(conf, stable=True).indices
+    conf, hit = conf[order], hit[order].double()
+    total = 0.0
+    for idx in torch.tensor_split(torch.arange(conf.numel()), n_bins):
+        if idx.numel():
+            gap = abs(float(hit[idx].mean()) - float(conf[idx].mean()))
+            total += idx.numel() * gap
+    return total / conf.numel()
+
+
+def tpr_at_fpr(p_fake: Tensor, labels: Tensor, fpr: float = 0.01) -> float:
+    r"""True-positive rate on fakes at a false-positive rate on real images of at most ``fpr``.
+
+    :math:`\max\{\text{TPR}(t) : \text{FPR}(t) \le \text{fpr}\}` over the exact ROC operating
+    points (flag fake if :math:`p \ge t`, for every distinct score ``t``; ties move together),
+    i.e. the lowest threshold whose FPR stays within the budget. No interpolation: the result is
+    conservative and reachable by an actual threshold. The comparison is done in counts,
+    ``false positives <= floor(fpr * n_real)``. ``nan`` if only one class is present.
+    """
+    p, y = _prep(p_fake, labels)
+    if not _both_classes(y):
+        return NAN
+    fps, tps = _roc_counts(p, y)
+    n_neg = y.numel() - int(y.sum())
+    budget = math.floor(fpr * n_neg + 1e-9)
+    ok = fps <= budget  # always true for the leading "flag nothing" point
+    return float(tps[ok].max()) / int(y.sum())
+
+
+def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
+    """All metrics of this module in one dict.
+
+    Keys: ``accuracy``, ``balanced_accuracy``, ``auroc``, ``ap``, ``nll``, ``brier``, ``ece``
+    (top-label, 15 bins), ``adaptive_ece`` (15 bins), ``tpr_at_fpr_1`` and ``tpr_at_fpr_5``
+    (TPR at 1% and 5% FPR), ``n`` (number of items, an ``int``).
+    """
+    p, y = _prep(p_fake, labels)
+    return {
+        "accuracy": accuracy(p, y),
+        "balanced_accuracy": balanced_accuracy(p, y),
+        "auroc": auroc(p, y),
+        "ap": average_precision(p, y),
+        "nll": nll(p, y),
+        "brier": brier(p, y),
+        "ece": ece(p, y),
+        "adaptive_ece": adaptive_ece(p, y),
+        "tpr_at_fpr_1": tpr_at_fpr(p, y, 0.01),
+        "tpr_at_fpr_5": tpr_at_fpr(p, y, 0.05),
+        "n": p.numel(),
+    }

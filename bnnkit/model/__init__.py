@@ -1,0 +1,1 @@
+"""The detector: backbone -> attention -> global pool -> (Bayesian) head."""

@@ -1,0 +1,54 @@
+"""The detector module and how a recipe's ``[model]`` section builds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from bnnkit.model.heads import Head
+
+
+class Detector(nn.Module):
+    """image -> backbone feature map -> attention (map -> map) -> global pool -> head -> logits.
+
+    ``features`` stops before the head: it is what the frozen-backbone cache stores and what every
+    inference method samples its head over, so the backbone runs once per image.
+    """
+
+    def __init__(self, backbone: nn.Module, attention: nn.Module, head: Head, pool: str = "avg"):
+        super().__init__()
+        self.backbone = backbone
+        self.attention = attention
+        self.head = head
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        self.pool = pool
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.out_channels)
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        return self.attention(self.backbone(images))
+
+    def features(self, images: Tensor) -> Tensor:
+        fmap = self.feature_map(images)
+        return fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: int = 2) -> Detector:
+    """Build a :class:`Detector` from a validated ``model`` recipe section."""
+    bb = model_cfg.backbone
+    backbone_entry = registry.get("backbone", bb.name)
+    backbone = backbone_entry.obj(bb.name, pretrained=bb.pretrained, **bb.options())
+    channels = int(backbone.out_channels)
+    attention = registry.get("attention", model_cfg.attention.name).obj(
+        channels, **model_cfg.attention.options()
+    )
+    head_opts = model_cfg.head.options() if model_cfg.head is not None else {}
+    head = registry.get("head", head_name).obj(channels, num_classes, **head_opts)
+    return Detector(backbone, attention, head, pool=model_cfg.pool)

@@ -1,0 +1,242 @@
+"""Plugin discovery and the registry of backbones, attention blocks, heads and methods.
+
+Every plugin, built-in or third-party, is a module named by an entry point in the group ``bnnkit``.
+Loading is done entry point by entry point (not with pluggy's all-or-nothing
+``load_setuptools_entrypoints``) so that one plugin raising on import is recorded as broken and
+the rest of the CLI keeps working. ``BNNKIT_PLUGINS`` (comma-separated entry-point names) is an
+allow-list; ``BNNKIT_DISABLE_PLUGINS`` a deny-list.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from bnnkit import hookspecs
+from bnnkit.errors import PluginError
+
+ENTRY_POINT_GROUP = "bnnkit"
+KINDS: tuple[str, ...] = ("backbone", "attention", "head", "method")
+HOOKS: dict[str, str] = {
+    "backbone": "register_backbones",
+    "attention": "register_attention",
+    "head": "register_heads",
+    "method": "register_methods",
+}
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One registered thing: a backbone factory, attention factory, head factory or method class."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    package: str
+    version: str
+    summary: str = ""
+    catalog: Callable[[], Iterable[str]] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Recipe options this entry accepts, with their defaults."""
+        if self.kind == "method":
+            return dict(getattr(self.obj, "options", {}))
+        params = inspect.signature(self.obj).parameters.values()
+        return {
+            p.name: p.default
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+        }
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    plugin: str
+    package: str
+    version: str
+    error: str
+
+
+@dataclass
+class Registry:
+    entries: dict[str, dict[str, PluginEntry]] = field(
+        default_factory=lambda: {k: {} for k in KINDS}
+    )
+    broken: list[BrokenPlugin] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+    def add(self, entry: PluginEntry) -> None:
+        existing = self.entries[entry.kind].get(entry.name)
+        if existing is not None:
+            self.conflicts.append(
+                f"{entry.kind} '{entry.name}' from {entry.package} ignored: "
+                f"already provided by {existing.package}"
+            )
+            return
+        self.entries[entry.kind][entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    @cached_property
+    def _catalogs(self) -> dict[str, frozenset[str]]:
+        out = {}
+        for entry in self.entries["backbone"].values():
+            if entry.catalog is not None:
+                out[entry.name] = frozenset(entry.catalog())
+        return out
+
+    def get(self, kind: str, name: str) -> PluginEntry:
+        """The entry for ``name``, or a :class:`PluginError` with a did-you-mean suggestion."""
+        if kind not in self.entries:
+            raise PluginError(f"unknown plugin kind '{kind}'; kinds are {', '.join(KINDS)}")
+        entry = self.entries[kind].get(name)
+        if entry is not None:
+            return entry
+        if kind == "backbone":
+            family, _, model = name.partition("/")
+            if model and family in self._catalogs and model in self._catalogs[family]:
+                return self.entries[kind][family]
+            for fam, names in self._catalogs.items():
+                if name in names:
+                    return self.entries[kind][fam]
+        raise PluginError(self.unknown_message(kind, name))
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        candidates = list(self.entries[kind])
+        if kind == "backbone":
+            for names in self._catalogs.values():
+                candidates.extend(names)
+        close = difflib.get_close_matches(str(name), candidates, n=1, cutoff=0.6)
+        msg = f"unknown {kind} '{name}'"
+        if close:
+            return f"{msg}; did you mean '{close[0]}'?"
+        shown = sorted(self.entries[kind])
+        return f"{msg}; available: {', '.join(shown) if shown else '(none installed)'}"
+
+
+def _split_env(var: str) -> set[str] | None:
+    raw = os.environ.get(var, "").strip()
+    return {p.strip() for p in raw.split(",") if p.strip()} if raw else None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+    # Built-ins first, so a third-party plugin cannot silently shadow one; then stable by name.
+    def key(ep: metadata.EntryPoint) -> tuple[int, str, str]:
+        dist = ep.dist.name if ep.dist else ""
+        return (0 if dist == "bnnkit" else 1, dist, ep.name)
+
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for ep in sorted(eps, key=key):
+        ident = (ep.name, ep.value)
+        if ident not in seen:  # editable installs can expose the same dist twice
+            seen.add(ident)
+            unique.append(ep)
+    return unique
+
+
+def _collect(pm: pluggy.PluginManager, registry: Registry, sources: dict[str, tuple[str, str]]):
+    for kind, hook_name in HOOKS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            package, version = sources.get(impl.plugin_name, (impl.plugin_name, ""))
+
+            def register(
+                name: str,
+                obj: Any,
+                *,
+                summary: str = "",
+                catalog: Callable[[], Iterable[str]] | None = None,
+                _kind: str = kind,
+                _plugin: str = impl.plugin_name,
+                _package: str = package,
+                _version: str = version,
+            ) -> None:
+                registry.add(
+                    PluginEntry(_kind, name, obj, _plugin, _package, _version, summary, catalog)
+                )
+
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except Exception as exc:  # a plugin's hook failing must not break the others
+                registry.broken.append(
+                    BrokenPlugin(impl.plugin_name, package, version, f"{hook_name}: {exc!r}")
+                )
+
+
+_extra_plugins: list[tuple[str, object]] = []
+_registry: Registry | None = None
+
+
+def add_plugin(name: str, plugin: object) -> None:
+    """Register a plugin object (module or class with hookimpls) without an entry point.
+
+    Meant for tests and notebooks; installed packages should use the ``bnnkit`` entry-point group.
+    """
+    _extra_plugins.append((name, plugin))
+    reset_registry()
+
+
+def remove_plugin(name: str) -> None:
+    _extra_plugins[:] = [(n, p) for n, p in _extra_plugins if n != name]
+    reset_registry()
+
+
+def reset_registry() -> None:
+    global _registry
+    _registry = None
+
+
+def get_registry() -> Registry:
+    """The registry, loaded on first use and cached for the process."""
+    global _registry
+    if _registry is None:
+        _registry = _load()
+    return _registry
+
+
+def _load() -> Registry:
+    registry = Registry()
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    allow = _split_env("BNNKIT_PLUGINS")
+    deny = _split_env("BNNKIT_DISABLE_PLUGINS") or set()
+    sources: dict[str, tuple[str, str]] = {}
+    for ep in _entry_points():
+        if (allow is not None and ep.name not in allow) or ep.name in deny:
+            continue
+        package = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else ""
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:
+            last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+            registry.broken.append(BrokenPlugin(ep.name, package, version, f"{exc!r}{where}"))
+            continue
+        sources[ep.name] = (package, version)
+    for name, plugin in _extra_plugins:
+        if pm.has_plugin(name):
+            continue
+        pm.register(plugin, name=name)
+        mod = plugin if isinstance(plugin, ModuleType) else None
+        sources[name] = (getattr(mod, "__name__", name), "")
+    _collect(pm, registry, sources)
+    return registry

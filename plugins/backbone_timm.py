@@ -1,0 +1,91 @@
+"""Backbone: any timm model by name, returning its feature map (before pooling and classifier).
+
+``pretrained`` is ``false`` (random init), ``true`` (timm's hub weights; needs network or a warm
+cache) or a path to local ``.pth``/``.safetensors`` weights. Hub failures are reported at once
+with what to do instead (set ``HF_HUB_OFFLINE=1`` to make them immediate).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from bnnkit import hookimpl
+from bnnkit.errors import BnnkitError, UsageError
+
+
+class TimmBackbone(nn.Module):
+    """A timm model whose ``forward`` gives a ``(B, C, h, w)`` map, ``C = out_channels``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.out_channels = int(model.num_features)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+
+    def forward(self, images: Tensor) -> Tensor:
+        out = self.model.forward_features(images)
+        if out.ndim == 4:
+            if out.shape[1] != self.out_channels and out.shape[-1] == self.out_channels:
+                out = out.permute(0, 3, 1, 2)  # NHWC models (e.g. some ConvNeXt/Swin variants)
+            return out
+        if out.ndim == 3:  # ViT-style tokens (B, N, C): drop prefix tokens, fold into a grid
+            tokens = out[:, self.num_prefix_tokens :]
+            n = tokens.shape[1]
+            side = int(round(n**0.5))
+            if side * side != n:
+                return tokens.mean(1)[:, :, None, None]
+            return tokens.transpose(1, 2).reshape(out.shape[0], -1, side, side)
+        raise RuntimeError(f"unexpected timm feature shape {tuple(out.shape)}")
+
+
+def create_timm_backbone(name: str, *, pretrained: bool | str = False, drop_path_rate: float = 0.0):
+    import timm
+
+    name = name.split("/", 1)[1] if name.startswith("timm/") else name
+    kwargs: dict = {"num_classes": 0, "global_pool": ""}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if isinstance(pretrained, str):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise UsageError(
+                f"model.backbone.pretrained: weights file '{pretrained}' does not exist",
+                hint="give a .pth or .safetensors file, or true/false",
+            )
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    try:
+        model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:
+        if not pretrained:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise BnnkitError(
+            f"could not load pretrained weights for timm model '{name}': {exc}",
+            hint=(
+                "no network to the model hub here"
+                + (" (HF_HUB_OFFLINE is set)" if offline else "")
+                + "; use model.backbone.pretrained = false, or a local weights file: "
+                "--set model.backbone.pretrained='path/to/weights.safetensors'"
+            ),
+        ) from exc
+    return TimmBackbone(model)
+
+
+def _catalog() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+@hookimpl
+def register_backbones(register):
+    register(
+        "timm",
+        create_timm_backbone,
+        catalog=_catalog,
+        summary="any timm model by name (feature map before pooling)",
+    )

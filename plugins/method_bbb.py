@@ -1,0 +1,56 @@
+"""Method: ``bbb`` (alias ``vi``), Bayes by Backprop (Blundell et al., 2015) over the head.
+
+Loss per step: mean NLL over the batch + ``kl_weight`` x KL(q || prior), averaged over
+``elbo_samples`` draws. With ``kl_weight = "auto"`` the weight is 1/N (N = training images), so
+the loss is the negative ELBO divided by N. The backbone may fine-tune jointly with this loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bnnkit import hookimpl
+from bnnkit.methods.base import InferenceMethod, LossParts
+
+
+class BayesByBackprop(InferenceMethod):
+    heads = ("bbb",)
+    default_head = "bbb"
+    options = {"kl_weight": "auto", "elbo_samples": 1}
+    summary = "Bayes by Backprop: variational Gaussian head, ELBO with KL weight 1/N"
+
+    def __init__(self, head, *, num_train: int, **options) -> None:
+        super().__init__(head, num_train=num_train, **options)
+        weight = self.config["kl_weight"]
+        if weight == "auto":
+            weight = 1.0 / self.num_train
+        elif isinstance(weight, str) or float(weight) < 0:
+            raise ValueError(f"inference.kl_weight must be 'auto' or >= 0, got {weight!r}")
+        self.kl_weight = float(weight)
+        self.elbo_samples = int(self.config["elbo_samples"])
+        if self.elbo_samples < 1:
+            raise ValueError("inference.elbo_samples must be >= 1")
+
+    def training_loss(self, features: Tensor, targets: Tensor) -> LossParts:
+        nll = torch.zeros((), device=features.device)
+        kl = torch.zeros((), device=features.device)
+        logits_sum = None
+        for _ in range(self.elbo_samples):
+            logits = self.head(features)
+            nll = nll + F.cross_entropy(logits, targets)
+            kl = kl + self.head.kl()
+            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+        nll, kl = nll / self.elbo_samples, kl / self.elbo_samples
+        loss = nll + self.kl_weight * kl
+        return LossParts(loss, nll.detach(), kl.detach(), logits_sum / self.elbo_samples)
+
+    def extra_meta(self) -> dict:
+        return {"kl_weight": self.kl_weight, "elbo_samples": self.elbo_samples}
+
+
+@hookimpl
+def register_methods(register):
+    register("bbb", BayesByBackprop, summary=BayesByBackprop.summary)
+    register("vi", BayesByBackprop, summary="alias of bbb")

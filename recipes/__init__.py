@@ -1,0 +1,1 @@
+"""Bundled recipes (installed as the package ``bnnkit_recipes``; see ``bnnkit recipes list``)."""
