@@ -61,6 +61,7 @@ class ModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     epochs: int = Field(3, ge=1)
+    head_epochs: int = Field(0, ge=0, description="head-only phase epochs; 0 = train.epochs")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, ge=0)

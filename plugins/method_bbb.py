@@ -33,7 +33,9 @@ class BayesByBackprop(InferenceMethod):
         if self.elbo_samples < 1:
             raise ValueError("inference.elbo_samples must be >= 1")
 
-    def training_loss(self, features: Tensor, targets: Tensor) -> LossParts:
+    def training_loss(
+        self, features: Tensor, targets: Tensor, indices: Tensor | None = None
+    ) -> LossParts:
         nll = torch.zeros((), device=features.device)
         kl = torch.zeros((), device=features.device)
         logits_sum = None

@@ -50,10 +50,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from bnnkit.cli import data, evaluate, plugins, predict, recipes, train
+    """Every public module of this package defines one command (or group) named ``command``."""
+    import importlib
+    import pkgutil
 
-    for module in (plugins, data, recipes, train, evaluate, predict):
-        main.add_command(module.command)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            main.add_command(importlib.import_module(f"{__name__}.{info.name}").command)
 
 
 _register()

@@ -10,50 +10,36 @@ from bnnkit.cli._common import console, device_option, fmt, print_json
 
 
 def print_metrics(metrics: dict) -> None:
+    from rich import box
     from rich.table import Table
 
     out = console()
     table = Table(
-        title=f"{metrics['run']}  ({metrics['method']}, K={metrics['samples']} posterior samples, "
-        f"{metrics['split']} split)",
+        title=f"{metrics['run']}: {metrics['method']}, K={metrics['samples']} posterior samples, "
+        f"{metrics['split']} split",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="* unseen in training. Uncertainty in nats: total = H(mean p), "
+        "aleatoric = mean H(p), epistemic = mutual information.",
+        caption_justify="left",
     )
-    cols = [
-        "generator",
-        "seen",
-        "n",
-        "acc",
-        "AUROC",
-        "NLL",
-        "Brier",
-        "ECE",
-        "total",
-        "aleatoric",
-        "epistemic",
-    ]
+    cols = ["generator", "n", "acc", "AUROC", "NLL", "Brier", "ECE", "total", "aleat.", "epist."]
     for c in cols:
-        table.add_column(c, justify="left" if c in ("generator", "seen") else "right")
+        table.add_column(c, justify="left" if c == "generator" else "right", no_wrap=True)
 
-    def row(name: str, m: dict, seen: str, style: str | None = None) -> None:
+    def row(name: str, m: dict, style: str | None = None) -> None:
         table.add_row(
-            name,
-            seen,
-            str(m["n"]),
-            fmt(m["accuracy"]),
-            fmt(m["auroc"]),
-            fmt(m["nll"]),
-            fmt(m["brier"]),
-            fmt(m["ece"]),
-            fmt(m["total_uncertainty"]),
-            fmt(m["aleatoric_uncertainty"]),
-            fmt(m["epistemic_uncertainty"], 4),
-            style=style,
-        )
+            name, str(m["n"]), fmt(m["accuracy"]), fmt(m["auroc"]), fmt(m["nll"]),
+            fmt(m["brier"]), fmt(m["ece"]), fmt(m["total_uncertainty"]),
+            fmt(m["aleatoric_uncertainty"]), fmt(m["epistemic_uncertainty"], 4), style=style,
+        )  # fmt: skip
 
     for name, m in metrics["per_generator"].items():
-        row(name, m, "yes" if m["seen"] else "[bold magenta]UNSEEN[/]")
+        row(name if m["seen"] else f"[bold magenta]{name}*[/]", m)
     table.add_section()
-    row("all seen", metrics["seen"], "", style="bold")
+    row("all seen", metrics["seen"], style="bold")
     out.print(table)
     for name, o in metrics["ood"].items():
         e, t = o["epistemic"], o["total"]

@@ -1,8 +1,14 @@
 """The training loop: one recipe -> one run directory.
 
-``train.backbone = "finetune"`` trains backbone, attention and head together on the method's loss;
-``"frozen"`` extracts pooled features once (cached on disk, see :mod:`bnnkit.engine.cache`) and
-trains the head alone on them, which takes seconds for every method.
+Phases, by ``train.backbone`` and the method's ``joint_finetune``:
+
+- ``finetune`` + joint method (MAP, BBB, LRT, MC-dropout): backbone, attention and head learn
+  together on the method's loss.
+- ``finetune`` + non-joint method (SG-MCMC, Laplace, head ensembles): the detector is first
+  fine-tuned with MAP (cross-entropy), then its pooled features are extracted once and the
+  method runs on them (``train.head_epochs``, default ``train.epochs``).
+- ``frozen``: features are extracted once into the on-disk cache (:mod:`bnnkit.engine.cache`)
+  and every method trains on them in seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import platform
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnnkit import __version__
@@ -28,12 +36,15 @@ from bnnkit.data.genimage import index_split
 from bnnkit.engine.build import build
 from bnnkit.engine.cache import cached_features
 from bnnkit.engine.checkpoint import atomic_write_text, save_checkpoint
-from bnnkit.engine.loop import extract_features, make_loader, mc_predictive, worker_count
+from bnnkit.engine.loop import Features, extract_features, make_loader, mc_predictive, worker_count
 from bnnkit.errors import BnnkitError, UsageError
+from bnnkit.methods.base import InferenceMethod
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, dump_recipe
 
-HISTORY_FIELDS = ["epoch", "loss", "nll", "kl", "train_acc", "val_acc", "val_nll", "seconds"]
+HISTORY_FIELDS = [
+    "phase", "epoch", "loss", "nll", "kl", "train_acc", "val_acc", "val_nll", "seconds",
+]  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -45,7 +56,7 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class TrainResult:
     run_dir: Path
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     broken: list[dict[str, str]] = field(default_factory=list)
 
@@ -53,13 +64,12 @@ class TrainResult:
 def _progress(console: Console | None) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         console=console,
         disable=console is None,
-        transient=False,
     )
 
 
@@ -85,6 +95,10 @@ def _environment(recipe: Recipe, device_note: str) -> dict[str, Any]:
     }
 
 
+# A training step's input: (features or images, labels, dataset indices).
+StepInput = tuple[Tensor, Tensor, Tensor]
+
+
 class Trainer:
     def __init__(
         self,
@@ -102,262 +116,257 @@ class Trainer:
         self.console = console
         self.cache_dir = cache_dir or Path(".bnnkit-cache")
         self.broken: dict[str, str] = {}
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+        self.t_start = 0.0
 
     # -- data ------------------------------------------------------------------------------------
-    def _datasets(self) -> tuple[ImageDataset, ImageDataset]:
+    def _datasets(self) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+        """(train with augmentation, train without, val)."""
         d, r = self.recipe.data, self.recipe
         gens = list(d.train_generators)
-        train = index_split(
-            d.root, gens, "train", limit=d.train_limit, balance=d.balance, seed=r.seed
-        )
-        val = index_split(d.root, gens, "val", limit=d.val_limit, balance=d.balance, seed=r.seed)
+        opts = {"balance": d.balance, "seed": r.seed}
+        train = index_split(d.root, gens, "train", limit=d.train_limit, **opts)
+        val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
         if not train:
             raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
-        frozen = r.train.backbone == "frozen"
-        train_tf = build_transform(d.image_size, d.preprocess, train=not frozen)
         eval_tf = build_transform(d.image_size, d.preprocess, train=False)
-        return ImageDataset(train, train_tf, gens), ImageDataset(val, eval_tf, gens)
+        train_tf = build_transform(d.image_size, d.preprocess, train=True)
+        return (
+            ImageDataset(train, train_tf, gens),
+            ImageDataset(train, eval_tf, gens),
+            ImageDataset(val, eval_tf, gens),
+        )
 
-    def _note_broken(self, items) -> None:
+    def _note_broken(self, items: Iterable) -> None:
         for b in items:
             self.broken[b.path] = b.reason
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        r = self.recipe
+        workers = worker_count(r.data.num_workers, self.device)
+        return make_loader(
+            dataset, batch_size, shuffle=shuffle, seed=r.seed, workers=workers, device=self.device
+        )
+
+    def _features(self, detector, dataset, split: str, progress: Progress) -> Features:
+        loader = self._loader(dataset, self.recipe.eval.batch_size, shuffle=False)
+        if self.recipe.train.backbone == "frozen":
+            feats = cached_features(
+                detector, loader, self.device, self.recipe, split, self.cache_dir, progress
+            )
+        else:
+            task = progress.add_task(f"features ({split})", total=len(dataset), stats="")
+            feats = extract_features(
+                detector, loader, self.device, lambda n: progress.advance(task, n)
+            )
+        self._note_broken(feats.broken)
+        return feats
 
     # -- main ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         r = self.recipe
         seed_everything(r.seed)
-        train_ds, val_ds = self._datasets()
-        detector, method = build(r, num_train=len(train_ds))
+        train_aug, train_plain, val_ds = self._datasets()
+        n_train = len(train_aug)
+        detector, method = build(r, num_train=n_train)
         detector.to(self.device)
-        workers = worker_count(r.data.num_workers, self.device)
-        frozen = r.train.backbone == "frozen"
+        method.to(self.device)
         (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
-        atomic_write_text(
-            self.run_dir / "env.json", json.dumps(_environment(r, self.device_note), indent=2)
-        )
-
-        val_loader = make_loader(
-            val_ds,
-            r.eval.batch_size,
-            shuffle=False,
-            seed=r.seed,
-            workers=workers,
-            device=self.device,
-        )
+        env = _environment(r, self.device_note)
+        atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
+        frozen = r.train.backbone == "frozen"
+        self.t_start = time.perf_counter()
         with _progress(self.console) as progress:
-            if frozen:
-                for p in [*detector.backbone.parameters(), *detector.attention.parameters()]:
-                    p.requires_grad_(False)
-                extract_loader = make_loader(
-                    train_ds,
-                    r.eval.batch_size,
-                    shuffle=False,
-                    seed=r.seed,
-                    workers=workers,
-                    device=self.device,
+            head_params = list(detector.head.parameters())
+            body_params = [*detector.backbone.parameters(), *detector.attention.parameters()]
+            if not frozen:
+                # Phase 1: fine-tune the whole detector, with the method's own loss when it
+                # allows it, else with MAP before the method runs on frozen features.
+                joint = method.joint_finetune
+                learner = method if joint else InferenceMethod(detector.head, num_train=n_train)
+                body_lr = r.train.lr * r.train.backbone_lr_scale
+                optimizer = learner.configure_optimizer(
+                    [{"params": head_params}, {"params": body_params, "lr": body_lr}],
+                    optimizer=r.train.optimizer,
+                    lr=r.train.lr,
+                    weight_decay=r.train.weight_decay,
                 )
-                feats = cached_features(
-                    detector, extract_loader, self.device, r, "train", self.cache_dir, progress
-                )
-                self._note_broken(feats.broken)
-                train_loader = DataLoader(
-                    TensorDataset(feats.features, feats.labels),
-                    batch_size=r.train.batch_size,
-                    shuffle=True,
-                    generator=torch.Generator().manual_seed(r.seed),
-                )
-                val_feats = cached_features(
-                    detector, val_loader, self.device, r, "val", self.cache_dir, progress
-                )
-                self._note_broken(val_feats.broken)
-                param_groups = [{"params": list(detector.head.parameters())}]
-            else:
-                train_loader = make_loader(
-                    train_ds,
-                    r.train.batch_size,
-                    shuffle=True,
-                    seed=r.seed,
-                    workers=workers,
-                    device=self.device,
-                )
-                val_feats = None
-                backbone_params = [
-                    *detector.backbone.parameters(),
-                    *detector.attention.parameters(),
-                ]
-                param_groups = [
-                    {"params": list(detector.head.parameters())},
-                    {"params": backbone_params, "lr": r.train.lr * r.train.backbone_lr_scale},
-                ]
+                loader = self._loader(train_aug, r.train.batch_size, shuffle=True)
+                val_loader = self._loader(val_ds, r.eval.batch_size, shuffle=False)
+                phase = "finetune" if joint else "finetune-map"
+
+                def image_batches() -> Iterable[StepInput]:
+                    for batch in loader:
+                        self._note_broken(batch.broken)
+                        if len(batch):
+                            images = batch.images.to(self.device, non_blocking=True)
+                            yield detector.features(images), batch.labels, batch.indices
+
+                def validate_images() -> dict[str, float]:
+                    feats = extract_features(detector, val_loader, self.device)
+                    self._note_broken(feats.broken)
+                    return self._validate(method if joint else learner, feats)
+
+                self._epochs(
+                    phase, r.train.epochs, len(loader), image_batches, learner, optimizer,
+                    [*head_params, *body_params], detector, method, progress,
+                    validate_images, train_body=True,
+                )  # fmt: skip
+                if joint:
+                    return self._finish(detector, method, train_plain, progress)
+            # Phase 2: the method on pooled features, extracted once (cached when frozen).
+            for p in body_params:
+                p.requires_grad_(False)
+            feats = self._features(detector, train_plain, "train", progress)
+            val_feats = self._features(detector, val_ds, "val", progress)
             optimizer = method.configure_optimizer(
-                param_groups,
+                [{"params": head_params}],
                 optimizer=r.train.optimizer,
                 lr=r.train.lr,
                 weight_decay=r.train.weight_decay,
             )
-            history: list[dict[str, float]] = []
-            t_start = time.perf_counter()
-            step = 0
-            for epoch in range(1, r.train.epochs + 1):
-                t_epoch = time.perf_counter()
-                task = progress.add_task(
-                    f"epoch {epoch}/{r.train.epochs}", total=len(train_loader), stats=""
-                )
-                sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0.0, "n": 0.0}
-                detector.train()
-                if frozen:
-                    detector.backbone.eval()
-                    detector.attention.eval()
-                for batch in train_loader:
-                    if frozen:
-                        x, y = batch[0].to(self.device), batch[1].to(self.device)
-                        features = x
-                    else:
-                        self._note_broken(batch.broken)
-                        if not len(batch):
-                            progress.advance(task)
-                            continue
-                        y = batch.labels.to(self.device, non_blocking=True)
-                        features = detector.features(
-                            batch.images.to(self.device, non_blocking=True)
-                        )
-                    parts = method.training_loss(features, y)
-                    if not torch.isfinite(parts.loss):
-                        raise BnnkitError(
-                            f"loss became {parts.loss.item()} at epoch {epoch}, step {step + 1}; "
-                            f"stopped. The last good checkpoint is in {self.run_dir}",
-                            hint="lower train.lr or set train.grad_clip (e.g. 1.0)",
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    parts.loss.backward()
-                    if r.train.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for g in param_groups for p in g["params"]], r.train.grad_clip
-                        )
-                    optimizer.step()
-                    step += 1
-                    method.after_step(step)
-                    n = y.shape[0]
-                    sums["loss"] += parts.loss.item() * n
-                    sums["nll"] += float(parts.nll) * n
-                    sums["kl"] += float(parts.kl) * n
-                    sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
-                    sums["n"] += n
-                    m = max(sums["n"], 1)
-                    progress.update(
-                        task,
-                        advance=1,
-                        stats=f"loss {sums['loss'] / m:.4f}  nll {sums['nll'] / m:.4f}  "
-                        f"kl {sums['kl'] / m:.3g}  acc {sums['correct'] / m:.3f}",
+            feature_loader = DataLoader(
+                TensorDataset(feats.features, feats.labels, feats.indices),
+                batch_size=r.train.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(r.seed),
+            )
+
+            def feature_batches() -> Iterable[StepInput]:
+                for x, y, idx in feature_loader:
+                    yield x.to(self.device, non_blocking=True), y, idx
+
+            self._epochs(
+                "head", r.train.head_epochs or r.train.epochs, len(feature_loader),
+                feature_batches, method, optimizer, head_params, detector, method, progress,
+                lambda: self._validate(method, val_feats), train_body=False,
+            )  # fmt: skip
+            return self._finish(detector, method, train_plain, progress, feats)
+
+    def _epochs(
+        self,
+        phase: str,
+        epochs: int,
+        steps_per_epoch: int,
+        batches: Callable[[], Iterable[StepInput]],
+        learner: InferenceMethod,
+        optimizer: torch.optim.Optimizer,
+        params: list[Tensor],
+        detector,
+        method: InferenceMethod,
+        progress: Progress,
+        validate: Callable[[], dict[str, float]],
+        *,
+        train_body: bool,
+    ) -> None:
+        r = self.recipe
+        for epoch in range(1, epochs + 1):
+            t_epoch = time.perf_counter()
+            label = f"{phase} {epoch}/{epochs}"
+            task = progress.add_task(label, total=steps_per_epoch, stats="")
+            sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0.0, "n": 0.0}
+            detector.train()
+            if not train_body:
+                detector.backbone.eval()
+                detector.attention.eval()
+            for features, y, idx in batches():
+                y = y.to(self.device, non_blocking=True)
+                parts = learner.training_loss(features, y, idx.to(self.device))
+                if not torch.isfinite(parts.loss):
+                    raise BnnkitError(
+                        f"loss became {parts.loss.item()} in {phase} epoch {epoch}, step "
+                        f"{self.step + 1}; training stopped. The last good checkpoint is in "
+                        f"{self.run_dir}",
+                        hint="lower train.lr or set train.grad_clip (e.g. 1.0)",
                     )
-                method.after_epoch(epoch)
+                optimizer.zero_grad(set_to_none=True)
+                parts.loss.backward()
+                if r.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
+                optimizer.step()
+                self.step += 1
+                learner.after_step(self.step)
+                n = y.shape[0]
+                sums["loss"] += parts.loss.item() * n
+                sums["nll"] += float(parts.nll) * n
+                sums["kl"] += float(parts.kl) * n
+                sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
+                sums["n"] += n
                 m = max(sums["n"], 1)
-                row = {
-                    "epoch": epoch,
-                    "loss": sums["loss"] / m,
-                    "nll": sums["nll"] / m,
-                    "kl": sums["kl"] / m,
-                    "train_acc": sums["correct"] / m,
-                }
-                row.update(self._validate(detector, method, val_loader, val_feats))
-                row["seconds"] = time.perf_counter() - t_epoch
-                history.append(row)
-                progress.update(
-                    task,
-                    stats=progress.tasks[task].fields["stats"] + f"  val_acc {row['val_acc']:.3f}",
+                stats = (
+                    f"loss {sums['loss'] / m:.4f} nll {sums['nll'] / m:.4f} "
+                    f"kl {sums['kl'] / m:.3g} acc {sums['correct'] / m:.3f}"
                 )
-                self._write_history(history)
-                self._checkpoint(
-                    detector,
-                    method,
-                    optimizer,
-                    epoch,
-                    complete=False,
-                    num_train=len(train_ds),
-                    seconds=time.perf_counter() - t_start,
-                )
-            if method.needs_train_features:
-                if frozen:
-                    tf, tl = feats.features, feats.labels
-                else:
-                    loader = make_loader(
-                        ImageDataset(
-                            train_ds.samples,
-                            build_transform(r.data.image_size, r.data.preprocess, train=False),
-                            train_ds.generators,
-                        ),
-                        r.eval.batch_size,
-                        shuffle=False,
-                        seed=r.seed,
-                        workers=workers,
-                        device=self.device,
-                    )
-                    f = extract_features(detector, loader, self.device)
-                    tf, tl = f.features, f.labels
-                method.after_training(tf.to(self.device), tl.to(self.device))
-            else:
-                method.after_training(None, None)
-        seconds = time.perf_counter() - t_start
-        self._checkpoint(
-            detector,
-            method,
-            optimizer,
-            r.train.epochs,
-            complete=True,
-            num_train=len(train_ds),
-            seconds=seconds,
-        )
+                progress.update(task, advance=1, stats=stats)
+            learner.after_epoch(epoch)
+            m = max(sums["n"], 1)
+            row: dict[str, Any] = {
+                "phase": phase,
+                "epoch": epoch,
+                "loss": sums["loss"] / m,
+                "nll": sums["nll"] / m,
+                "kl": sums["kl"] / m,
+                "train_acc": sums["correct"] / m,
+            }
+            row.update(validate())
+            row["seconds"] = time.perf_counter() - t_epoch
+            self.history.append(row)
+            progress.update(task, stats=f"{stats} val_acc {row['val_acc']:.3f}")
+            self._write_history()
+            self._checkpoint(detector, method, optimizer, phase, epoch, complete=False)
+
+    def _finish(self, detector, method, train_plain, progress, feats: Features | None = None):
+        if method.needs_train_features:
+            if feats is None:
+                feats = self._features(detector, train_plain, "train", progress)
+            method.after_training(feats.features.to(self.device), feats.labels.to(self.device))
+        else:
+            method.after_training(None, None)
+        self._checkpoint(detector, method, None, "done", 0, complete=True)
         broken = [{"path": p, "reason": why} for p, why in sorted(self.broken.items())]
         if broken:
             atomic_write_text(self.run_dir / "broken_files.json", json.dumps(broken, indent=2))
-        return TrainResult(self.run_dir, history, seconds, broken)
+        return TrainResult(self.run_dir, self.history, time.perf_counter() - self.t_start, broken)
 
     @torch.no_grad()
-    def _validate(self, detector, method, val_loader, val_feats) -> dict[str, float]:
-        if val_feats is None:
-            val_feats = extract_features(detector, val_loader, self.device)
-            self._note_broken(val_feats.broken)
-        if val_feats.labels.numel() == 0:
+    def _validate(self, method: InferenceMethod, feats: Features) -> dict[str, float]:
+        if feats.labels.numel() == 0:
             return {"val_acc": float("nan"), "val_nll": float("nan")}
         k = min(self.recipe.eval.samples, 16)
-        pred = mc_predictive(method, val_feats.features, k, self.device)
-        y = val_feats.labels
+        pred = mc_predictive(method, feats.features, k, self.device)
+        y = feats.labels
         acc = ((pred.p_fake >= 0.5).long() == y).float().mean().item()
         p_true = torch.where(y == 1, pred.p_fake, 1 - pred.p_fake).clamp_min(1e-12)
         return {"val_acc": acc, "val_nll": (-p_true.log()).mean().item()}
 
-    def _write_history(self, history: list[dict[str, float]]) -> None:
+    def _write_history(self) -> None:
         path = self.run_dir / "history.csv"
         tmp = path.with_name(".history.csv.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
-            for row in history:
+            for row in self.history:
                 writer.writerow(
-                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                    {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
                 )
         tmp.replace(path)
 
-    def _checkpoint(
-        self,
-        detector,
-        method,
-        optimizer,
-        epoch: int,
-        *,
-        complete: bool,
-        num_train: int,
-        seconds: float,
-    ) -> None:
-        state = {"optimizer": optimizer.state_dict(), "method": method.extra_state()}
+    def _checkpoint(self, detector, method, optimizer, phase: str, epoch: int, *, complete: bool):
+        state = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "method": method.extra_state(),
+        }
         meta = {
+            "phase": phase,
             "epoch": epoch,
+            "step": self.step,
             "complete": complete,
-            "num_train": num_train,
+            "num_train": method.num_train,
             "feature_dim": detector.feature_dim,
             "method": self.recipe.inference.name,
             "method_meta": method.extra_meta(),
-            "train_seconds": seconds,
+            "train_seconds": time.perf_counter() - self.t_start,
             "bnnkit": __version__,
         }
         save_checkpoint(self.run_dir, detector, state, meta)

@@ -39,6 +39,9 @@ class InferenceMethod:
       (``train.backbone = "finetune"``). False means: fine-tune with MAP first, then run the
       method on frozen features (SG-MCMC, Laplace, head ensembles).
     - ``needs_train_features``: ``after_training`` receives the training set's features.
+
+    With ``train.backbone = "frozen"`` every method trains on cached pooled features.
+    ``train.head_epochs`` (default: ``train.epochs``) sets the epochs of that head-only phase.
     """
 
     heads: ClassVar[tuple[str, ...]] = ("linear",)
@@ -57,8 +60,11 @@ class InferenceMethod:
         self.config = {**self.options, **options}
 
     # -- training -------------------------------------------------------------------------------
-    def training_loss(self, features: Tensor, targets: Tensor) -> LossParts:
-        """Default: mean NLL of one forward pass (MAP)."""
+    def training_loss(
+        self, features: Tensor, targets: Tensor, indices: Tensor | None = None
+    ) -> LossParts:
+        """Default: mean NLL of one forward pass (MAP). ``indices`` are the samples' positions in
+        the training set (stable across epochs), e.g. for bootstrap weights."""
         logits = self.head(features)
         nll = F.cross_entropy(logits, targets)
         return LossParts(loss=nll, nll=nll.detach(), kl=torch.zeros(()), logits=logits.detach())
@@ -81,6 +87,10 @@ class InferenceMethod:
 
     def after_training(self, features: Tensor | None, targets: Tensor | None) -> None:
         """Called once training ends; gets training features when ``needs_train_features``."""
+
+    def to(self, device: torch.device) -> InferenceMethod:
+        """Move tensors held outside the head (e.g. kept samples) to ``device``."""
+        return self
 
     # -- prediction -----------------------------------------------------------------------------
     def sample(self, features: Tensor, k: int) -> Tensor:
