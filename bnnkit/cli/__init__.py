@@ -24,9 +24,9 @@ class BnnkitGroup(click.Group):
         except BnnkitError as exc:
             from bnnkit.cli._common import err_console
 
-            err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            err_console().print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
             if exc.hint:
-                err_console().print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console().print(f"[yellow]hint:[/] {exc.hint}", soft_wrap=True)
             sys.exit(exc.exit_code)
 
 

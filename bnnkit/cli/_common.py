@@ -13,7 +13,7 @@ from rich.console import Console
 
 @cache
 def console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 @cache
