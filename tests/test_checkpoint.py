@@ -34,7 +34,9 @@ def test_blitz_head_with_aliased_parameters_round_trips(tmp_path):
     head = BBBHead(8, 2)
     with torch.no_grad():
         head.layer.weight_rho.fill_(-3.3)
-    save_checkpoint(tmp_path, head, {"method": {"samples": torch.ones(2, 3)}}, {"epoch": 1})
+    save_checkpoint(
+        tmp_path, head, {"method": {"samples": torch.ones(2, 3)}}, {"epoch": 1}, tag="e1"
+    )
     fresh = BBBHead(8, 2)
     state, meta = load_checkpoint(tmp_path, fresh)
     assert meta["epoch"] == 1
@@ -60,7 +62,7 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path, trained_run, 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     marker = tmp_path / "pwned"
-    (run / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(marker)), protocol=4))
+    (run / "model-final.safetensors").write_bytes(pickle.dumps(_Payload(str(marker)), protocol=4))
     with pytest.raises(UnsafeFileError):
         load_checkpoint(run, torch.nn.Linear(1, 1))
     result = runner.invoke(main, ["evaluate", str(run)])

@@ -68,8 +68,9 @@ def test_data_check_missing_root(runner, tmp_path):
 
 def test_train_writes_run_directory(trained_run):
     names = {p.name for p in trained_run.iterdir()}
-    assert {"recipe.toml", "model.safetensors", "state.safetensors", "checkpoint.json",
-            "history.csv", "env.json"} <= names  # fmt: skip
+    assert {"recipe.toml", "model-final.safetensors", "state-final.safetensors",
+            "checkpoint.json", "history.csv", "env.json"} <= names  # fmt: skip
+    assert len([n for n in names if n.startswith("model-")]) == 1  # older tags cleaned up
     assert not any(n.endswith((".pt", ".pth", ".pkl")) for n in names)
     rows = list(csv.DictReader((trained_run / "history.csv").open()))
     assert len(rows) == 1 and rows[0]["phase"] == "finetune"

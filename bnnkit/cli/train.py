@@ -10,7 +10,12 @@ from bnnkit.cli._common import console, device_option, fmt
 
 
 @click.command("train")
-@click.argument("recipe")
+@click.argument("recipe", required=False)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Continue the interrupted run in this directory from its last checkpoint.",
+)
 @click.option(
     "--set",
     "overrides",
@@ -35,7 +40,8 @@ from bnnkit.cli._common import console, device_option, fmt
 @device_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(
-    recipe: str,
+    recipe: str | None,
+    resume: Path | None,
     overrides: tuple[str, ...],
     runs_dir: Path,
     cache_dir: Path,
@@ -46,7 +52,8 @@ def command(
 
     Writes runs/<recipe>-<timestamp>/ with the resolved recipe.toml, a checkpoint after every
     epoch (safetensors + JSON), history.csv and env.json. The run directory alone is enough to
-    evaluate and predict.
+    evaluate, predict and resume. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a
+    checkpoint and prints the command that resumes; a killed run resumes from its last epoch.
 
     \b
     Examples:
@@ -54,25 +61,44 @@ def command(
       bnnkit train recipes/resnet50_bbb.toml --set data.root=/data/genimage --set train.epochs=3
       bnnkit train resnet50_bbb --set model.backbone.name=test_resnet \\
           --set model.backbone.pretrained=false --set data.image_size=64
+      bnnkit train --resume runs/resnet50_bbb-20261121-101500
     """
     from bnnkit.engine.device import select_device
     from bnnkit.engine.runs import create_run_dir
     from bnnkit.engine.trainer import Trainer
+    from bnnkit.errors import UsageError
     from bnnkit.recipe import load_recipe
 
-    r = load_recipe(recipe, list(overrides))
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise UsageError("--resume takes the run's own recipe: give no RECIPE and no --set")
+        if not (resume / "recipe.toml").is_file():
+            raise UsageError(f"{resume} is not a bnnkit run directory (no recipe.toml)")
+        r = load_recipe(resume / "recipe.toml")
+        run_dir = resume
+    elif recipe is None:
+        raise UsageError(
+            "give a RECIPE (file or bundled name) or --resume RUN", hint="bnnkit recipes list"
+        )
+    else:
+        r = load_recipe(recipe, list(overrides))
+        run_dir = None
     dev, note = select_device(device if device != "auto" else r.train.device)
     out = console()
-    run_dir = create_run_dir(runs_dir, r.name)
+    if run_dir is None:
+        run_dir = create_run_dir(runs_dir, r.name)
     out.print(
         f"[bold]bnnkit train[/] {r.name}: {r.model.backbone.name} + {r.model.attention.name} "
         f"attention + {r.inference.name} ({r.train.backbone} backbone)"
     )
     out.print(f"device: {note}")
-    out.print(f"run:    {run_dir}")
+    out.print(f"run:    {run_dir}" + ("  (resuming)" if resume else ""))
     result = Trainer(
-        r, run_dir, dev, note, console=None if quiet else out, cache_dir=cache_dir
-    ).run()
+        r, run_dir, dev, note, console=None if quiet else out, cache_dir=cache_dir,
+        resume=resume is not None,
+    ).run()  # fmt: skip
+    if result.resumed_from:
+        out.print(f"resumed from {result.resumed_from}")
     last = result.history[-1] if result.history else {}
     out.print(
         f"[green]done[/] in {result.seconds:.1f} s: train acc {fmt(last.get('train_acc'))}, "

@@ -2,13 +2,16 @@
 
 Layout inside a run directory:
 
-- ``model.safetensors``: the detector's parameters and buffers (safetensors' ``save_model``
-  handles blitz's aliased parameters, e.g. ``weight_mu`` == ``weight_sampler.mu``);
-- ``state.safetensors``: the method's extra tensors, optimiser and RNG state;
-- ``checkpoint.json``: epoch, the non-tensor skeleton of the state and method facts.
+- ``model-<tag>.safetensors``: the detector's parameters and buffers (safetensors'
+  ``save_model`` handles blitz's aliased parameters, e.g. ``weight_mu`` == ``weight_sampler.mu``);
+- ``state-<tag>.safetensors``: the method's extra tensors, optimiser and RNG state;
+- ``checkpoint.json``: which files are current, epoch/step, the non-tensor skeleton of the
+  state and method facts.
 
-Every file is written to a temporary name, flushed, fsynced and renamed, and ``checkpoint.json``
-goes last, so a kill at any instant leaves the previous complete checkpoint readable.
+Tensor files get a new tag each time and are written to a temporary name, flushed, fsynced and
+renamed; ``checkpoint.json`` is replaced atomically last and is the only pointer to them, and
+files of older tags are deleted only after it. A kill at any instant therefore leaves a
+``checkpoint.json`` whose files exist and belong together.
 """
 
 from __future__ import annotations
@@ -25,10 +28,7 @@ from torch import Tensor, nn
 from bnnkit.errors import UnsafeFileError, UsageError
 
 FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -74,25 +74,29 @@ def unflatten(tree: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]
+    run_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any], tag: str
 ) -> None:
     """Save the model, a nested ``state`` (tensors and plain values) and JSON ``meta``."""
     run_dir = Path(run_dir)
-    tmp_model = run_dir / f".{MODEL_FILE}.tmp"
+    files = {"model": f"model-{tag}.safetensors", "state": f"state-{tag}.safetensors"}
+    tmp_model = run_dir / f".{files['model']}.tmp{os.getpid()}"
     save_model(model, str(tmp_model))
     tensors: dict[str, Tensor] = {}
     skeleton = flatten(state, tensors, "s")
-    tmp_state = run_dir / f".{STATE_FILE}.tmp"
+    tmp_state = run_dir / f".{files['state']}.tmp{os.getpid()}"
     save_file(tensors, str(tmp_state))
-    _fsync_replace(tmp_model, run_dir / MODEL_FILE)
-    _fsync_replace(tmp_state, run_dir / STATE_FILE)
-    payload = {"format": FORMAT_VERSION, **meta, "state": skeleton}
+    _fsync_replace(tmp_model, run_dir / files["model"])
+    _fsync_replace(tmp_state, run_dir / files["state"])
+    payload = {"format": FORMAT_VERSION, **meta, "files": files, "state": skeleton}
     atomic_write_text(run_dir / META_FILE, json.dumps(payload, indent=2, sort_keys=True))
+    for old in [*run_dir.glob("model-*.safetensors"), *run_dir.glob("state-*.safetensors")]:
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
 
 
-def refuse_pickles(run_dir: Path) -> None:
-    """Refuse a run directory whose checkpoint files are not safetensors (e.g. a planted pickle)."""
-    for name in (MODEL_FILE, STATE_FILE):
+def refuse_pickles(run_dir: Path, files: dict[str, str]) -> None:
+    """Refuse checkpoint files that are not safetensors (e.g. a planted pickle)."""
+    for name in files.values():
         path = Path(run_dir) / name
         if path.is_file():
             with open(path, "rb") as fh:
@@ -118,11 +122,22 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 def load_checkpoint(run_dir: Path, model: nn.Module, device: torch.device | str = "cpu"):
     """Load weights into ``model``; returns ``(state, meta)`` with the nested state restored."""
     run_dir = Path(run_dir)
-    refuse_pickles(run_dir)
     meta = read_meta(run_dir)
+    files = meta.get("files") or {}
+    if set(files) != {"model", "state"} or any(Path(f).name != f for f in files.values()):
+        raise UsageError(f"{run_dir / META_FILE}: malformed 'files' entry {files!r}")
+    refuse_pickles(run_dir, files)
     try:
-        load_model(model, str(run_dir / MODEL_FILE), strict=True, device=str(device))
-        tensors = load_file(str(run_dir / STATE_FILE), device=str(device))
+        load_model(model, str(run_dir / files["model"]), strict=True, device=str(device))
+        tensors = load_file(str(run_dir / files["state"]), device=str(device))
     except Exception as exc:  # safetensors raises plain exceptions on corrupt headers
         raise UsageError(f"cannot load checkpoint in {run_dir}: {exc}") from None
     return unflatten(meta.pop("state", {}), tensors), meta
+
+
+def model_path(run_dir: Path) -> Path:
+    """The current model file of a run (named by ``checkpoint.json``)."""
+    files = read_meta(Path(run_dir)).get("files") or {}
+    if "model" not in files:
+        raise UsageError(f"{Path(run_dir) / META_FILE} names no model file")
+    return Path(run_dir) / Path(files["model"]).name

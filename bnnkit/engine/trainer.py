@@ -1,14 +1,21 @@
-"""The training loop: one recipe -> one run directory.
+"""The training loop: one recipe -> one run directory, resumable at any step.
 
 Phases, by ``train.backbone`` and the method's ``joint_finetune``:
 
 - ``finetune`` + joint method (MAP, BBB, LRT, MC-dropout): backbone, attention and head learn
   together on the method's loss.
 - ``finetune`` + non-joint method (SG-MCMC, Laplace, head ensembles): the detector is first
-  fine-tuned with MAP (cross-entropy), then its pooled features are extracted once and the
-  method runs on them (``train.head_epochs``, default ``train.epochs``).
+  fine-tuned with MAP (cross-entropy) (phase ``finetune-map``), then its pooled features are
+  extracted once and the method runs on them (phase ``head``, ``train.head_epochs`` epochs,
+  default ``train.epochs``).
 - ``frozen``: features are extracted once into the on-disk cache (:mod:`bnnkit.engine.cache`)
-  and every method trains on them in seconds.
+  and every method trains on them in seconds (phase ``head``).
+
+Resuming is exact on the CPU: each epoch's data order comes from a generator seeded by
+(seed, phase, epoch), the global RNG state is saved in every checkpoint, and a checkpoint taken
+mid-epoch (on SIGINT/SIGTERM) records how many batches of the epoch are done. With DataLoader
+workers, augmentation randomness lives in the workers, so a mid-epoch resume is then close but
+not bit-identical (an epoch-boundary resume still is).
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import csv
 import json
 import platform
 import random
+import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +36,15 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from bnnkit import __version__
-from bnnkit.data.dataset import ImageDataset, build_transform
+from bnnkit.data.dataset import ImageDataset, build_transform, collate
 from bnnkit.data.genimage import index_split
 from bnnkit.engine.build import build
 from bnnkit.engine.cache import cached_features
-from bnnkit.engine.checkpoint import atomic_write_text, save_checkpoint
-from bnnkit.engine.loop import Features, extract_features, make_loader, mc_predictive, worker_count
+from bnnkit.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from bnnkit.engine.loop import Features, extract_features, mc_predictive, worker_count
 from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.plugins import get_registry
@@ -45,6 +53,8 @@ from bnnkit.recipe import Recipe, dump_recipe
 HISTORY_FIELDS = [
     "phase", "epoch", "loss", "nll", "kl", "train_acc", "val_acc", "val_nll", "seconds",
 ]  # fmt: skip
+PHASES = ("finetune", "finetune-map", "head")
+SUM_KEYS = ("loss", "nll", "kl", "correct", "n")
 
 
 def seed_everything(seed: int) -> None:
@@ -53,12 +63,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_order(n: int, seed: int, phase: str, epoch: int) -> Tensor:
+    """The permutation of the training set for one epoch; independent of any RNG state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class TrainingInterrupted(BnnkitError):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was saved."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     broken: list[dict[str, str]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+@dataclass
+class Position:
+    """Where training is: the phase, the epoch in progress (1-based) and batches done in it."""
+
+    phase: str
+    epoch: int = 1
+    step_in_epoch: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SUM_KEYS, 0.0))
 
 
 def _progress(console: Console | None) -> Progress:
@@ -95,8 +126,12 @@ def _environment(recipe: Recipe, device_note: str) -> dict[str, Any]:
     }
 
 
-# A training step's input: (features or images, labels, dataset indices).
-StepInput = tuple[Tensor, Tensor, Tensor]
+def _stats(sums: dict[str, float]) -> str:
+    m = max(sums["n"], 1)
+    return (
+        f"loss {sums['loss'] / m:.4f} nll {sums['nll'] / m:.4f} "
+        f"kl {sums['kl'] / m:.3g} acc {sums['correct'] / m:.3f}"
+    )
 
 
 class Trainer:
@@ -108,6 +143,7 @@ class Trainer:
         device_note: str,
         console: Console | None = None,
         cache_dir: Path | None = None,
+        resume: bool = False,
     ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
@@ -115,10 +151,13 @@ class Trainer:
         self.device_note = device_note
         self.console = console
         self.cache_dir = cache_dir or Path(".bnnkit-cache")
+        self.resume = resume
         self.broken: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
         self.step = 0
+        self.elapsed_before = 0.0
         self.t_start = 0.0
+        self.stop_signal: int | None = None
 
     # -- data ------------------------------------------------------------------------------------
     def _datasets(self) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
@@ -138,19 +177,24 @@ class Trainer:
             ImageDataset(val, eval_tf, gens),
         )
 
-    def _note_broken(self, items: Iterable) -> None:
+    def _note_broken(self, items) -> None:
         for b in items:
             self.broken[b.path] = b.reason
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        r = self.recipe
-        workers = worker_count(r.data.num_workers, self.device)
-        return make_loader(
-            dataset, batch_size, shuffle=shuffle, seed=r.seed, workers=workers, device=self.device
+    def _loader(self, dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
+        workers = worker_count(self.recipe.data.num_workers, self.device)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=order if order is not None else range(len(dataset)),
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.recipe.seed),
         )
 
     def _features(self, detector, dataset, split: str, progress: Progress) -> Features:
-        loader = self._loader(dataset, self.recipe.eval.batch_size, shuffle=False)
+        loader = self._loader(dataset, self.recipe.eval.batch_size)
         if self.recipe.train.backbone == "frozen":
             feats = cached_features(
                 detector, loader, self.device, self.recipe, split, self.cache_dir, progress
@@ -170,21 +214,79 @@ class Trainer:
         train_aug, train_plain, val_ds = self._datasets()
         n_train = len(train_aug)
         detector, method = build(r, num_train=n_train)
+        frozen = r.train.backbone == "frozen"
+        if frozen:
+            phases = ["head"]
+        else:
+            phases = ["finetune"] if method.joint_finetune else ["finetune-map", "head"]
+        position = Position(phases[0])
+        saved_optimizer: dict | None = None
+        resumed_from = None
+        if self.resume and (self.run_dir / "checkpoint.json").is_file():
+            state, meta = load_checkpoint(self.run_dir, detector)
+            method.load_extra_state(state.get("method", {}))
+            method.load_extra_meta(meta.get("method_meta", {}))
+            if meta.get("complete"):
+                raise UsageError(f"{self.run_dir} is already complete; nothing to resume")
+            self.history = meta["history"]
+            self.step = meta["step"]
+            self.broken = dict(meta.get("broken", {}))
+            self.elapsed_before = meta["train_seconds"]
+            position = Position(**meta["position"])
+            saved_optimizer = state.get("optimizer") or None
+            torch.set_rng_state(state["rng"]["torch"].to(torch.uint8))
+            resumed_from = f"{position.phase} epoch {position.epoch} step {position.step_in_epoch}"
         detector.to(self.device)
         method.to(self.device)
-        (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
-        env = _environment(r, self.device_note)
-        atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
-        frozen = r.train.backbone == "frozen"
+        if not self.resume:
+            (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
+            env = _environment(r, self.device_note)
+            atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
         self.t_start = time.perf_counter()
-        with _progress(self.console) as progress:
-            head_params = list(detector.head.parameters())
-            body_params = [*detector.backbone.parameters(), *detector.attention.parameters()]
-            if not frozen:
-                # Phase 1: fine-tune the whole detector, with the method's own loss when it
-                # allows it, else with MAP before the method runs on frozen features.
-                joint = method.joint_finetune
-                learner = method if joint else InferenceMethod(detector.head, num_train=n_train)
+        handlers = self._install_signal_handlers()
+        try:
+            with _progress(self.console) as progress:
+                feats = self._run_phases(
+                    phases, position, saved_optimizer, detector, method,
+                    (train_aug, train_plain, val_ds), progress,
+                )  # fmt: skip
+                result = self._finish(detector, method, train_plain, progress, feats)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        result.resumed_from = resumed_from
+        return result
+
+    def _install_signal_handlers(self) -> dict:
+        previous: dict = {}
+
+        def on_signal(signum, frame) -> None:
+            self.stop_signal = signum
+            for sig, handler in previous.items():  # a second signal acts at once
+                signal.signal(sig, handler)
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (e.g. inside a notebook worker)
+            previous.clear()
+        return previous
+
+    def _run_phases(self, phases, position, saved_optimizer, detector, method, datasets, progress):
+        r = self.recipe
+        train_aug, train_plain, val_ds = datasets
+        head_params = list(detector.head.parameters())
+        body_params = [*detector.backbone.parameters(), *detector.attention.parameters()]
+        start = phases.index(position.phase)
+        feats = None
+        for phase in phases[start:]:
+            if phase != position.phase:
+                position, saved_optimizer = Position(phase), None
+            if phase in ("finetune", "finetune-map"):
+                joint = phase == "finetune"
+                learner = (
+                    method if joint else InferenceMethod(detector.head, num_train=len(train_aug))
+                )
                 body_lr = r.train.lr * r.train.backbone_lr_scale
                 optimizer = learner.configure_optimizer(
                     [{"params": head_params}, {"params": body_params, "lr": body_lr}],
@@ -192,30 +294,32 @@ class Trainer:
                     lr=r.train.lr,
                     weight_decay=r.train.weight_decay,
                 )
-                loader = self._loader(train_aug, r.train.batch_size, shuffle=True)
-                val_loader = self._loader(val_ds, r.eval.batch_size, shuffle=False)
-                phase = "finetune" if joint else "finetune-map"
+                val_loader = self._loader(val_ds, r.eval.batch_size)
 
-                def image_batches() -> Iterable[StepInput]:
-                    for batch in loader:
+                def image_batches(epoch: int, skip: int, _phase: str = phase) -> Iterator:
+                    bs = r.train.batch_size
+                    order = epoch_order(len(train_aug), r.seed, _phase, epoch)[skip * bs :]
+                    for batch in self._loader(train_aug, bs, order.tolist()):
                         self._note_broken(batch.broken)
                         if len(batch):
                             images = batch.images.to(self.device, non_blocking=True)
                             yield detector.features(images), batch.labels, batch.indices
 
-                def validate_images() -> dict[str, float]:
-                    feats = extract_features(detector, val_loader, self.device)
-                    self._note_broken(feats.broken)
-                    return self._validate(method if joint else learner, feats)
+                def validate_images(
+                    _learner: InferenceMethod = learner, _loader: DataLoader = val_loader
+                ) -> dict[str, float]:
+                    feats_val = extract_features(detector, _loader, self.device)
+                    self._note_broken(feats_val.broken)
+                    return self._validate(_learner, feats_val)
 
+                steps = -(-len(train_aug) // r.train.batch_size)
                 self._epochs(
-                    phase, r.train.epochs, len(loader), image_batches, learner, optimizer,
-                    [*head_params, *body_params], detector, method, progress,
+                    position, r.train.epochs, steps, image_batches, learner, optimizer,
+                    saved_optimizer, [*head_params, *body_params], detector, method, progress,
                     validate_images, train_body=True,
                 )  # fmt: skip
-                if joint:
-                    return self._finish(detector, method, train_plain, progress)
-            # Phase 2: the method on pooled features, extracted once (cached when frozen).
+                continue
+            # phase "head": the method on pooled features, extracted once (cached when frozen)
             for p in body_params:
                 p.requires_grad_(False)
             feats = self._features(detector, train_plain, "train", progress)
@@ -226,32 +330,32 @@ class Trainer:
                 lr=r.train.lr,
                 weight_decay=r.train.weight_decay,
             )
-            feature_loader = DataLoader(
-                TensorDataset(feats.features, feats.labels, feats.indices),
-                batch_size=r.train.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(r.seed),
-            )
+            n, bs = feats.labels.shape[0], r.train.batch_size
 
-            def feature_batches() -> Iterable[StepInput]:
-                for x, y, idx in feature_loader:
-                    yield x.to(self.device, non_blocking=True), y, idx
+            def feature_batches(
+                epoch: int, skip: int, _f: Features = feats, _n: int = n, _bs: int = bs
+            ) -> Iterator:
+                order = epoch_order(_n, r.seed, "head", epoch)
+                for start_ in range(skip * _bs, _n, _bs):
+                    idx = order[start_ : start_ + _bs]
+                    yield _f.features[idx].to(self.device), _f.labels[idx], _f.indices[idx]
 
             self._epochs(
-                "head", r.train.head_epochs or r.train.epochs, len(feature_loader),
-                feature_batches, method, optimizer, head_params, detector, method, progress,
-                lambda: self._validate(method, val_feats), train_body=False,
+                position, r.train.head_epochs or r.train.epochs, -(-n // bs), feature_batches,
+                method, optimizer, saved_optimizer, head_params, detector, method, progress,
+                lambda _v=val_feats: self._validate(method, _v), train_body=False,
             )  # fmt: skip
-            return self._finish(detector, method, train_plain, progress, feats)
+        return feats
 
     def _epochs(
         self,
-        phase: str,
+        position: Position,
         epochs: int,
         steps_per_epoch: int,
-        batches: Callable[[], Iterable[StepInput]],
+        batches: Callable[[int, int], Iterator],
         learner: InferenceMethod,
         optimizer: torch.optim.Optimizer,
+        saved_optimizer: dict | None,
         params: list[Tensor],
         detector,
         method: InferenceMethod,
@@ -261,22 +365,28 @@ class Trainer:
         train_body: bool,
     ) -> None:
         r = self.recipe
-        for epoch in range(1, epochs + 1):
+        phase = position.phase
+        if saved_optimizer:
+            optimizer.load_state_dict(saved_optimizer)
+        for epoch in range(position.epoch, epochs + 1):
             t_epoch = time.perf_counter()
-            label = f"{phase} {epoch}/{epochs}"
-            task = progress.add_task(label, total=steps_per_epoch, stats="")
-            sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0.0, "n": 0.0}
+            skip = position.step_in_epoch if epoch == position.epoch else 0
+            sums = position.sums if epoch == position.epoch else dict.fromkeys(SUM_KEYS, 0.0)
+            task = progress.add_task(
+                f"{phase} {epoch}/{epochs}", total=steps_per_epoch, completed=skip, stats=""
+            )
             detector.train()
             if not train_body:
                 detector.backbone.eval()
                 detector.attention.eval()
-            for features, y, idx in batches():
+            step_in_epoch = skip
+            for features, y, idx in batches(epoch, skip):
                 y = y.to(self.device, non_blocking=True)
                 parts = learner.training_loss(features, y, idx.to(self.device))
                 if not torch.isfinite(parts.loss):
                     raise BnnkitError(
                         f"loss became {parts.loss.item()} in {phase} epoch {epoch}, step "
-                        f"{self.step + 1}; training stopped. The last good checkpoint is in "
+                        f"{step_in_epoch + 1}; training stopped. The last good checkpoint is in "
                         f"{self.run_dir}",
                         hint="lower train.lr or set train.grad_clip (e.g. 1.0)",
                     )
@@ -286,6 +396,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
                 optimizer.step()
                 self.step += 1
+                step_in_epoch += 1
                 learner.after_step(self.step)
                 n = y.shape[0]
                 sums["loss"] += parts.loss.item() * n
@@ -293,12 +404,11 @@ class Trainer:
                 sums["kl"] += float(parts.kl) * n
                 sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
                 sums["n"] += n
-                m = max(sums["n"], 1)
-                stats = (
-                    f"loss {sums['loss'] / m:.4f} nll {sums['nll'] / m:.4f} "
-                    f"kl {sums['kl'] / m:.3g} acc {sums['correct'] / m:.3f}"
-                )
-                progress.update(task, advance=1, stats=stats)
+                progress.update(task, advance=1, stats=_stats(sums))
+                if self.stop_signal is not None:
+                    here = Position(phase, epoch, step_in_epoch, sums)
+                    self._checkpoint(detector, method, optimizer, here, tag=f"s{self.step}")
+                    self._interrupted(phase, epoch, step_in_epoch)
             learner.after_epoch(epoch)
             m = max(sums["n"], 1)
             row: dict[str, Any] = {
@@ -312,9 +422,22 @@ class Trainer:
             row.update(validate())
             row["seconds"] = time.perf_counter() - t_epoch
             self.history.append(row)
-            progress.update(task, stats=f"{stats} val_acc {row['val_acc']:.3f}")
+            progress.update(task, stats=f"{_stats(sums)} val_acc {row['val_acc']:.3f}")
             self._write_history()
-            self._checkpoint(detector, method, optimizer, phase, epoch, complete=False)
+            nxt = Position(phase, epoch + 1)
+            self._checkpoint(detector, method, optimizer, nxt, tag=f"s{self.step}")
+            if self.stop_signal is not None:
+                self._interrupted(phase, epoch + 1, 0)
+
+    def _interrupted(self, phase: str, epoch: int, step: int) -> None:
+        name = signal.Signals(self.stop_signal).name
+        exc = TrainingInterrupted(
+            f"{name}: stopped after {phase} epoch {epoch} step {step}; checkpoint saved in "
+            f"{self.run_dir}",
+            hint=f"resume with: bnnkit train --resume {self.run_dir}",
+        )
+        exc.exit_code = 128 + int(self.stop_signal)
+        raise exc
 
     def _finish(self, detector, method, train_plain, progress, feats: Features | None = None):
         if method.needs_train_features:
@@ -323,11 +446,12 @@ class Trainer:
             method.after_training(feats.features.to(self.device), feats.labels.to(self.device))
         else:
             method.after_training(None, None)
-        self._checkpoint(detector, method, None, "done", 0, complete=True)
+        self._checkpoint(detector, method, None, Position("done"), tag="final", complete=True)
         broken = [{"path": p, "reason": why} for p, why in sorted(self.broken.items())]
         if broken:
             atomic_write_text(self.run_dir / "broken_files.json", json.dumps(broken, indent=2))
-        return TrainResult(self.run_dir, self.history, time.perf_counter() - self.t_start, broken)
+        seconds = self.elapsed_before + time.perf_counter() - self.t_start
+        return TrainResult(self.run_dir, self.history, seconds, broken)
 
     @torch.no_grad()
     def _validate(self, method: InferenceMethod, feats: Features) -> dict[str, float]:
@@ -352,21 +476,25 @@ class Trainer:
                 )
         tmp.replace(path)
 
-    def _checkpoint(self, detector, method, optimizer, phase: str, epoch: int, *, complete: bool):
+    def _checkpoint(
+        self, detector, method, optimizer, position: Position, *, tag: str, complete: bool = False
+    ) -> None:
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             "method": method.extra_state(),
+            "rng": {"torch": torch.get_rng_state()},
         }
         meta = {
-            "phase": phase,
-            "epoch": epoch,
+            "position": position.__dict__,
             "step": self.step,
             "complete": complete,
             "num_train": method.num_train,
             "feature_dim": detector.feature_dim,
             "method": self.recipe.inference.name,
             "method_meta": method.extra_meta(),
-            "train_seconds": time.perf_counter() - self.t_start,
+            "train_seconds": self.elapsed_before + time.perf_counter() - self.t_start,
+            "history": self.history,
+            "broken": self.broken,
             "bnnkit": __version__,
         }
-        save_checkpoint(self.run_dir, detector, state, meta)
+        save_checkpoint(self.run_dir, detector, state, meta, tag=tag)
