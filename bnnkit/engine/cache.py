@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -83,7 +84,7 @@ def cached_features(
         progress=(lambda n: progress.advance(task, n)) if task is not None else None,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.safetensors.tmp"
+    tmp = folder / f".{key}.safetensors.tmp{os.getpid()}"
     save_file(
         {
             "features": feats.features.contiguous(),
