@@ -70,6 +70,9 @@ class TrainConfig(_Strict):
     backbone: Literal["finetune", "frozen"] = "finetune"
     device: str = "auto"
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
 
 
 class EvalConfig(_Strict):

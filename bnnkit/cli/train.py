@@ -62,8 +62,12 @@ def command(
       bnnkit train resnet50_bbb --set model.backbone.name=test_resnet \\
           --set model.backbone.pretrained=false --set data.image_size=64
       bnnkit train --resume runs/resnet50_bbb-20261121-101500
+      torchrun --nproc-per-node 4 -m bnnkit train resnet50_bbb   # one GPU per rank
     """
+    from rich.console import Console
+
     from bnnkit.engine.device import select_device
+    from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
     from bnnkit.engine.runs import create_run_dir
     from bnnkit.engine.trainer import Trainer
     from bnnkit.errors import UsageError
@@ -84,19 +88,25 @@ def command(
         r = load_recipe(recipe, list(overrides))
         run_dir = None
     dev, note = select_device(device if device != "auto" else r.train.device)
-    out = console()
+    info = init_distributed(dev)
+    out = console() if info.is_main else Console(quiet=True)
     if run_dir is None:
-        run_dir = create_run_dir(runs_dir, r.name)
+        run_dir = broadcast(create_run_dir(runs_dir, r.name) if info.is_main else None, info)
+    if info.enabled:
+        note += f"; rank {info.rank} of {info.world}"
     out.print(
         f"[bold]bnnkit train[/] {r.name}: {r.model.backbone.name} + {r.model.attention.name} "
         f"attention + {r.inference.name} ({r.train.backbone} backbone)"
     )
     out.print(f"device: {note}")
     out.print(f"run:    {run_dir}" + ("  (resuming)" if resume else ""))
-    result = Trainer(
-        r, run_dir, dev, note, console=None if quiet else out, cache_dir=cache_dir,
-        resume=resume is not None,
-    ).run()  # fmt: skip
+    try:
+        result = Trainer(
+            r, run_dir, dev, note, console=None if quiet or not info.is_main else out,
+            cache_dir=cache_dir, resume=resume is not None, dist=info,
+        ).run()  # fmt: skip
+    finally:
+        shutdown(info)
     if result.resumed_from:
         out.print(f"resumed from {result.resumed_from}")
     last = result.history[-1] if result.history else {}

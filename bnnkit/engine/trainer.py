@@ -44,6 +44,13 @@ from bnnkit.data.genimage import index_split
 from bnnkit.engine.build import build
 from bnnkit.engine.cache import cached_features
 from bnnkit.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from bnnkit.engine.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    shard,
+    sum_across,
+)
 from bnnkit.engine.loop import Features, extract_features, mc_predictive, worker_count
 from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.methods.base import InferenceMethod
@@ -144,6 +151,7 @@ class Trainer:
         console: Console | None = None,
         cache_dir: Path | None = None,
         resume: bool = False,
+        dist: DistInfo | None = None,
     ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
@@ -158,6 +166,26 @@ class Trainer:
         self.elapsed_before = 0.0
         self.t_start = 0.0
         self.stop_signal: int | None = None
+        self.dist = dist or DistInfo()
+        self._configure_accelerator()
+
+    def _configure_accelerator(self) -> None:
+        """Mixed precision and memory layout. CUDA only: the CPU path stays float32."""
+        t = self.recipe.train
+        cuda = self.device.type == "cuda"
+        mode = t.amp
+        if mode == "auto":
+            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
+        if mode != "off" and not cuda:
+            raise UsageError(
+                f"train.amp = {t.amp!r} needs a CUDA device; this run is on {self.device}"
+            )
+        self.amp = mode != "off"
+        self.amp_dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+        # fp16 needs loss scaling; bf16 has float32's range and does not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=mode == "fp16")
+        self.channels_last = cuda and t.channels_last
+        self.amp_mode = mode
 
     # -- data ------------------------------------------------------------------------------------
     def _datasets(self) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
@@ -196,9 +224,13 @@ class Trainer:
     def _features(self, detector, dataset, split: str, progress: Progress) -> Features:
         loader = self._loader(dataset, self.recipe.eval.batch_size)
         if self.recipe.train.backbone == "frozen":
+            if not self.dist.is_main:
+                barrier(self.dist)  # rank 0 fills the cache first; the others then read it
             feats = cached_features(
                 detector, loader, self.device, self.recipe, split, self.cache_dir, progress
             )
+            if self.dist.is_main:
+                barrier(self.dist)
         else:
             task = progress.add_task(f"features ({split})", total=len(dataset), stats="")
             feats = extract_features(
@@ -236,9 +268,15 @@ class Trainer:
             saved_optimizer = state.get("optimizer") or None
             torch.set_rng_state(state["rng"]["torch"].to(torch.uint8))
             resumed_from = f"{position.phase} epoch {position.epoch} step {position.step_in_epoch}"
+        if self.dist.enabled and resumed_from is None:
+            torch.manual_seed(r.seed + self.dist.rank)  # same init everywhere, own augmentations
         detector.to(self.device)
+        if self.channels_last:
+            detector.to(memory_format=torch.channels_last)
+        # compile a bound forward, not the module, so state_dict keys stay unchanged
+        self.forward_features = torch.compile(detector.features) if r.train.compile else None
         method.to(self.device)
-        if not self.resume:
+        if not self.resume and self.dist.is_main:
             (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
             env = _environment(r, self.device_note)
             atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
@@ -298,12 +336,15 @@ class Trainer:
 
                 def image_batches(epoch: int, skip: int, _phase: str = phase) -> Iterator:
                     bs = r.train.batch_size
-                    order = epoch_order(len(train_aug), r.seed, _phase, epoch)[skip * bs :]
+                    order = shard(epoch_order(len(train_aug), r.seed, _phase, epoch), self.dist)
+                    order = order[skip * bs :]
                     for batch in self._loader(train_aug, bs, order.tolist()):
                         self._note_broken(batch.broken)
                         if len(batch):
                             images = batch.images.to(self.device, non_blocking=True)
-                            yield detector.features(images), batch.labels, batch.indices
+                            if self.channels_last:
+                                images = images.contiguous(memory_format=torch.channels_last)
+                            yield images, batch.labels, batch.indices
 
                 def validate_images(
                     _learner: InferenceMethod = learner, _loader: DataLoader = val_loader
@@ -312,10 +353,11 @@ class Trainer:
                     self._note_broken(feats_val.broken)
                     return self._validate(_learner, feats_val)
 
-                steps = -(-len(train_aug) // r.train.batch_size)
+                per_rank = len(shard(torch.arange(len(train_aug)), self.dist))
+                steps = -(-per_rank // r.train.batch_size)
                 self._epochs(
                     position, r.train.epochs, steps, image_batches, learner, optimizer,
-                    saved_optimizer, [*head_params, *body_params], detector, method, progress,
+                    saved_optimizer, detector, method, progress,
                     validate_images, train_body=True,
                 )  # fmt: skip
                 continue
@@ -331,18 +373,19 @@ class Trainer:
                 weight_decay=r.train.weight_decay,
             )
             n, bs = feats.labels.shape[0], r.train.batch_size
+            n_rank = len(shard(torch.arange(n), self.dist))
 
             def feature_batches(
                 epoch: int, skip: int, _f: Features = feats, _n: int = n, _bs: int = bs
             ) -> Iterator:
-                order = epoch_order(_n, r.seed, "head", epoch)
-                for start_ in range(skip * _bs, _n, _bs):
+                order = shard(epoch_order(_n, r.seed, "head", epoch), self.dist)
+                for start_ in range(skip * _bs, order.numel(), _bs):
                     idx = order[start_ : start_ + _bs]
                     yield _f.features[idx].to(self.device), _f.labels[idx], _f.indices[idx]
 
             self._epochs(
-                position, r.train.head_epochs or r.train.epochs, -(-n // bs), feature_batches,
-                method, optimizer, saved_optimizer, head_params, detector, method, progress,
+                position, r.train.head_epochs or r.train.epochs, -(-n_rank // bs), feature_batches,
+                method, optimizer, saved_optimizer, detector, method, progress,
                 lambda _v=val_feats: self._validate(method, _v), train_body=False,
             )  # fmt: skip
         return feats
@@ -356,7 +399,6 @@ class Trainer:
         learner: InferenceMethod,
         optimizer: torch.optim.Optimizer,
         saved_optimizer: dict | None,
-        params: list[Tensor],
         detector,
         method: InferenceMethod,
         progress: Progress,
@@ -368,6 +410,8 @@ class Trainer:
         phase = position.phase
         if saved_optimizer:
             optimizer.load_state_dict(saved_optimizer)
+        # every parameter the optimiser updates (methods may add their own, e.g. ensemble members)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         for epoch in range(position.epoch, epochs + 1):
             t_epoch = time.perf_counter()
             skip = position.step_in_epoch if epoch == position.epoch else 0
@@ -380,9 +424,14 @@ class Trainer:
                 detector.backbone.eval()
                 detector.attention.eval()
             step_in_epoch = skip
-            for features, y, idx in batches(epoch, skip):
+            for inputs, y, idx in batches(epoch, skip):
                 y = y.to(self.device, non_blocking=True)
-                parts = learner.training_loss(features, y, idx.to(self.device))
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    if not train_body:
+                        features = inputs
+                    else:
+                        features = (self.forward_features or detector.features)(inputs)
+                    parts = learner.training_loss(features, y, idx.to(self.device))
                 if not torch.isfinite(parts.loss):
                     raise BnnkitError(
                         f"loss became {parts.loss.item()} in {phase} epoch {epoch}, step "
@@ -391,10 +440,13 @@ class Trainer:
                         hint="lower train.lr or set train.grad_clip (e.g. 1.0)",
                     )
                 optimizer.zero_grad(set_to_none=True)
-                parts.loss.backward()
+                self.scaler.scale(parts.loss).backward()
+                self.scaler.unscale_(optimizer)
+                average_gradients(params, self.dist)
                 if r.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
-                optimizer.step()
+                self.scaler.step(optimizer)
+                self.scaler.update()
                 self.step += 1
                 step_in_epoch += 1
                 learner.after_step(self.step)
@@ -405,11 +457,12 @@ class Trainer:
                 sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
                 sums["n"] += n
                 progress.update(task, advance=1, stats=_stats(sums))
-                if self.stop_signal is not None:
+                if self._should_stop():
                     here = Position(phase, epoch, step_in_epoch, sums)
                     self._checkpoint(detector, method, optimizer, here, tag=f"s{self.step}")
                     self._interrupted(phase, epoch, step_in_epoch)
             learner.after_epoch(epoch)
+            sums = sum_across(sums, self.dist, self.device)
             m = max(sums["n"], 1)
             row: dict[str, Any] = {
                 "phase": phase,
@@ -419,15 +472,26 @@ class Trainer:
                 "kl": sums["kl"] / m,
                 "train_acc": sums["correct"] / m,
             }
-            row.update(validate())
+            row.update(validate() if self.dist.is_main else {})
             row["seconds"] = time.perf_counter() - t_epoch
             self.history.append(row)
-            progress.update(task, stats=f"{_stats(sums)} val_acc {row['val_acc']:.3f}")
-            self._write_history()
+            if self.dist.is_main:
+                progress.update(task, stats=f"{_stats(sums)} val_acc {row['val_acc']:.3f}")
+                self._write_history()
             nxt = Position(phase, epoch + 1)
             self._checkpoint(detector, method, optimizer, nxt, tag=f"s{self.step}")
-            if self.stop_signal is not None:
+            if self._should_stop():
                 self._interrupted(phase, epoch + 1, 0)
+
+    def _should_stop(self) -> bool:
+        """A signal seen by any rank stops every rank at the same step."""
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        flag = torch.tensor([float(self.stop_signal or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.stop_signal is None:
+            self.stop_signal = int(flag.item())
+        return bool(flag.item())
 
     def _interrupted(self, phase: str, epoch: int, step: int) -> None:
         name = signal.Signals(self.stop_signal).name
@@ -447,8 +511,13 @@ class Trainer:
         else:
             method.after_training(None, None)
         self._checkpoint(detector, method, None, Position("done"), tag="final", complete=True)
+        if self.dist.enabled:
+            gathered: list = [None] * self.dist.world
+            torch.distributed.all_gather_object(gathered, self.broken)
+            for part in gathered:
+                self.broken.update(part)
         broken = [{"path": p, "reason": why} for p, why in sorted(self.broken.items())]
-        if broken:
+        if broken and self.dist.is_main:
             atomic_write_text(self.run_dir / "broken_files.json", json.dumps(broken, indent=2))
         seconds = self.elapsed_before + time.perf_counter() - self.t_start
         return TrainResult(self.run_dir, self.history, seconds, broken)
@@ -479,6 +548,8 @@ class Trainer:
     def _checkpoint(
         self, detector, method, optimizer, position: Position, *, tag: str, complete: bool = False
     ) -> None:
+        if not self.dist.is_main:  # rank 0 alone writes the run directory
+            return
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             "method": method.extra_state(),

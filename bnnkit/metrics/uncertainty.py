@@ -62,10 +62,15 @@ def decompose(probs: Tensor) -> dict[str, Tensor]:
         dict with keys ``total``, ``aleatoric``, ``epistemic``, each a ``[B]`` tensor.
     """
     probs = _check_probs(probs)
-    total = entropy(probs.mean(dim=0))
-    aleatoric = entropy(probs).mean(dim=0)
+    dtype = probs.dtype
+    # float64: the difference of two nearly equal entropies is the epistemic part, and in
+    # float32 identical samples would leave ~1e-7 of rounding noise instead of exactly 0
+    p64 = probs.double()
+    total = entropy(p64.mean(dim=0))
+    aleatoric = entropy(p64).mean(dim=0)
     epistemic = (total - aleatoric).clamp_min(0.0)
-    return {"total": total, "aleatoric": aleatoric, "epistemic": epistemic}
+    return {"total": total.to(dtype), "aleatoric": aleatoric.to(dtype),
+            "epistemic": epistemic.to(dtype)}  # fmt: skip
 
 
 def max_prob_score(probs: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""GenImage data: layout discovery, robust image reading, datasets and the synthetic stand-in."""
