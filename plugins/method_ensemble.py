@@ -1,0 +1,187 @@
+"""Method: ``ensemble``, a bootstrap ensemble of M MAP linear heads (Lakshminarayanan et al. 2017;
+the reference's "MAP ensemble" with bootstrap resampling).
+
+The M heads are one vectorised module, weights ``[M, C, D]`` and biases ``[M, C]``, each member
+with its own random initialisation, all trained at once on the pooled features: one einsum per
+step, not M forwards. With ``bootstrap = true`` member m sees a multinomial resample of the N
+training images: a seeded draw of N indices with replacement gives per-image counts
+``counts[m, i]`` (each row sums to N) and the member's loss weights image i by its count (the
+trainer passes every batch's stable training-set ``indices``). With ``bootstrap = false`` the
+members differ by initialisation and batch noise only (a "deep ensemble" of heads).
+
+Loss per step: ``sum_m (1/B) sum_b counts[m, b] * NLL_m(b)`` -- summing over members gives every
+member the gradient of its own bootstrap objective; weight decay comes from the optimiser.
+
+``train.backbone = "finetune"``: the detector is first fine-tuned with MAP (its own ``linear``
+head), then the M heads train on the frozen features. The detector's head is not used to predict.
+M whole detectors (one backbone per member) are not offered: that is M trainings.
+
+``sample(features, k)``: sample j is member ``j mod M``. Take ``k`` a multiple of M so every
+member weighs the same in the predictive (K = 100 with M = 5 does); ``k < M`` uses the first k
+members only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnnkit import hookimpl
+from bnnkit.methods.base import InferenceMethod, LossParts
+from bnnkit.model.heads import Head
+
+
+def bootstrap_counts(num_members: int, n: int, generator: torch.Generator) -> Tensor:
+    """Per-member multinomial resampling counts ``[M, N]`` (float): N draws with replacement."""
+    draws = torch.randint(0, n, (num_members, n), generator=generator)
+    counts = torch.zeros(num_members, n)
+    counts.scatter_add_(1, draws, torch.ones(num_members, n))
+    return counts
+
+
+class LinearEnsemble(nn.Module):
+    """M independent linear layers ``D -> C`` evaluated in one einsum."""
+
+    def __init__(
+        self, num_members: int, in_features: int, num_classes: int, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        # nn.Linear's default initialisation, drawn per member from the method's generator
+        bound = 1.0 / math.sqrt(in_features)
+        shape_w = (num_members, num_classes, in_features)
+        weight = (torch.rand(shape_w, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(num_members, num_classes, generator=generator) * 2 - 1) * bound
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    @property
+    def num_members(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, features: Tensor, members: Tensor | None = None) -> Tensor:
+        """Logits ``[M, B, C]`` (or ``[len(members), B, C]`` for the given member indices)."""
+        w, b = self.weight, self.bias
+        if members is not None:
+            w, b = w[members], b[members]
+        return torch.einsum("bd,mcd->mbc", features.to(w.dtype), w) + b.unsqueeze(1)
+
+
+class BootstrapEnsemble(InferenceMethod):
+    heads = ("linear",)
+    default_head = "linear"
+    options = {"members": 5, "bootstrap": True}
+    joint_finetune = False
+    summary = "bootstrap ensemble of M MAP linear heads, trained at once (vectorised)"
+
+    def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
+        super().__init__(head, num_train=num_train, **options)
+        members = self.config["members"]
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"inference.members must be an integer >= 1, got {members!r}")
+        self.bootstrap = bool(self.config["bootstrap"])
+        # drawn from the global RNG, which the trainer seeds with the recipe's seed
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        generator = torch.Generator().manual_seed(self.seed)
+        self.members = LinearEnsemble(members, head.in_features, head.num_classes, generator)
+        self.counts = self._counts()
+
+    def _counts(self) -> Tensor:
+        m = self.members.num_members
+        if not self.bootstrap:
+            return torch.ones(m, self.num_train)
+        return bootstrap_counts(m, self.num_train, torch.Generator().manual_seed(self.seed + 1))
+
+    # -- training -------------------------------------------------------------------------------
+    def sample_weights(self, indices: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Per-member weights ``[M, B]`` of a batch: its images' bootstrap counts. Without
+        ``indices`` (not from the trainer), Poisson(1) weights, the streaming bootstrap."""
+        m = self.members.num_members
+        if not self.bootstrap:
+            return torch.ones(m, batch, device=device)
+        if indices is None:
+            return torch.poisson(torch.ones(m, batch, device=device))
+        if int(indices.max()) >= self.counts.shape[1] or int(indices.min()) < 0:
+            raise ValueError(
+                f"training index {int(indices.max())} outside the {self.counts.shape[1]} "
+                "images the bootstrap counts were drawn for"
+            )
+        return self.counts[:, indices.to(self.counts.device)].to(device)
+
+    def training_loss(
+        self, features: Tensor, targets: Tensor, indices: Tensor | None = None
+    ) -> LossParts:
+        logits = self.members(features)  # [M, B, C]
+        m, b, c = logits.shape
+        nll = F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m), reduction="none").view(
+            m, b
+        )
+        weights = self.sample_weights(indices, b, features.device)
+        per_member = (weights * nll).sum(1) / b
+        loss = per_member.sum()
+        mean_probs = torch.softmax(logits.detach(), dim=-1).mean(0)
+        return LossParts(
+            loss=loss,
+            nll=per_member.detach().mean(),
+            kl=torch.zeros((), device=features.device),
+            logits=mean_probs.clamp_min(1e-12).log(),
+        )
+
+    def configure_optimizer(
+        self, param_groups: list[dict[str, Any]], *, optimizer: str, lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
+        """The trainer's groups (the detector's head: unused here, so it gets no gradient and stays
+        as the MAP fine-tune left it) plus one group for the M member heads."""
+        groups = [*param_groups, {"params": list(self.members.parameters())}]
+        return super().configure_optimizer(
+            groups, optimizer=optimizer, lr=lr, weight_decay=weight_decay
+        )
+
+    def to(self, device: torch.device) -> BootstrapEnsemble:
+        self.members.to(device)  # in place: parameters keep their identity for the optimiser
+        self.counts = self.counts.to(device)
+        return self
+
+    # -- prediction -----------------------------------------------------------------------------
+    def sample(self, features: Tensor, k: int) -> Tensor:
+        """``probs[k, B, C]``: sample j is member ``j mod M``."""
+        idx = torch.arange(k, device=self.members.weight.device) % self.members.num_members
+        return torch.softmax(self.members(features, idx), dim=-1)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Tensor]:
+        return {"members.weight": self.members.weight, "members.bias": self.members.bias}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        expected = {"members.weight", "members.bias"}
+        if set(state) != expected:
+            raise ValueError(f"ensemble state needs {sorted(expected)}, got {sorted(state)}")
+        w, b = state["members.weight"], state["members.bias"]
+        if w.shape != self.members.weight.shape or b.shape != self.members.bias.shape:
+            raise ValueError(
+                f"ensemble members {tuple(w.shape)} do not fit {self.members.num_members} heads "
+                f"of shape {tuple(self.members.weight.shape[1:])}"
+            )
+        with torch.no_grad():
+            self.members.weight.copy_(w)
+            self.members.bias.copy_(b)
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {
+            "members": self.members.num_members,
+            "bootstrap": self.bootstrap,
+            "bootstrap_seed": self.seed,
+        }
+
+    def load_extra_meta(self, meta: dict[str, Any]) -> None:
+        if "bootstrap_seed" in meta:
+            self.seed = int(meta["bootstrap_seed"])
+            self.counts = self._counts().to(self.counts.device)
+
+
+@hookimpl
+def register_methods(register):
+    register("ensemble", BootstrapEnsemble, summary=BootstrapEnsemble.summary)

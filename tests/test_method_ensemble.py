@@ -1,0 +1,236 @@
+"""Tests of the ``ensemble`` method: bootstrap counts, the vectorised weighted loss, members that
+differ, sampling, persistence, and a CLI train + evaluate + compare on synthetic data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from bnnkit.metrics.uncertainty import decompose  # noqa: E402
+from bnnkit_plugins.head_linear import create_linear  # noqa: E402
+from bnnkit_plugins.method_ensemble import BootstrapEnsemble, bootstrap_counts  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+N, D, C, M = 200, 6, 2, 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These problems are tiny: one thread avoids thread-pool overhead on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(N) % 2
+    x = torch.randn(N, D, generator=g)
+    x[:, 0] += 1.5 * (2 * y - 1)
+    return x, y
+
+
+def _method(seed: int = 0, **options) -> BootstrapEnsemble:
+    torch.manual_seed(seed)  # the trainer seeds the global RNG with the recipe's seed
+    return BootstrapEnsemble(create_linear(D, C), num_train=N, **{"members": M, **options})
+
+
+def _train(method: BootstrapEnsemble, epochs: int = 60) -> BootstrapEnsemble:
+    x, y = _data()
+    opt = method.configure_optimizer(
+        [{"params": list(method.head.parameters())}], optimizer="adam", lr=0.05, weight_decay=0.0
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(N, generator=g).split(50):
+            opt.zero_grad()
+            method.training_loss(x[idx], y[idx], idx).loss.backward()
+            opt.step()
+    return method
+
+
+@pytest.fixture(scope="module")
+def trained() -> BootstrapEnsemble:
+    return _train(_method())
+
+
+# -- bootstrap counts -----------------------------------------------------------------------------
+def test_bootstrap_counts_are_multinomial_resamples():
+    m, n = 40, 2000
+    counts = bootstrap_counts(m, n, torch.Generator().manual_seed(0))
+    assert counts.shape == (m, n)
+    assert bool((counts == counts.round()).all()) and bool((counts >= 0).all())
+    assert bool((counts.sum(1) == n).all())  # every member resamples exactly N images
+    # marginals are Binomial(N, 1/N): mean 1, variance 1 - 1/N, P(0) = (1 - 1/N)^N ~ 1/e
+    assert float(counts.mean()) == pytest.approx(1.0)
+    assert float(counts.var()) == pytest.approx(1 - 1 / n, abs=0.03)
+    assert float((counts == 0).double().mean()) == pytest.approx((1 - 1 / n) ** n, abs=0.01)
+    # members resample independently
+    assert not torch.equal(counts[0], counts[1])
+    assert abs(float(torch.corrcoef(counts[:2])[0, 1])) < 0.1
+
+
+def test_counts_follow_the_seed():
+    a, b, c = _method(seed=1), _method(seed=1), _method(seed=2)
+    assert torch.equal(a.counts, b.counts) and torch.equal(a.members.weight, b.members.weight)
+    assert not torch.equal(a.counts, c.counts)
+    assert bool((a.counts.sum(1) == N).all())
+
+
+def test_no_bootstrap_means_unit_weights():
+    method = _method(bootstrap=False)
+    assert bool((method.counts == 1).all())
+    w = method.sample_weights(torch.arange(10), 10, torch.device("cpu"))
+    assert torch.equal(w, torch.ones(M, 10))
+
+
+# -- the loss --------------------------------------------------------------------------------------
+def test_vectorised_loss_equals_per_member_bootstrap_losses():
+    method = _method()
+    x, y = _data()
+    idx = torch.arange(20, 52)
+    parts = method.training_loss(x[idx], y[idx], idx)
+    expected = 0.0
+    for m in range(M):
+        logits = x[idx] @ method.members.weight[m].T + method.members.bias[m]
+        nll = F.cross_entropy(logits, y[idx], reduction="none")
+        expected = expected + (method.counts[m, idx] * nll).sum() / len(idx)
+    torch.testing.assert_close(parts.loss, expected)
+
+
+def test_a_member_learns_nothing_from_images_it_did_not_draw():
+    method = _method()
+    x, y = _data()
+    i = int((method.counts == 0).any(0).nonzero()[0])  # an image some member left out
+    method.training_loss(x[i : i + 1], y[i : i + 1], torch.tensor([i])).loss.backward()
+    grad_norm = method.members.weight.grad.flatten(1).norm(dim=1)
+    left_out = method.counts[:, i] == 0
+    assert bool(left_out.any()) and bool((grad_norm[left_out] == 0).all())
+    assert bool((grad_norm[~left_out] > 0).all())
+
+
+def test_optimizer_gets_the_member_heads():
+    method = _method()
+    opt = method.configure_optimizer(
+        [{"params": list(method.head.parameters())}], optimizer="sgd", lr=0.1, weight_decay=1e-4
+    )
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(method.members.weight) in params and id(method.members.bias) in params
+    assert all(g["weight_decay"] == 1e-4 for g in opt.param_groups)
+
+
+# -- trained members -------------------------------------------------------------------------------
+def test_members_differ_and_each_fits(trained):
+    x, y = _data()
+    w = trained.members.weight.detach().flatten(1)
+    distances = torch.cdist(w, w)
+    off_diagonal = distances[~torch.eye(M, dtype=torch.bool)]
+    assert float(off_diagonal.min()) > 1e-3
+    with torch.no_grad():
+        logits = trained.members(x)  # [M, N, C]
+    accuracy = (logits.argmax(-1) == y).double().mean(1)
+    assert bool((accuracy > 0.8).all())
+    far = 20 * torch.randn(64, D, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        p_far = torch.softmax(trained.members(far), -1)[..., 1]
+    assert float(p_far.std(0).mean()) > 0.01  # they disagree off the data
+
+
+def test_sample_cycles_over_members(trained):
+    x, _ = _data()
+    with torch.no_grad():
+        per_member = torch.softmax(trained.members(x[:7]), -1)
+        probs = trained.sample(x[:7], 12)
+    assert probs.shape == (12, 7, C)
+    for j in range(12):
+        torch.testing.assert_close(probs[j], per_member[j % M])
+    torch.testing.assert_close(trained.sample(x[:7], 3), per_member[:3])  # k < M: first k
+
+
+def test_samples_decompose(trained):
+    x, _ = _data()
+    with torch.no_grad():
+        probs = trained.sample(x[:32], 2 * M)
+    unc = decompose(probs)
+    assert bool((unc["epistemic"] >= 0).all())
+    assert float(unc["epistemic"].max()) > 1e-3
+    torch.testing.assert_close(unc["total"], unc["aleatoric"] + unc["epistemic"])
+
+
+def test_extra_state_roundtrip(trained):
+    state = {k: v.detach().clone() for k, v in trained.extra_state().items()}
+    meta = json.loads(json.dumps(trained.extra_meta()))
+    assert meta["members"] == M and meta["bootstrap"] is True
+    fresh = _method(seed=123)
+    assert not torch.equal(fresh.members.weight, state["members.weight"])
+    fresh.load_extra_state(state)
+    fresh.load_extra_meta(meta)
+    x, _ = _data()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.sample(x, M), trained.sample(x, M))
+    assert torch.equal(fresh.counts, trained.counts)  # the bootstrap is restored from its seed
+    with pytest.raises(ValueError, match="do not fit"):
+        _method(members=3).load_extra_state(state)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_bad_members_option(bad):
+    with pytest.raises(ValueError, match="members"):
+        BootstrapEnsemble(create_linear(D, C), num_train=N, members=bad)
+
+
+# -- through the CLI -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from bnnkit.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth_ens")
+    synthesize(root, seed=0, train_per_class=8, val_per_class=4, size=32)
+    return root
+
+
+@pytest.mark.parametrize("backbone", ["finetune", "frozen"])
+def test_cli_train_evaluate_compare(synth, tmp_path, monkeypatch, backbone):
+    from bnnkit.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the feature cache stays in tmp
+    runner = CliRunner()
+    sets: list[str] = []
+    for key, value in {
+        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
+        "model.backbone.pretrained": "false", "train.epochs": 1, "train.head_epochs": 2,
+        "train.batch_size": 16, "train.backbone": f'"{backbone}"', "inference.members": 3,
+        "eval.samples": 6, "eval.batch_size": 64,
+    }.items():  # fmt: skip
+        sets += ["--set", f"{key}={value}"]
+    recipe = str(REPO / "recipes" / "resnet50_ensemble.toml")
+    runs = tmp_path / "runs"
+    result = runner.invoke(
+        main, ["train", recipe, "--runs-dir", str(runs), "-q", *sets], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["method"] == "ensemble" and meta["method_meta"]["members"] == 3
+    result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "unseen generator: midjourney" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["seen"]["epistemic_uncertainty"] > 0  # the 3 heads disagree
+
+    result = runner.invoke(main, ["compare", str(run), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["method"] == "ensemble"
+    assert row["id_accuracy"] == metrics["seen"]["accuracy"]
+    assert row["epistemic_auroc"] == metrics["ood"]["midjourney"]["epistemic"]["auroc"]
