@@ -1,10 +1,30 @@
 """Head: ``bbb``, a Bayes-by-Backprop linear layer built on blitz's ``BayesianLinear``.
 
 Posterior: factorised Gaussian q(w) = N(mu, softplus(rho)^2). blitz's default ``rho = -7`` gives
-sigma ~ 9e-4, i.e. almost no uncertainty, so we default to ``rho = -4`` (sigma ~ 0.018). blitz's
-KL is a one-sample Monte Carlo estimate (log q(w) - log p(w)) summed over weights, computed in
-``forward``; the method weights it (1/N by default). ``sample_logits`` draws ``k`` weight
-matrices in one vectorised call from the same parameters instead of ``k`` blitz forwards.
+sigma ~ 9e-4, i.e. almost no uncertainty, so we default to ``rho = -4`` (sigma ~ 0.018).
+
+Priors (``[model.head] prior = ...``), on every weight and bias independently:
+
+- ``"gaussian"``: N(0, prior_sigma_1^2);
+- ``"scale_mixture"``: prior_pi N(0, prior_sigma_1^2) + (1 - prior_pi) N(0, prior_sigma_2^2)
+  (Blundell et al., 2015; defaults are the reference's spike-and-slab 0.75 / 0.1 / 0.0005);
+- ``"laplace"``: Laplace(0, prior_b), density exp(-|w| / b) / (2 b) (reference: b = 0.1). It has
+  its own scale option rather than reusing prior_sigma_1, so switching prior never silently
+  reinterprets a sigma as a Laplace scale.
+
+The KL is the usual one-sample Monte Carlo estimate log q(w) - log p(w) on the weights blitz drew
+in the latest ``forward``, summed over weights; the method weights it (1/N by default).
+
+Why the densities are ours and not blitz's (checked in blitz 0.2.8's ``weight_sampler.py``):
+``PriorWeightDistribution.log_prior`` returns ``sum(log(pi p1(w) + (1-pi) p2(w) + 1e-6) - 0.5)``,
+i.e. it floors every density at 1e-6 (so far in the tails, e.g. a Laplace(0.1) prior at |w| > 1.4,
+the prior stops pulling weights back: zero gradient) and mixes in probability space (underflow),
+and its ``log_posterior`` adds the same arbitrary -0.5 per weight. We swap blitz's prior modules
+for :class:`ExactPrior` (exact ``torch.distributions`` log-densities, mixtures via logsumexp) and
+compute log q(w) with ``torch.distributions.Normal``, so the estimate is unbiased everywhere.
+
+``sample_logits`` draws ``k`` weight matrices in one vectorised call from the same parameters
+instead of ``k`` blitz forwards.
 """
 
 from __future__ import annotations
@@ -12,10 +32,68 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from blitz.modules import BayesianLinear
-from torch import Tensor
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Laplace, MixtureSameFamily, Normal
 
 from bnnkit import hookimpl
+from bnnkit.errors import UsageError
 from bnnkit.model.heads import Head
+
+PRIORS = ("gaussian", "scale_mixture", "laplace")
+
+
+class ExactPrior(nn.Module):
+    """A factorised prior over weights with exact log-densities.
+
+    Drop-in for blitz's ``PriorWeightDistribution`` (same ``log_prior(w) -> sum`` interface) and
+    holds no tensors: the ``torch.distributions`` object is built on the weights' device and
+    dtype at each call, so it follows the head to any device without changing its state dict.
+    """
+
+    def __init__(self, kind: str, *, sigma_1: float, sigma_2: float, pi: float, b: float) -> None:
+        super().__init__()
+        if kind not in PRIORS:
+            raise UsageError(
+                f"model.head.prior: unknown prior '{kind}'", hint=f"choose one of {PRIORS}"
+            )
+        for name, value in (("prior_sigma_1", sigma_1), ("prior_sigma_2", sigma_2), ("prior_b", b)):
+            if value <= 0:
+                raise UsageError(f"model.head.{name} must be > 0, got {value}")
+        if not 0.0 <= pi <= 1.0:
+            raise UsageError(f"model.head.prior_pi must be in [0, 1], got {pi}")
+        self.kind, self.sigma_1, self.sigma_2, self.pi, self.b = kind, sigma_1, sigma_2, pi, b
+
+    def distribution(
+        self, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> Distribution:
+        def t(*values: float) -> Tensor:
+            return torch.tensor(
+                values if len(values) > 1 else values[0], device=device, dtype=dtype
+            )
+
+        if self.kind == "gaussian":
+            return Normal(t(0.0), t(self.sigma_1))
+        if self.kind == "laplace":
+            return Laplace(t(0.0), t(self.b))
+        return MixtureSameFamily(
+            Categorical(probs=t(self.pi, 1.0 - self.pi)),
+            Normal(t(0.0, 0.0), t(self.sigma_1, self.sigma_2)),
+        )
+
+    def log_prob(self, w: Tensor) -> Tensor:
+        """Elementwise log-density of ``w``."""
+        return self.distribution(w.device, w.dtype).log_prob(w)
+
+    def log_prior(self, w: Tensor) -> Tensor:
+        """Summed log-density (blitz's interface)."""
+        return self.log_prob(w).sum()
+
+    def extra_repr(self) -> str:
+        if self.kind == "gaussian":
+            return f"gaussian, sigma={self.sigma_1}"
+        if self.kind == "laplace":
+            return f"laplace, b={self.b}"
+        return f"scale_mixture, pi={self.pi}, sigma_1={self.sigma_1}, sigma_2={self.sigma_2}"
 
 
 class BBBHead(Head):
@@ -26,12 +104,17 @@ class BBBHead(Head):
         in_features: int,
         num_classes: int,
         *,
+        prior: str = "gaussian",
         prior_sigma_1: float = 0.1,
-        prior_sigma_2: float = 0.4,
-        prior_pi: float = 1.0,
+        prior_sigma_2: float = 0.0005,
+        prior_pi: float = 0.75,
+        prior_b: float = 0.1,
         posterior_rho_init: float = -4.0,
     ) -> None:
         super().__init__(in_features, num_classes)
+        self.prior = ExactPrior(
+            prior, sigma_1=prior_sigma_1, sigma_2=prior_sigma_2, pi=prior_pi, b=prior_b
+        )
         self.layer = BayesianLinear(
             in_features,
             num_classes,
@@ -40,6 +123,10 @@ class BBBHead(Head):
             prior_pi=prior_pi,
             posterior_rho_init=posterior_rho_init,
         )
+        # Exact priors in place of blitz's floored ones (see the module docstring). Plain
+        # attribute swap of parameter-free modules: the state dict is unchanged.
+        self.layer.weight_prior_dist = self.prior
+        self.layer.bias_prior_dist = self.prior
         # blitz initialises mu ~ N(0, 0.1) regardless of fan-in; use the usual linear init scale.
         with torch.no_grad():
             bound = 1.0 / in_features**0.5
@@ -49,12 +136,23 @@ class BBBHead(Head):
     def forward(self, features: Tensor) -> Tensor:
         return self.layer(features)
 
-    def kl(self) -> Tensor:
-        # Set by blitz during the latest forward pass (a one-sample MC estimate of the KL).
-        return self.layer.log_variational_posterior - self.layer.log_prior
-
     def posterior_std(self) -> tuple[Tensor, Tensor]:
         return F.softplus(self.layer.weight_rho), F.softplus(self.layer.bias_rho)
+
+    def log_posterior(self, weight: Tensor, bias: Tensor) -> Tensor:
+        """log q(weight, bias), summed (exact Gaussian log-density)."""
+        w_std, b_std = self.posterior_std()
+        return (
+            Normal(self.layer.weight_mu, w_std).log_prob(weight).sum()
+            + Normal(self.layer.bias_mu, b_std).log_prob(bias).sum()
+        )
+
+    def kl(self) -> Tensor:
+        """One-sample MC estimate of KL(q || p) on the weights drawn in the latest forward."""
+        weight, bias = self.layer.weight_sampler.w, self.layer.bias_sampler.w
+        if weight is None or bias is None:
+            raise RuntimeError("kl() needs a forward pass first (it uses that pass's weights)")
+        return self.log_posterior(weight, bias) - self.layer.log_prior
 
     def sample_logits(self, features: Tensor, k: int) -> Tensor:
         w_std, b_std = self.posterior_std()
@@ -68,21 +166,29 @@ def create_bbb(
     in_features: int,
     num_classes: int,
     *,
+    prior: str = "gaussian",
     prior_sigma_1: float = 0.1,
-    prior_sigma_2: float = 0.4,
-    prior_pi: float = 1.0,
+    prior_sigma_2: float = 0.0005,
+    prior_pi: float = 0.75,
+    prior_b: float = 0.1,
     posterior_rho_init: float = -4.0,
 ) -> Head:
     return BBBHead(
         in_features,
         num_classes,
+        prior=prior,
         prior_sigma_1=prior_sigma_1,
         prior_sigma_2=prior_sigma_2,
         prior_pi=prior_pi,
+        prior_b=prior_b,
         posterior_rho_init=posterior_rho_init,
     )
 
 
 @hookimpl
 def register_heads(register):
-    register("bbb", create_bbb, summary="Bayes-by-Backprop linear layer (blitz BayesianLinear)")
+    register(
+        "bbb",
+        create_bbb,
+        summary="Bayes-by-Backprop linear layer (blitz); prior gaussian | scale_mixture | laplace",
+    )
