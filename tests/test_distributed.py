@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,16 @@ def test_torchrun_two_cpu_processes_make_one_complete_run(synth_root, tmp_path, 
            str(QUICKSTART), "--runs-dir", str(runs), "-q",
            *tiny_overrides(synth_root, **{"train.epochs": 2})]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "rank 0 of 2" in proc.stdout
+    # own session: on a timeout the whole group (torchrun and both ranks) is killed
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stdout + stderr
+    assert "rank 0 of 2" in stdout
     (run,) = list(runs.iterdir())  # rank 0 alone made and wrote the run directory
     meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["complete"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -105,6 +106,11 @@ def command(
             r, run_dir, dev, note, console=None if quiet or not info.is_main else out,
             cache_dir=cache_dir, resume=resume is not None, dist=info,
         ).run()  # fmt: skip
+    except UsageError:
+        # a configuration problem found while building: leave no empty run directory behind
+        if resume is None and info.is_main and not (run_dir / "checkpoint.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         shutdown(info)
     if result.resumed_from:

@@ -25,7 +25,10 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
             update={"backbone": model_cfg.backbone.model_copy(update={"pretrained": pretrained})}
         )
     head_name = recipe.head_name(registry)
-    detector = build_detector(model_cfg, head_name, registry)
+    try:
+        detector = build_detector(model_cfg, head_name, registry)
+    except (TypeError, ValueError) as exc:  # a plugin factory rejecting an option value
+        raise UsageError(f"model: {exc}") from None
     method_cls = registry.get("method", recipe.inference.name).obj
     try:
         method: InferenceMethod = method_cls(
