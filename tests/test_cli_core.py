@@ -29,10 +29,14 @@ def test_plugins_lists_builtins(runner):
     have = {(p["kind"], p["name"]): p for p in data["plugins"]}
     for key in [("backbone", "timm"), ("attention", "none"), ("attention", "spatial"),
                 ("attention", "se"), ("head", "linear"), ("head", "dropout"), ("head", "bbb"),
-                ("method", "map"), ("method", "bbb"), ("method", "mcdropout")]:  # fmt: skip
+                ("method", "map"), ("method", "bbb"), ("method", "mcdropout"),
+                ("attention", "cbam"), ("head", "lrt"), ("method", "lrt"), ("method", "sgld"),
+                ("method", "psgld"), ("method", "sghmc"), ("method", "kflaplace"),
+                ("method", "ensemble")]:  # fmt: skip
         assert key in have, key
         assert have[key]["package"] == "bnnkit" and have[key]["version"] == __version__
     assert have[("method", "bbb")]["heads"] == ["bbb"]
+    assert data["broken"] == [] and data["conflicts"] == []
     table = runner.invoke(main, ["plugins"])
     assert table.exit_code == 0 and "mcdropout" in table.output
 

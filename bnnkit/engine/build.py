@@ -54,4 +54,5 @@ def load_run(
     method.load_extra_state(state.get("method", {}))
     method.load_extra_meta(meta.get("method_meta", {}))
     detector.to(device).eval()
+    method.to(device)
     return recipe, detector, method, meta

@@ -443,7 +443,7 @@ class Trainer:
                 self.scaler.scale(parts.loss).backward()
                 self.scaler.unscale_(optimizer)
                 average_gradients(params, self.dist)
-                if r.train.grad_clip > 0:
+                if r.train.grad_clip > 0 and learner.clip_gradients:
                     torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
                 self.scaler.step(optimizer)
                 self.scaler.update()

@@ -39,6 +39,7 @@ class InferenceMethod:
       (``train.backbone = "finetune"``). False means: fine-tune with MAP first, then run the
       method on frozen features (SG-MCMC, Laplace, head ensembles).
     - ``needs_train_features``: ``after_training`` receives the training set's features.
+    - ``clip_gradients``: whether ``train.grad_clip`` applies (False for SG-MCMC samplers).
 
     With ``train.backbone = "frozen"`` every method trains on cached pooled features.
     ``train.head_epochs`` (default: ``train.epochs``) sets the epochs of that head-only phase.
@@ -49,6 +50,8 @@ class InferenceMethod:
     options: ClassVar[dict[str, Any]] = {}
     joint_finetune: ClassVar[bool] = True
     needs_train_features: ClassVar[bool] = False
+    #: False for samplers, whose dynamics ``train.grad_clip`` would bias.
+    clip_gradients: ClassVar[bool] = True
     summary: ClassVar[str] = ""
 
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:

@@ -1,0 +1,62 @@
+"""Methods: ``sgld`` (Welling & Teh, 2011) and ``psgld`` (Li et al., 2016) over a linear head.
+
+Langevin dynamics on the head's posterior with a Gaussian prior N(0, prior_sigma^2):
+``theta <- theta - (lr/2) (N grad(mean NLL) + theta / prior_sigma^2) + Normal(0, lr)``; pSGLD
+multiplies drift and noise by an RMSprop preconditioner. The updates live in
+:mod:`bnnkit.methods.sgmcmc`; this module only picks the sampler.
+
+The step size ``[inference] lr``: 0 (default) means ``train.lr / N``, so the drift is an SGD
+step of ``train.lr / 2`` on the mean loss (stable wherever SGD at that rate is) and the injected
+noise has variance ``train.lr / N``. Burn-in (``burn_in_epochs``), thinning (``thin``) and the cap
+(``max_samples``) are shared by every SG-MCMC method; the kept samples are saved in the run.
+
+Not joint with the backbone: with ``train.backbone = "finetune"`` the detector is first
+fine-tuned with MAP, then the chain runs on frozen pooled features for ``train.head_epochs``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from bnnkit import hookimpl
+from bnnkit.methods.sgmcmc import PSGLD, SGLD, SGMCMCMethod
+
+
+class StochasticGradientLangevin(SGMCMCMethod):
+    summary = "SGLD: Langevin dynamics on the head, N-scaled gradient + Gaussian prior"
+    sampler_name = "sgld"
+
+    def make_sampler(self, params: list[Tensor], step_size: float) -> Optimizer:
+        return SGLD(params, lr=step_size, num_data=self.num_train, prior_sigma=self.prior_sigma)
+
+
+class PreconditionedLangevin(SGMCMCMethod):
+    summary = "pSGLD: SGLD with an RMSprop preconditioner (Li et al., 2016)"
+    sampler_name = "psgld"
+    options = {**SGMCMCMethod.options, "alpha": 0.99, "eps": 1e-5}
+
+    def __init__(self, head, *, num_train: int, **options) -> None:
+        super().__init__(head, num_train=num_train, **options)
+        self.alpha = float(self.config["alpha"])
+        self.eps = float(self.config["eps"])
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"inference.alpha must be in [0, 1), got {self.alpha}")
+        if self.eps <= 0:
+            raise ValueError(f"inference.eps must be > 0, got {self.eps}")
+
+    def make_sampler(self, params: list[Tensor], step_size: float) -> Optimizer:
+        return PSGLD(
+            params,
+            lr=step_size,
+            num_data=self.num_train,
+            prior_sigma=self.prior_sigma,
+            alpha=self.alpha,
+            eps=self.eps,
+        )
+
+
+@hookimpl
+def register_methods(register):
+    register("sgld", StochasticGradientLangevin, summary=StochasticGradientLangevin.summary)
+    register("psgld", PreconditionedLangevin, summary=PreconditionedLangevin.summary)
