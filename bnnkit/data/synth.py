@@ -350,8 +350,9 @@ def synthesize(
     ``generators`` takes short names (``"adm"``, ...) or official folder names; ``None`` means all
     eight. ``progress(done, total)`` is called after each file. ``strength`` multiplies every
     fingerprint's residual: 1 is subtle (a few grey levels); the default 3 lets a tiny CNN learn
-    the artifacts from cropped pixels in a one-minute CPU demo (at 1 it stays at chance). Existing files with the same names
-    are overwritten; other files under ``root`` are left alone.
+    the artifacts from cropped pixels in a one-minute CPU demo (at 1 it stays at chance).
+    Existing files with the same names are overwritten; other files under ``root`` are left
+    alone.
     """
     for label, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         if int(value) != value or value < 0:
