@@ -26,14 +26,14 @@ demo: $(STAMP)
 	$(BIN)/bnnkit evaluate --ood midjourney
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check bnnkit plugins tests benchmarks
-	$(BIN)/ruff format --check bnnkit plugins tests benchmarks
+	$(BIN)/ruff check bnnkit plugins tests benchmarks examples docs
+	$(BIN)/ruff format --check bnnkit plugins tests benchmarks examples docs
 
 clean:
 	rm -rf $(VENV) runs data/synth .bnnkit-cache .pytest_cache
