@@ -1,0 +1,71 @@
+"""``benchmarks/run.py --quick`` runs end to end and prints one JSON object with every figure.
+
+Only the shape and sign of the numbers are checked: timings depend on the machine, so no test
+asserts on them (the figures themselves are recorded from full runs; see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run.py"
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_benchmark_prints_every_figure(tmp_path):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        # One thread: the smoke test may share the cores with other tests.
+        "OMP_NUM_THREADS": "1",
+    }
+    out_file = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out_file)],
+        cwd=tmp_path,  # nothing may be written to the working directory
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard, not a timing assertion
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    assert json.loads(out_file.read_text()) == result
+    assert list(tmp_path.iterdir()) == [out_file]
+
+    for key in ("predict_k100_over_k1", "naive_k100_over_ours"):
+        figures = result[key]
+        assert set(figures) == {"bbb", "lrt", "dropout"}
+        assert _positive(figures["bbb"]) and _positive(figures["dropout"])
+        assert figures["lrt"] is None or _positive(figures["lrt"])  # lrt: when installed
+    assert isinstance(result["naive_passes_timed"], int) and result["naive_passes_timed"] >= 1
+
+    steps = result["bayes_step_over_map_step"]
+    assert set(steps) == {"bbb", "lrt"}
+    assert _positive(steps["bbb"])
+    assert steps["lrt"] is None or _positive(steps["lrt"])
+
+    assert _positive(result["toolkit_eval_over_bare_timm"])
+
+    sweep = result["frozen_sweep_seconds"]
+    assert _positive(sweep["total"])
+    per_method = sweep["per_method"]
+    assert {"map", "bbb", "mcdropout"} <= set(per_method)
+    assert "vi" not in per_method  # an alias is not trained twice
+    for name in ("map", "bbb", "mcdropout"):
+        assert _positive(per_method[name]), name
+    assert math.isclose(
+        sweep["total"], sum(v for v in per_method.values() if v is not None), rel_tol=1e-9
+    )
+    assert result["details"]["sweep"]["feature_dim"] > 0
+    assert set(result["meets_targets"]) == set(result["targets"])
+    assert result["settings"]["mode"] == "quick"
