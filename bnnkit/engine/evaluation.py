@@ -47,7 +47,7 @@ from bnnkit.data.degrade import Degradation
 from bnnkit.data.genimage import Sample, check_generator_name, index_split
 from bnnkit.engine.build import load_run
 from bnnkit.engine.checkpoint import atomic_write_text, model_path
-from bnnkit.engine.loop import extract_features, make_loader, mc_predictive, worker_count
+from bnnkit.engine.loop import make_loader, stream_predictive, worker_count
 from bnnkit.errors import UsageError
 from bnnkit.metrics.classification import classification_report
 from bnnkit.metrics.ood import ood_report
@@ -319,23 +319,22 @@ def _run_condition(
         workers=worker_count(recipe.data.num_workers, device),
         device=device,
     )
-    t0 = time.perf_counter()
     task = progress.add_task(f"evaluate: {label}", total=len(dataset))
-    feats = extract_features(detector, loader, device, lambda n: progress.advance(task, n))
-    t1 = time.perf_counter()
     torch.manual_seed(recipe.seed)  # same draws for every condition and every run
-    pred = mc_predictive(method, feats.features, k, device)
-    t2 = time.perf_counter()
+    out = stream_predictive(
+        detector, method, loader, k, device, lambda n: progress.advance(task, n)
+    )
+    pred = out.pred
     data = ConditionData(
         pred.p_fake,
         pred.total,
         pred.aleatoric,
         pred.epistemic,
-        feats.labels,
-        feats.generators,
-        feats.indices,
+        out.labels,
+        out.generators,
+        out.indices,
     )
-    return data, feats.broken, t1 - t0, t2 - t1
+    return data, out.broken, out.features_seconds, out.sampling_seconds
 
 
 def model_fingerprint(run_dir: Path) -> str:

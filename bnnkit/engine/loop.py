@@ -106,3 +106,56 @@ def mc_predictive(
         z = torch.zeros(0)
         return Predictive(z, z, z, z)
     return Predictive(*(torch.cat(parts[k]) for k in ("p", "total", "aleatoric", "epistemic")))
+
+
+@dataclass
+class Streamed:
+    """Per-image results of :func:`stream_predictive`, in loader order."""
+
+    pred: Predictive
+    labels: Tensor
+    generators: Tensor
+    indices: Tensor
+    broken: list[Broken]
+    features_seconds: float
+    sampling_seconds: float
+
+
+@torch.no_grad()
+def stream_predictive(
+    detector: Detector, method: InferenceMethod, loader: DataLoader, k: int,
+    device: torch.device, progress=None,
+) -> Streamed:  # fmt: skip
+    """One backbone pass and K head samples per batch, keeping only per-image results, so peak
+    memory does not grow with the number of images (the pooled features are dropped)."""
+    import time
+
+    detector.eval()
+    method.head.eval()
+    keys = ("p", "total", "aleatoric", "epistemic", "labels", "gens", "idx")
+    parts: dict[str, list[Tensor]] = {key: [] for key in keys}
+    broken: list[Broken] = []
+    t_feat = t_samp = 0.0
+    for batch in loader:
+        broken.extend(batch.broken)
+        if len(batch):
+            t0 = time.perf_counter()
+            feats = detector.features(batch.images.to(device, non_blocking=True)).float()
+            t1 = time.perf_counter()
+            probs = method.sample(feats, k).float().cpu()
+            unc = decompose(probs)
+            t_feat, t_samp = t_feat + t1 - t0, t_samp + time.perf_counter() - t1
+            parts["p"].append(probs.mean(0)[:, 1])
+            for key in ("total", "aleatoric", "epistemic"):
+                parts[key].append(unc[key])
+            parts["labels"].append(batch.labels)
+            parts["gens"].append(batch.generators)
+            parts["idx"].append(batch.indices)
+        if progress is not None:
+            progress(len(batch) + len(batch.broken))
+    if not parts["p"]:
+        z, e = torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        return Streamed(Predictive(z, z, z, z), e, e, e, broken, t_feat, t_samp)
+    cat = {key: torch.cat(v) for key, v in parts.items()}
+    pred = Predictive(cat["p"], cat["total"], cat["aleatoric"], cat["epistemic"])
+    return Streamed(pred, cat["labels"], cat["gens"], cat["idx"], broken, t_feat, t_samp)
