@@ -73,6 +73,9 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    log: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="extra loggers beside history.csv"
+    )
 
 
 class EvalConfig(_Strict):

@@ -182,3 +182,18 @@ def test_frozen_backbone_reuses_feature_cache(runner, synth_root, tmp_path):
     runs = sorted((tmp_path / "runs").iterdir())
     history = list(csv.DictReader((runs[-1] / "history.csv").open()))
     assert [r["phase"] for r in history] == ["head"]
+
+
+def test_tensorboard_scalars_beside_history(runner, synth_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
+            *tiny_overrides(synth_root, **{"train.log": '["tensorboard"]'})]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (run,) = list(tmp_path.iterdir())
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"finetune/loss", "finetune/val_acc", "finetune/kl"} <= tags
+    assert [e.step for e in events.Scalars("finetune/loss")] == [1]

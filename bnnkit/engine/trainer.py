@@ -168,6 +168,20 @@ class Trainer:
         self.stop_signal: int | None = None
         self.dist = dist or DistInfo()
         self._configure_accelerator()
+        self.tensorboard = self._tensorboard_writer()
+
+    def _tensorboard_writer(self):
+        """A SummaryWriter into ``RUN/tensorboard`` when ``train.log`` asks for it (rank 0)."""
+        if "tensorboard" not in self.recipe.train.log or not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError(
+                'train.log = ["tensorboard"] needs the tensorboard package',
+                hint="pip install 'bnnkit[tensorboard]'  (or: pip install tensorboard)",
+            ) from None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def _configure_accelerator(self) -> None:
         """Mixed precision and memory layout. CUDA only: the CPU path stays float32."""
@@ -292,6 +306,8 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         result.resumed_from = resumed_from
         return result
 
@@ -478,6 +494,11 @@ class Trainer:
             if self.dist.is_main:
                 progress.update(task, stats=f"{_stats(sums)} val_acc {row['val_acc']:.3f}")
                 self._write_history()
+                if self.tensorboard is not None:
+                    for key, value in row.items():
+                        if key not in ("phase", "epoch"):
+                            self.tensorboard.add_scalar(f"{phase}/{key}", value, epoch)
+                    self.tensorboard.flush()
             nxt = Position(phase, epoch + 1)
             self._checkpoint(detector, method, optimizer, nxt, tag=f"s{self.step}")
             if self._should_stop():
