@@ -174,3 +174,27 @@ def test_devices_with_an_impossible_request_exits_2(monkeypatch):
     info = json.loads(result.output)
     assert info["selected"]["device"] is None
     assert "only 2 CUDA device(s) visible" in info["selected"]["error"]
+
+
+def test_local_rank_is_validated_and_plain_cuda_is_chosen(monkeypatch):
+    import pytest as _pytest
+    import torch as _torch
+
+    from bnnkit.engine.device import select_device
+    from bnnkit.errors import UsageError
+
+    monkeypatch.setattr(_torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(_torch.cuda, "mem_get_info", lambda i: ((1 + i) * 2**30, 8 * 2**30))
+    monkeypatch.setattr(_torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    device, note = select_device("cuda")  # plain "cuda" picks like auto, not always cuda:0
+    assert device == _torch.device("cuda", 1) and "most free" in note
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert select_device("cuda")[0] == _torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with _pytest.raises(UsageError, match="only 2 CUDA device"):
+        select_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with _pytest.raises(UsageError, match="not an integer"):
+        select_device("auto")

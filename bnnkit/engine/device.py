@@ -34,27 +34,48 @@ def select_device(requested: str = "auto") -> tuple[torch.device, str]:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError(f"--device {requested}: CUDA is not available on this machine")
-            if device.index is not None and device.index >= torch.cuda.device_count():
+            if device.index is None:  # plain "cuda": choose among GPUs like auto does
+                return _pick_cuda(os.environ.get("LOCAL_RANK"))
+            if device.index >= torch.cuda.device_count():
                 raise UsageError(
                     f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible"
                 )
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UsageError(f"--device {requested}: MPS is not available on this machine")
         return device, f"{device} (requested)"
-    local_rank = os.environ.get("LOCAL_RANK")
     if torch.cuda.is_available():
-        if local_rank is not None:
-            index = int(local_rank)
-            return torch.device("cuda", index), f"cuda:{index} (LOCAL_RANK)"
-        free = cuda_free_memory()
-        if free:
-            index, free_b, total_b = max(free, key=lambda t: (t[1], -t[0]))
-            name = torch.cuda.get_device_name(index)
-            return (
-                torch.device("cuda", index),
-                f"cuda:{index} {name} ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free; "
-                f"most free of {len(free)})",
-            )
+        picked = _pick_cuda(os.environ.get("LOCAL_RANK"), allow_none=True)
+        if picked is not None:
+            return picked
     if torch.backends.mps.is_available():
         return torch.device("mps"), "mps (Apple GPU)"
     return torch.device("cpu"), f"cpu ({torch.get_num_threads()} threads; no GPU found)"
+
+
+def _pick_cuda(local_rank: str | None, allow_none: bool = False):
+    """Under torchrun the rank's ``LOCAL_RANK`` device; else the GPU with most free memory."""
+    count = torch.cuda.device_count()
+    if local_rank is not None:
+        try:
+            index = int(local_rank)
+        except ValueError:
+            raise UsageError(f"LOCAL_RANK={local_rank!r} is not an integer") from None
+        if not 0 <= index < count:
+            raise UsageError(
+                f"LOCAL_RANK={index} but only {count} CUDA device(s) visible",
+                hint="use --nproc-per-node <= the number of GPUs, or set CUDA_VISIBLE_DEVICES",
+            )
+        return torch.device("cuda", index), f"cuda:{index} (LOCAL_RANK)"
+    free = cuda_free_memory()
+    if not free:
+        if allow_none:
+            return None
+        return torch.device("cuda", 0), "cuda:0 (no free-memory query answered)"
+    index, free_b, total_b = max(free, key=lambda t: (t[1], -t[0]))
+    name = torch.cuda.get_device_name(index)
+    busy = count - len(free)
+    return (
+        torch.device("cuda", index),
+        f"cuda:{index} {name} ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free; "
+        f"most free of {len(free)}" + (f"; {busy} busy" if busy else "") + ")",
+    )
