@@ -399,11 +399,19 @@ class Trainer:
                     idx = order[start_ : start_ + _bs]
                     yield _f.features[idx].to(self.device), _f.labels[idx], _f.indices[idx]
 
-            self._epochs(
-                position, r.train.head_epochs or r.train.epochs, -(-n_rank // bs), feature_batches,
-                method, optimizer, saved_optimizer, detector, method, progress,
-                lambda _v=val_feats: self._validate(method, _v), train_body=False,
-            )  # fmt: skip
+            # The head's ops are tiny: on a CPU, more than one thread only adds OpenMP hand-offs,
+            # which turn into 10-30x slowdowns when another process shares the cores.
+            threads = torch.get_num_threads()
+            if self.device.type == "cpu":
+                torch.set_num_threads(1)
+            try:
+                self._epochs(
+                    position, r.train.head_epochs or r.train.epochs, -(-n_rank // bs),
+                    feature_batches, method, optimizer, saved_optimizer, detector, method,
+                    progress, lambda _v=val_feats: self._validate(method, _v), train_body=False,
+                )  # fmt: skip
+            finally:
+                torch.set_num_threads(threads)
         return feats
 
     def _epochs(
