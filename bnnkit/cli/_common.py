@@ -38,5 +38,22 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def compact_table(title: str | None = None, caption: str | None = None):
+    """The tables of evaluate/compare: no side borders, one space between columns, so numbers
+    fit an 80-column terminal without truncation."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption=caption,
+        caption_justify="left",
+    )
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from bnnkit.cli._common import console, fmt, print_json
+from bnnkit.cli._common import compact_table, console, fmt, print_json
 
 # (key in a row, column header, digits): the order of the table and markdown columns
 COLUMNS: list[tuple[str, str, int]] = [
@@ -134,9 +134,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    from rich import box
-    from rich.table import Table
-
     unseen = sorted({g for r in rows for g in r["unseen_generators"]})
     title = f"{len(rows)} run(s); unseen: {', '.join(unseen) or 'none'}"
     columns = list(COLUMNS)
@@ -146,15 +143,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if len(rows) > 1 and len(values) == 1:
             title += f"; {label} {fmt(values.pop())}"
             columns = [c for c in columns if c[0] != key]
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption=CAPTION,
-        caption_justify="left",
-    )
+    table = compact_table(title, CAPTION)
     for key, header, _ in columns:
         if key == "run":
             table.add_column(header, justify="left", overflow="fold", min_width=12)

@@ -7,22 +7,11 @@ from typing import Any
 
 import click
 
-from bnnkit.cli._common import console, device_option, fmt, print_json
+from bnnkit.cli._common import compact_table, console, device_option, fmt, print_json
 
 
 def _table(title: str | None, columns: list[str], left: int = 1, caption: str | None = None):
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption=caption,
-        caption_justify="left",
-    )
+    table = compact_table(title, caption)
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i < left else "right", no_wrap=True)
     return table

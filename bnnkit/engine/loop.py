@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,21 +28,23 @@ def make_loader(
     dataset: Dataset,
     batch_size: int,
     *,
-    shuffle: bool,
+    shuffle: bool = False,
     seed: int,
     workers: int,
     device: torch.device,
+    order: list[int] | None = None,
 ) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+    """The DataLoader every loop uses (skips unreadable files via ``collate``). ``order`` fixes
+    the sample order explicitly (the trainer's per-epoch permutations); else ``shuffle``."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        shuffle=shuffle if order is None else False,
+        sampler=order,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
 
 
@@ -88,6 +91,23 @@ class Predictive:
     epistemic: Tensor
 
 
+def _predict_chunk(method: InferenceMethod, features: Tensor, k: int) -> Predictive:
+    """K head samples for one chunk of features, reduced at once to per-image results."""
+    probs = method.sample(features, k).float().cpu()
+    unc = decompose(probs)
+    return Predictive(probs.mean(0)[:, 1], unc["total"], unc["aleatoric"], unc["epistemic"])
+
+
+def _concat(chunks: list[Predictive]) -> Predictive:
+    if not chunks:
+        z = torch.zeros(0)
+        return Predictive(z, z, z, z)
+    return Predictive(
+        *(torch.cat([getattr(c, f) for c in chunks]) for f in ("p_fake", "total", "aleatoric",
+                                                              "epistemic"))
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def mc_predictive(
     method: InferenceMethod, features: Tensor, k: int, device: torch.device, chunk: int = 1024
@@ -95,17 +115,12 @@ def mc_predictive(
     """K posterior samples over the head for every feature row, streamed in chunks so memory
     does not grow with K x N."""
     method.head.eval()
-    parts: dict[str, list[Tensor]] = {"p": [], "total": [], "aleatoric": [], "epistemic": []}
-    for start in range(0, features.shape[0], chunk):
-        probs = method.sample(features[start : start + chunk].to(device), k).float().cpu()
-        unc = decompose(probs)
-        parts["p"].append(probs.mean(0)[:, 1])
-        for key in ("total", "aleatoric", "epistemic"):
-            parts[key].append(unc[key])
-    if not parts["p"]:
-        z = torch.zeros(0)
-        return Predictive(z, z, z, z)
-    return Predictive(*(torch.cat(parts[k]) for k in ("p", "total", "aleatoric", "epistemic")))
+    return _concat(
+        [
+            _predict_chunk(method, features[start : start + chunk].to(device), k)
+            for start in range(0, features.shape[0], chunk)
+        ]
+    )
 
 
 @dataclass
@@ -128,12 +143,12 @@ def stream_predictive(
 ) -> Streamed:  # fmt: skip
     """One backbone pass and K head samples per batch, keeping only per-image results, so peak
     memory does not grow with the number of images (the pooled features are dropped)."""
-    import time
-
     detector.eval()
     method.head.eval()
-    keys = ("p", "total", "aleatoric", "epistemic", "labels", "gens", "idx")
-    parts: dict[str, list[Tensor]] = {key: [] for key in keys}
+    chunks: list[Predictive] = []
+    labels: list[Tensor] = []
+    gens: list[Tensor] = []
+    idx: list[Tensor] = []
     broken: list[Broken] = []
     t_feat = t_samp = 0.0
     for batch in loader:
@@ -142,20 +157,16 @@ def stream_predictive(
             t0 = time.perf_counter()
             feats = detector.features(batch.images.to(device, non_blocking=True)).float()
             t1 = time.perf_counter()
-            probs = method.sample(feats, k).float().cpu()
-            unc = decompose(probs)
+            chunks.append(_predict_chunk(method, feats, k))
             t_feat, t_samp = t_feat + t1 - t0, t_samp + time.perf_counter() - t1
-            parts["p"].append(probs.mean(0)[:, 1])
-            for key in ("total", "aleatoric", "epistemic"):
-                parts[key].append(unc[key])
-            parts["labels"].append(batch.labels)
-            parts["gens"].append(batch.generators)
-            parts["idx"].append(batch.indices)
+            labels.append(batch.labels)
+            gens.append(batch.generators)
+            idx.append(batch.indices)
         if progress is not None:
             progress(len(batch) + len(batch.broken))
-    if not parts["p"]:
-        z, e = torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        return Streamed(Predictive(z, z, z, z), e, e, e, broken, t_feat, t_samp)
-    cat = {key: torch.cat(v) for key, v in parts.items()}
-    pred = Predictive(cat["p"], cat["total"], cat["aleatoric"], cat["epistemic"])
-    return Streamed(pred, cat["labels"], cat["gens"], cat["idx"], broken, t_feat, t_samp)
+    empty = torch.zeros(0, dtype=torch.long)
+
+    def cat(parts: list[Tensor]) -> Tensor:
+        return torch.cat(parts) if parts else empty
+
+    return Streamed(_concat(chunks), cat(labels), cat(gens), cat(idx), broken, t_feat, t_samp)

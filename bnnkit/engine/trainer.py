@@ -22,24 +22,19 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import Tensor
+from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from bnnkit import __version__
-from bnnkit.data.dataset import ImageDataset, build_transform, collate
+from bnnkit.data.dataset import ImageDataset, build_transform
 from bnnkit.data.genimage import index_split
 from bnnkit.engine.build import build
 from bnnkit.engine.cache import cached_features
@@ -51,94 +46,28 @@ from bnnkit.engine.distributed import (
     shard,
     sum_across,
 )
-from bnnkit.engine.loop import Features, extract_features, mc_predictive, worker_count
+from bnnkit.engine.loop import (
+    Features,
+    extract_features,
+    make_loader,
+    mc_predictive,
+    worker_count,
+)
+from bnnkit.engine.run_state import (
+    HISTORY_FIELDS,
+    SUM_KEYS,
+    Position,
+    TrainingInterrupted,
+    TrainResult,
+    environment,
+    epoch_order,
+    epoch_stats,
+    progress_bar,
+    seed_everything,
+)
 from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.methods.base import InferenceMethod
-from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, dump_recipe
-
-HISTORY_FIELDS = [
-    "phase", "epoch", "loss", "nll", "kl", "train_acc", "val_acc", "val_nll", "seconds",
-]  # fmt: skip
-PHASES = ("finetune", "finetune-map", "head")
-SUM_KEYS = ("loss", "nll", "kl", "correct", "n")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_order(n: int, seed: int, phase: str, epoch: int) -> Tensor:
-    """The permutation of the training set for one epoch; independent of any RNG state."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-class TrainingInterrupted(BnnkitError):
-    """SIGINT/SIGTERM: the current step finished and a checkpoint was saved."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    broken: list[dict[str, str]] = field(default_factory=list)
-    resumed_from: str | None = None
-
-
-@dataclass
-class Position:
-    """Where training is: the phase, the epoch in progress (1-based) and batches done in it."""
-
-    phase: str
-    epoch: int = 1
-    step_in_epoch: int = 0
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SUM_KEYS, 0.0))
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=console is None,
-    )
-
-
-def _environment(recipe: Recipe, device_note: str) -> dict[str, Any]:
-    registry = get_registry()
-    used = {
-        "backbone": registry.get("backbone", recipe.model.backbone.name),
-        "attention": registry.get("attention", recipe.model.attention.name),
-        "head": registry.get("head", recipe.head_name(registry)),
-        "method": registry.get("method", recipe.inference.name),
-    }
-    return {
-        "bnnkit": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device_note,
-        "seed": recipe.seed,
-        "plugins": {
-            kind: {"name": e.name, "package": e.package, "version": e.version}
-            for kind, e in used.items()
-        },
-    }
-
-
-def _stats(sums: dict[str, float]) -> str:
-    m = max(sums["n"], 1)
-    return (
-        f"loss {sums['loss'] / m:.4f} nll {sums['nll'] / m:.4f} "
-        f"kl {sums['kl'] / m:.3g} acc {sums['correct'] / m:.3f}"
-    )
 
 
 class Trainer:
@@ -224,15 +153,10 @@ class Trainer:
             self.broken[b.path] = b.reason
 
     def _loader(self, dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
-        workers = worker_count(self.recipe.data.num_workers, self.device)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=order if order is not None else range(len(dataset)),
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.recipe.seed),
+        r = self.recipe
+        workers = worker_count(r.data.num_workers, self.device)
+        return make_loader(
+            dataset, batch_size, seed=r.seed, workers=workers, device=self.device, order=order
         )
 
     def _features(self, detector, dataset, split: str, progress: Progress) -> Features:
@@ -292,12 +216,12 @@ class Trainer:
         method.to(self.device)
         if not self.resume and self.dist.is_main:
             (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
-            env = _environment(r, self.device_note)
+            env = environment(r, self.device_note)
             atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
         self.t_start = time.perf_counter()
         handlers = self._install_signal_handlers()
         try:
-            with _progress(self.console) as progress:
+            with progress_bar(self.console) as progress:
                 feats = self._run_phases(
                     phases, position, saved_optimizer, detector, method,
                     (train_aug, train_plain, val_ds), progress,
@@ -480,7 +404,7 @@ class Trainer:
                 sums["kl"] += float(parts.kl) * n
                 sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
                 sums["n"] += n
-                progress.update(task, advance=1, stats=_stats(sums))
+                progress.update(task, advance=1, stats=epoch_stats(sums))
                 if self._should_stop():
                     here = Position(phase, epoch, step_in_epoch, sums)
                     self._checkpoint(detector, method, optimizer, here, tag=f"s{self.step}")
@@ -500,7 +424,7 @@ class Trainer:
             row["seconds"] = time.perf_counter() - t_epoch
             self.history.append(row)
             if self.dist.is_main:
-                progress.update(task, stats=f"{_stats(sums)} val_acc {row['val_acc']:.3f}")
+                progress.update(task, stats=f"{epoch_stats(sums)} val_acc {row['val_acc']:.3f}")
                 self._write_history()
                 if self.tensorboard is not None:
                     for key, value in row.items():

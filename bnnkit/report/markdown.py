@@ -72,13 +72,18 @@ def _gen_label(name: str, entry: Mapping[str, Any]) -> str:
     return name if entry.get("seen", True) else f"{name}\\*"
 
 
-def _detection_rows(m: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
+def _named_entries(m: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Per-generator entries, then the seen (and unseen) aggregates, with their row labels."""
     named = [(_gen_label(n, e), e) for n, e in m["per_generator"].items()]
     named.append(("**all seen**", m["seen"]))
     if m.get("unseen"):
         named.append(("**all unseen**", m["unseen"]))
-    for label, e in named:
+    return named
+
+
+def _detection_rows(m: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for label, e in _named_entries(m):
         rows.append(
             [
                 label,
@@ -96,11 +101,7 @@ def _detection_rows(m: Mapping[str, Any]) -> list[list[str]]:
 
 def _calibration_rows(m: Mapping[str, Any]) -> list[list[str]]:
     rows = []
-    named = [(_gen_label(n, e), e) for n, e in m["per_generator"].items()]
-    named.append(("**all seen**", m["seen"]))
-    if m.get("unseen"):
-        named.append(("**all unseen**", m["unseen"]))
-    for label, e in named:
+    for label, e in _named_entries(m):
         rows.append(
             [
                 label,
