@@ -14,6 +14,7 @@ from bnnkit.metrics.classification import (
     brier,
     classification_report,
     ece,
+    ece_bin_index,
     nll,
     tpr_at_fpr,
 )
@@ -83,6 +84,60 @@ def test_ece_positive_class_convention_by_hand():
 def test_ece_perfectly_calibrated_is_zero():
     # 4 items at p=0.75, 3 fakes: top-label conf 0.75, acc 3/4 -> 0
     assert ece(T([0.75] * 4), T([1, 1, 1, 0])) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ece_guo_bins_with_confidence_one_and_exact_edges():
+    # Guo et al.'s 15 bins (i/15, (i+1)/15]; top-label (predicted class, confidence, right?):
+    #   p=1.0   y=0 -> fake 1.0   wrong  -> bin 14 (a confidence of 1 is in the last bin)
+    #   p=0.0   y=0 -> real 1.0   right  -> bin 14
+    #   p=0.95  y=1 -> fake 0.95  right  -> bin 14
+    #   p=14/15 y=0 -> fake 14/15 wrong  -> bin 13 (upper edge belongs to the lower bin)
+    #   p=0.9   y=1 -> fake 0.9   right  -> bin 13
+    #   p=0.5   y=0 -> fake 0.5   wrong  -> bin 7  (7/15 < 0.5 <= 8/15)
+    #   p=8/15  y=1 -> fake 8/15  right  -> bin 7
+    # bin 14: |2 - 2.95| = 0.95; bin 13: |1 - (14/15 + 0.9)| = 0.8333..; bin 7: |1 - 31/30|
+    p = T([1.0, 0.0, 0.95, 14 / 15, 0.9, 0.5, 8 / 15], dtype=torch.float64)
+    y = T([0, 0, 1, 0, 1, 0, 1])
+    want = (0.95 + (14 / 15 + 0.9 - 1) + (0.5 + 8 / 15 - 1)) / 7
+    assert ece(p, y) == pytest.approx(want, abs=1e-12)
+    # torchmetrics' binning ([i/15, (i+1)/15) plus a bin of its own for 1.0) gives more
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    conf = torch.maximum(p, 1 - p)
+    hit = ((p >= 0.5).long() == y).long()
+    assert float(binary_calibration_error(conf, hit, n_bins=15)) > want + 0.01
+
+
+def test_ece_positive_class_edges_ten_bins():
+    # bins (i/10, (i+1)/10], 0 in bin 0: 0.5 -> bin 4, 0.55 -> bin 5, 1.0 -> bin 9,
+    # 0.0 and 0.1 -> bin 0. bin 4: |1 - 1.0| = 0; bin 5: 0.55; bin 9: 0; bin 0: |1 - 0.1| = 0.9
+    p = T([0.5, 0.5, 0.55, 1.0, 0.0, 0.1], dtype=torch.float64)
+    y = T([1, 0, 0, 1, 1, 0])
+    assert ece(p, y, n_bins=10, convention="positive_class") == pytest.approx(1.45 / 6)
+    # and at 1/15 with 15 bins: 1/15 -> bin 0 with 0.0, 2/15 -> bin 1
+    p = T([0.0, 1 / 15, 2 / 15], dtype=torch.float64)
+    y = T([1, 0, 0])
+    assert ece(p, y, convention="positive_class") == pytest.approx((1 - 1 / 15 + 2 / 15) / 3)
+
+
+def test_ece_bin_index():
+    conf = T([0.0, 1 / 15, 0.07, 0.5, 8 / 15, 14 / 15, 0.99, 1.0], dtype=torch.float64)
+    assert ece_bin_index(conf, 15).tolist() == [0, 0, 1, 7, 7, 13, 14, 14]
+
+
+def test_adaptive_ece_ties_do_not_depend_on_order():
+    # four fakes at p=0.6 (tied confidences), two right: 2 equal-mass bins split the tie.
+    # Each tied item counts with the block's accuracy 1/2 -> |0.5 - 0.6| in both bins = 0.1
+    # (stable order gave |1 - 0.6| and |0 - 0.6| -> 0.5 for labels [1, 1, 0, 0])
+    for labels in ([1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]):
+        assert adaptive_ece(T([0.6] * 4), T(labels), n_bins=2) == pytest.approx(0.1)
+    g = torch.Generator().manual_seed(0)
+    p = torch.randint(1, 6, (30,), generator=g).double() / 6
+    y = torch.randint(0, 2, (30,), generator=g)
+    ref = adaptive_ece(p, y, n_bins=4)
+    for seed in range(4):
+        perm = torch.randperm(30, generator=torch.Generator().manual_seed(seed))
+        assert adaptive_ece(p[perm], y[perm], n_bins=4) == pytest.approx(ref, abs=1e-12)
 
 
 def test_adaptive_ece_by_hand():

@@ -1,5 +1,6 @@
 """OOD detection and selective-prediction metrics, pinned against hand-computed values."""
 
+import itertools
 import math
 
 import pytest
@@ -9,6 +10,8 @@ from bnnkit.metrics.ood import fpr_at_95_tpr, ood_aupr, ood_auroc, ood_report
 from bnnkit.metrics.selective import (
     accuracy_at_coverage,
     aurc,
+    aurc_optimal,
+    expected_errors,
     risk_coverage,
     threshold_for_coverage,
 )
@@ -86,12 +89,76 @@ def test_aurc_perfect_and_worst_ranking():
     assert aurc(T([0.3, 0.2, 0.1]), T([True, True, False])) == pytest.approx(11 / 18)
 
 
-def test_risk_coverage_ties_are_stable():
-    # equal uncertainty: input order decides, deterministically
-    _, risk = risk_coverage(T([0.5, 0.5]), T([False, True]))
-    assert torch.allclose(risk, T([1.0, 0.5], dtype=torch.float64))
-    _, risk = risk_coverage(T([0.5, 0.5]), T([True, False]))
-    assert torch.allclose(risk, T([0.0, 0.5], dtype=torch.float64))
+def _brute_force(u: list[float], correct: list[bool]) -> tuple[float, list[float]]:
+    """AURC and accuracy of the k most certain items, averaged over every order of the items
+    (each order sorted stably by uncertainty): the expectation under random tie-breaking."""
+    n = len(u)
+    aurcs, accs = [], []
+    for perm in itertools.permutations(range(n)):
+        ranked = sorted(perm, key=lambda i: u[i])  # stable: ties keep the permuted order
+        wrong = [not correct[i] for i in ranked]
+        risks = [sum(wrong[:k]) / k for k in range(1, n + 1)]
+        aurcs.append(sum(risks) / n)
+        accs.append([1 - r for r in risks])
+    return sum(aurcs) / len(aurcs), [sum(a[k] for a in accs) / len(accs) for k in range(n)]
+
+
+# partial ties: a tied block of 3 (1 error) at 0.2, a tied pair (1 error) at 0.5, one alone
+TIED_U = [0.5, 0.2, 0.9, 0.2, 0.5, 0.2]
+TIED_C = [True, False, False, True, False, True]
+
+
+def test_ties_equal_brute_force_expectation_over_orders():
+    want_aurc, want_acc = _brute_force(TIED_U, TIED_C)
+    u, c = T(TIED_U), T(TIED_C)
+    assert aurc(u, c) == pytest.approx(want_aurc, abs=1e-12)
+    n = len(TIED_U)
+    for k in range(1, n + 1):
+        assert accuracy_at_coverage(u, c, k / n) == pytest.approx(want_acc[k - 1], abs=1e-12)
+    _, risk = risk_coverage(u, c)
+    assert risk.tolist() == pytest.approx([1 - a for a in want_acc], abs=1e-12)
+    # by hand: block 0.2 (1 error in 3) -> expected errors 1/3, 2/3, 1; block 0.5 -> 1.5, 2; 3
+    assert risk.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.5 / 4, 2 / 5, 3 / 6])
+
+
+def test_ties_invariant_to_permuting_items():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randint(0, 4, (40,), generator=g).double() / 4  # 4 values: many ties
+    c = torch.rand(40, generator=g) < 0.7
+    u[:3] = T([0.1, 0.6, 0.9], dtype=torch.float64)  # and a few untied items
+    ref = (aurc(u, c), [accuracy_at_coverage(u, c, q) for q in (0.1, 0.33, 0.8, 0.9)])
+    for seed in range(5):
+        perm = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
+        got = (aurc(u[perm], c[perm]), [accuracy_at_coverage(u[perm], c[perm], q)
+                                       for q in (0.1, 0.33, 0.8, 0.9)])  # fmt: skip
+        assert got[0] == pytest.approx(ref[0], abs=1e-12)
+        assert got[1] == pytest.approx(ref[1], abs=1e-12)
+
+
+def test_map_like_constant_score_is_nan_whatever_the_order():
+    # the issue's case: epistemic = 0 for every item, reals and fakes listed in either order
+    # (stable order gave AURC 0.629 or 0.065 for the same 10 items)
+    c = T([True] * 7 + [False] * 3)
+    for order in (c, c.flip(0)):
+        assert math.isnan(aurc(torch.zeros(10), order))
+        assert math.isnan(accuracy_at_coverage(torch.zeros(10), order, 0.8))
+        # the curve itself is the expected one: flat at the error rate
+        _, risk = risk_coverage(torch.zeros(10), order)
+        assert torch.allclose(risk, torch.full((10,), 0.3, dtype=torch.float64))
+    assert math.isnan(aurc(T([0.4]), T([True])))  # a single item ranks nothing either
+    assert expected_errors(torch.zeros(4), T([False, True, True, False])).tolist() == [
+        0.5, 1.0, 1.5, 2.0
+    ]  # fmt: skip
+
+
+def test_aurc_optimal():
+    # a perfect ranking keeps the 2 errors of 5 for last: risks 0, 0, 0, 1/4, 2/5
+    c = T([True, False, True, True, False])
+    assert aurc_optimal(c) == pytest.approx((1 / 4 + 2 / 5) / 5)
+    assert aurc_optimal(c) == pytest.approx(aurc((~c).double(), c))
+    assert aurc_optimal(T([True] * 4)) == 0.0  # defined although (~correct) would be constant
+    assert aurc_optimal(T([False] * 2)) == 1.0
+    assert math.isnan(aurc_optimal(torch.empty(0, dtype=torch.bool)))
 
 
 def test_accuracy_at_coverage_by_hand():

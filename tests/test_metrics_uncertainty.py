@@ -71,3 +71,15 @@ def test_decomposition_identity_on_random_dirichlet():
 def test_bad_shape_raises():
     with pytest.raises(ValueError):
         decompose(torch.rand(4, 2))
+
+
+@pytest.mark.parametrize("k", [3, 7, 8, 32])
+def test_identical_samples_have_exactly_zero_epistemic(k):
+    # a deterministic head (MAP) repeats one pass K times: the mutual information must be 0
+    # exactly, or float noise (~1e-16 on a plain mean of K equal values) ranks the images
+    p = torch.rand(500, generator=torch.Generator().manual_seed(0))
+    probs = torch.stack([1 - p, p], -1).expand(k, -1, -1)
+    d = decompose(probs)
+    assert (d["epistemic"] == 0).all()
+    assert torch.equal(d["total"], d["aleatoric"])
+    assert torch.allclose(d["total"], entropy(torch.stack([1 - p, p], -1)), atol=1e-6)

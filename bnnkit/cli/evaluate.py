@@ -106,13 +106,15 @@ def print_metrics(metrics: dict, out=None) -> None:
         ["ranked by", "AURC", "optimal", "acc@100%", "acc@90%", "acc@80%"],
     )
     for key, s in metrics["selective"].items():
+        # null/nan = a constant score (MAP's epistemic), which ranks nothing
+        na = {k: "n/a" if fmt(s[k]) == "-" else fmt(s[k]) for k in s}
         sel.add_row(
             key,
-            fmt(s["aurc"]),
-            fmt(s["aurc_optimal"]),
+            na["aurc"],
+            na["aurc_optimal"],
             fmt(s["accuracy"]),
-            fmt(s["accuracy_at_90"]),
-            fmt(s["accuracy_at_80"]),
+            na["accuracy_at_90"],
+            na["accuracy_at_80"],
         )
     out.print(sel)
 

@@ -14,6 +14,7 @@ from bnnkit.metrics.classification import (
     brier,
     classification_report,
     ece,
+    ece_bin_index,
     nll,
     tpr_at_fpr,
 )
@@ -21,6 +22,8 @@ from bnnkit.metrics.ood import fpr_at_95_tpr, ood_aupr, ood_auroc, ood_report
 from bnnkit.metrics.selective import (
     accuracy_at_coverage,
     aurc,
+    aurc_optimal,
+    expected_errors,
     risk_coverage,
     threshold_for_coverage,
 )
@@ -31,6 +34,7 @@ __all__ = [
     "accuracy_at_coverage",
     "adaptive_ece",
     "aurc",
+    "aurc_optimal",
     "auroc",
     "average_precision",
     "balanced_accuracy",
@@ -38,7 +42,9 @@ __all__ = [
     "classification_report",
     "decompose",
     "ece",
+    "ece_bin_index",
     "entropy",
+    "expected_errors",
     "fpr_at_95_tpr",
     "max_prob_score",
     "nll",

@@ -5,8 +5,8 @@ Inputs are ``p_fake`` ``[B]``, the mean predictive probability of class 1 (fake)
 ``nan``, and ranking metrics (AUROC, AP, TPR@FPR) give ``nan`` when only one class is present,
 instead of raising or returning torchmetrics' placeholder values.
 
-torchmetrics is used where it has the metric (AUROC, AP, ROC, binned ECE). Two of its
-conventions matter here:
+torchmetrics is used where it has the metric (AUROC, AP, ROC). Three of its conventions
+matter here:
 
 - Its binary metrics threshold with ``p > threshold`` (strict); this package calls ``p >= 0.5``
   fake, so the thresholded metrics (accuracy, balanced accuracy) are computed by hand.
@@ -14,6 +14,8 @@ conventions matter here:
   metrics therefore receive exact dense ranks scaled to ``[0, 1]`` (see :func:`_unit_ranks`), which
   never leave that interval, keep ties tied and never merge distinct scores (a float32 sigmoid
   maps 20.0 and 30.0 to the same 1.0).
+- Its binary calibration error gives a confidence of exactly 1.0 a 16th bin of its own, so the
+  ECE (Guo et al.'s 15 bins) is computed by hand.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "brier",
     "classification_report",
     "ece",
+    "ece_bin_index",
     "nll",
     "tpr_at_fpr",
 ]
@@ -176,6 +179,21 @@ def _top_label(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return conf, (pred == y).long()
 
 
+def ece_bin_index(conf: Tensor, n_bins: int = 15) -> Tensor:
+    r"""Bin of each confidence among ``n_bins`` equal-width bins :math:`(i/n, (i+1)/n]`.
+
+    The bins of Guo et al. (2017): bin ``i`` holds :math:`i/n < c \le (i+1)/n`; a confidence of
+    exactly 0 goes to bin 0 and exactly 1 to bin ``n - 1``. Edges are the float64 values
+    ``i / n``, so a confidence equal to ``i / n`` lies in bin ``i - 1``. Used by :func:`ece` and
+    the reliability diagram, so both bin alike.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = torch.arange(1, n_bins, dtype=torch.float64) / n_bins
+    # right=False: edges[i-1] < c <= edges[i] -> i
+    return torch.bucketize(torch.as_tensor(conf, dtype=torch.float64), edges, right=False)
+
+
 def ece(
     p_fake: Tensor,
     labels: Tensor,
@@ -185,45 +203,56 @@ def ece(
     r"""Expected calibration error with ``n_bins`` equal-width bins on ``[0, 1]`` (L1).
 
     :math:`\text{ECE} = \sum_m \frac{|B_m|}{B} \, |\text{acc}(B_m) - \text{conf}(B_m)|`
+    over the bins :math:`B_m = \{b : m/n < c_b \le (m+1)/n\}` of Guo et al. (2017, "On
+    Calibration of Modern Neural Networks"), see :func:`ece_bin_index`; a confidence of exactly 1
+    falls in the last bin.
 
     ``convention="top_label"`` (default; Guo et al. 2017): the confidence is that of the predicted
     class, :math:`\max(p_b, 1 - p_b)` with ``p >= 0.5`` -> fake, and acc is the fraction correct.
     Confidences lie in ``[0.5, 1]``, so only the upper half of the bins is used.
 
-    ``convention="positive_class"``: torchmetrics' own binary convention. Despite its docstring
-    saying "top-label", ``binary_calibration_error(preds, target)`` bins the raw ``preds`` (the
-    probability of class 1) and uses ``target`` itself as the "accuracy", i.e. it measures how
-    well :math:`p_b` matches the frequency of fakes in each bin (a reliability diagram for class 1).
-    It generally differs from the top-label ECE.
+    ``convention="positive_class"``: bins the raw :math:`p_b` (probability of fake) and compares
+    it with the fraction of fakes in each bin (a reliability diagram for class 1; torchmetrics'
+    ``binary_calibration_error`` convention). It generally differs from the top-label ECE.
 
-    Both call ``binary_calibration_error(..., norm="l1")``; for top-label it is given
-    ``preds = confidence, target = correct``, which yields exactly the top-label ECE. Bins are
-    ``[i/n, (i+1)/n)`` (``torch.bucketize(right=True)``); a quirk of torchmetrics puts a
-    confidence of exactly 1.0 in an extra bin of its own instead of the last one.
+    Hand-written: torchmetrics' ``binary_calibration_error`` bins with ``[i/n, (i+1)/n)`` and puts
+    a confidence of exactly 1.0 into an extra bin of its own, which can only raise the ECE
+    (splitting a bin never lowers the sum of absolute gaps); saturated predictions (p = 0 or 1)
+    are common for confident detectors, so the difference is not academic.
     """
     p, y = _prep(p_fake, labels)
     if p.numel() == 0:
         return NAN
-    p = p.clamp(0.0, 1.0)  # float error beyond [0, 1] would make torchmetrics apply a sigmoid
+    p = p.clamp(0.0, 1.0)  # float error beyond [0, 1] must not leave the bins
     if convention == "top_label":
         conf, hit = _top_label(p, y)
     elif convention == "positive_class":
         conf, hit = p, y
     else:
         raise ValueError(f"unknown convention {convention!r}")
-    from torchmetrics.functional.classification import binary_calibration_error
-
-    return float(binary_calibration_error(conf, hit, n_bins=n_bins, norm="l1"))
+    idx = ece_bin_index(conf, n_bins)
+    zeros = torch.zeros(n_bins, dtype=torch.float64)
+    conf_sum = zeros.index_add(0, idx, conf)
+    hit_sum = zeros.index_add(0, idx, hit.to(torch.float64))
+    # |B_m| * |acc_m - conf_m| = |sum of hits - sum of confidences| in bin m
+    return float((hit_sum - conf_sum).abs().sum()) / p.numel()
 
 
 def adaptive_ece(p_fake: Tensor, labels: Tensor, n_bins: int = 15) -> float:
-    r"""Adaptive (equal-mass) ECE on the top-label confidence (Nixon et al. 2019).
+    r"""Equal-mass (adaptive) top-label ECE with ``n_bins`` bins.
 
-    Items are sorted by confidence :math:`\max(p_b, 1 - p_b)` (stable sort) and split into
-    ``n_bins`` contiguous bins whose sizes differ by at most one (the first ``B mod n_bins`` bins
-    get one extra item); empty bins (``B < n_bins``) are skipped. Then
-    :math:`\text{ACE} = \sum_m \frac{|B_m|}{B} |\text{acc}(B_m) - \text{conf}(B_m)|`.
-    Tied confidences may fall in neighbouring bins.
+    The top-label ECE of :func:`ece` with bins holding equal numbers of items instead of equal
+    widths (equal-mass, a.k.a. uniform-mass, binning; see e.g. Kumar et al. 2019, "Verified
+    Uncertainty Calibration"). It is *not* the class-wise adaptive calibration error (ACE) of
+    Nixon et al. 2019, which bins every class's probability and averages over classes.
+
+    Items are sorted by confidence and split into ``n_bins`` contiguous bins whose sizes differ
+    by at most one (the first ``B mod n_bins`` bins get one extra item); empty bins
+    (``B < n_bins``) are skipped. Then
+    :math:`\text{aECE} = \sum_m \frac{|B_m|}{B} |\text{acc}(B_m) - \text{conf}(B_m)|`.
+    Tied confidences may straddle a bin boundary; so that the result does not depend on the
+    order of the items, every item of a block of tied confidences counts with the block's
+    accuracy (its confidence is the block's anyway).
 
     Hand-written: torchmetrics only has equal-width bins.
     """
@@ -233,13 +262,16 @@ def adaptive_ece(p_fake: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     conf, hit = _top_label(p, y)
-    order = torch.sort(conf, stable=True).indices
+    order = torch.sort(conf).indices
     conf, hit = conf[order], hit[order].double()
+    # average correctness within tied blocks: permutation-invariant
+    _, inverse, sizes = torch.unique_consecutive(conf, return_inverse=True, return_counts=True)
+    block_hit = torch.zeros(sizes.numel(), dtype=torch.float64).index_add_(0, inverse, hit)
+    hit = (block_hit / sizes)[inverse]
     total = 0.0
     for idx in torch.tensor_split(torch.arange(conf.numel()), n_bins):
         if idx.numel():
-            gap = abs(float(hit[idx].mean()) - float(conf[idx].mean()))
-            total += idx.numel() * gap
+            total += abs(float(hit[idx].sum()) - float(conf[idx].sum()))
     return total / conf.numel()
 
 
@@ -265,9 +297,10 @@ def tpr_at_fpr(p_fake: Tensor, labels: Tensor, fpr: float = 0.01) -> float:
 def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
     """All metrics of this module in one dict.
 
-    Keys: ``accuracy``, ``balanced_accuracy``, ``auroc``, ``ap``, ``nll``, ``brier``, ``ece``
-    (top-label, 15 bins), ``adaptive_ece`` (15 bins), ``tpr_at_fpr_1`` and ``tpr_at_fpr_5``
-    (TPR at 1% and 5% FPR), ``n`` (number of items, an ``int``).
+    Keys: ``accuracy``, ``balanced_accuracy``, ``auroc``, ``ap``, ``nll``, ``brier`` (summed
+    over both classes), ``ece`` (top-label, 15 equal-width bins), ``adaptive_ece`` (top-label,
+    15 equal-mass bins), ``tpr_at_fpr_1`` and ``tpr_at_fpr_5`` (TPR at 1% and 5% FPR), ``n``
+    (number of items, an ``int``).
     """
     p, y = _prep(p_fake, labels)
     return {

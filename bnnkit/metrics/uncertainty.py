@@ -45,6 +45,12 @@ def predictive_mean(probs: Tensor) -> Tensor:
     return _check_probs(probs).mean(dim=0)
 
 
+def _sample_mean(x: Tensor) -> Tensor:
+    """Mean over dim 0 computed as ``x[0] + mean(x - x[0])``: equal to ``x[0]`` exactly when
+    every sample is ``x[0]`` (a plain float sum of K equal values is not, e.g. K = 3, 7, 8)."""
+    return x[0] + (x - x[0]).mean(dim=0)
+
+
 def decompose(probs: Tensor) -> dict[str, Tensor]:
     r"""Split predictive uncertainty into aleatoric and epistemic parts (in nats).
 
@@ -53,7 +59,9 @@ def decompose(probs: Tensor) -> dict[str, Tensor]:
     - ``epistemic`` :math:`= \text{total} - \text{aleatoric}`, the mutual information
       :math:`I(y; \theta \mid x_b)` between label and weights (BALD). It is :math:`\ge 0` by
       Jensen's inequality; it is clamped at 0 to absorb floating-point error, so
-      ``total == aleatoric + epistemic`` holds up to that rounding.
+      ``total == aleatoric + epistemic`` holds up to that rounding. When the K samples of an
+      item are identical (MAP, or any deterministic head) it is exactly 0, not rounding noise
+      of ~1e-16 that would rank the items by accident.
 
     Args:
         probs: ``[K, B, C]`` sampled class probabilities.
@@ -66,8 +74,8 @@ def decompose(probs: Tensor) -> dict[str, Tensor]:
     # float64: the difference of two nearly equal entropies is the epistemic part, and in
     # float32 identical samples would leave ~1e-7 of rounding noise instead of exactly 0
     p64 = probs.double()
-    total = entropy(p64.mean(dim=0))
-    aleatoric = entropy(p64).mean(dim=0)
+    total = entropy(_sample_mean(p64))
+    aleatoric = _sample_mean(entropy(p64))
     epistemic = (total - aleatoric).clamp_min(0.0)
     return {"total": total.to(dtype), "aleatoric": aleatoric.to(dtype),
             "epistemic": epistemic.to(dtype)}  # fmt: skip

@@ -148,22 +148,27 @@ def _ood_section(m: Mapping[str, Any]) -> list[str]:
 
 
 def _selective_section(m: Mapping[str, Any]) -> list[str]:
+    def na(value: Any) -> str:  # null here: a constant score (MAP's epistemic) ranks nothing
+        return "n/a" if _f(value) == DASH else _f(value)
+
     rows = [
         [
             SCORE_NAMES[s],
-            _f(e["aurc"]),
-            _f(e["aurc_optimal"]),
+            na(e["aurc"]),
+            na(e["aurc_optimal"]),
             _f(e["accuracy"]),
-            _f(e["accuracy_at_90"]),
-            _f(e["accuracy_at_80"]),
+            na(e["accuracy_at_90"]),
+            na(e["accuracy_at_80"]),
         ]
         for s, e in m["selective"].items()
     ]
+    constant = any(na(e["aurc"]) == "n/a" for e in m["selective"].values())
+    note = " n/a: the score is the same for every image, so it ranks nothing." if constant else ""
     return [
         "Seen-generator images, most certain kept first. AURC: area under the risk-coverage "
         "curve (lower is better; the optimal value is that of a perfect ranking at this error "
         "rate). Max-probability ranks exactly like entropy for two classes, so it is not "
-        "repeated.",
+        "repeated." + note,
         "",
         _table(["ranked by", "AURC", "optimal AURC", "acc@100%", "acc@90%", "acc@80%"], rows),
     ]

@@ -82,7 +82,9 @@ def reliability_figure(
     """Top-label reliability diagram per group ``(label, p_fake, labels)``: accuracy against
     confidence in ``n_bins`` equal-width bins on [0, 1] (the bins of the reported ECE; top-label
     confidences lie in [0.5, 1]), the gap to the diagonal shaded, and image counts below."""
-    from bnnkit.metrics.classification import ece
+    import torch
+
+    from bnnkit.metrics.classification import ece, ece_bin_index
 
     with _style():
         fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
@@ -93,7 +95,7 @@ def reliability_figure(
             ax = fig.add_subplot(grid[0, col])
             hist = fig.add_subplot(grid[1, col], sharex=ax)
             conf, hit = _top_label(np.asarray(p, float), np.asarray(y, int))
-            idx = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
+            idx = ece_bin_index(torch.as_tensor(conf), n_bins).numpy()  # (i/n, (i+1)/n]
             counts = np.bincount(idx, minlength=n_bins)
             filled = counts > 0
             acc = np.bincount(idx, weights=hit.astype(float), minlength=n_bins)
@@ -186,7 +188,7 @@ def risk_coverage_figure(
     Images are kept most-certain first; a dotted "oracle" curve keeps all errors for last."""
     import torch
 
-    from bnnkit.metrics.selective import aurc, risk_coverage
+    from bnnkit.metrics.selective import aurc, aurc_optimal, risk_coverage
 
     with _style():
         fig = Figure(figsize=(WIDTH if len(panels) > 1 else WIDTH * 0.6, 3.0), layout="constrained")
@@ -196,12 +198,13 @@ def risk_coverage_figure(
             for (label, (u, c)), colour in zip(curves.items(), _colours(len(curves)), strict=True):
                 u_t, c_t = torch.as_tensor(u, dtype=torch.float64), torch.as_tensor(c).bool()
                 cov, risk = risk_coverage(u_t, c_t)
+                area = aurc(u_t, c_t)  # nan for a constant score (MAP's epistemic)
                 ax.plot(
                     cov.numpy(),
                     risk.numpy(),
                     color=colour,
                     linewidth=1.4,
-                    label=f"{label} (AURC {aurc(u_t, c_t):.3f})",
+                    label=f"{label} (AURC {f'{area:.3f}' if math.isfinite(area) else 'n/a'})",
                 )
                 correct = c_t
             if correct is not None and correct.numel():
@@ -212,7 +215,7 @@ def risk_coverage_figure(
                     ":",
                     color="#595959",
                     linewidth=1.2,
-                    label=f"oracle (AURC {aurc((~correct).double(), correct):.3f})",
+                    label=f"oracle (AURC {aurc_optimal(correct):.3f})",
                 )
             if target_coverage is not None:
                 ax.axvline(
