@@ -12,22 +12,37 @@ Priors (``[model.head] prior = ...``), on every weight and bias independently:
   its own scale option rather than reusing prior_sigma_1, so switching prior never silently
   reinterprets a sigma as a Laplace scale.
 
-The KL is the usual one-sample Monte Carlo estimate log q(w) - log p(w) on the weights blitz drew
-in the latest ``forward``, summed over weights; the method weights it (1/N by default).
+The KL is the usual one-sample Monte Carlo estimate log q(w) - log p(w) on the weights drawn in
+the latest ``forward``, summed over weights; the method weights it (1/N by default).
 
 Why the densities are ours and not blitz's (checked in blitz 0.2.8's ``weight_sampler.py``):
 ``PriorWeightDistribution.log_prior`` returns ``sum(log(pi p1(w) + (1-pi) p2(w) + 1e-6) - 0.5)``,
 i.e. it floors every density at 1e-6 (so far in the tails, e.g. a Laplace(0.1) prior at |w| > 1.4,
 the prior stops pulling weights back: zero gradient) and mixes in probability space (underflow),
-and its ``log_posterior`` adds the same arbitrary -0.5 per weight. We swap blitz's prior modules
-for :class:`ExactPrior` (exact ``torch.distributions`` log-densities, mixtures via logsumexp) and
-compute log q(w) with ``torch.distributions.Normal``, so the estimate is unbiased everywhere.
+and its ``log_posterior`` adds the same arbitrary -0.5 per weight. We use :class:`ExactPrior`
+(exact ``torch.distributions`` log-densities, mixtures via logsumexp) and compute log q(w) with
+``torch.distributions.Normal``, so the estimate is unbiased everywhere.
+
+Why the sampling is ours too: blitz's ``TrainableRandomDistribution`` wraps ``weight_mu`` /
+``weight_rho`` a second time as ``weight_sampler.mu`` / ``.rho`` (same storage, distinct
+``nn.Parameter`` objects), so ``parameters()`` yields each storage twice (an optimiser updates it
+twice; ``.to(device)`` or ``.double()`` even splits the copies apart) and log q(w) differentiates
+one copy while the sampled w differentiates the other. It also refills its noise buffer in place
+(``eps_w.data.normal_()``), so with several ELBO samples per step autograd reuses the last draw
+for every sample. Here blitz's ``BayesianLinear`` is only the parameter container: its samplers'
+``mu``/``rho`` are made the *same* ``Parameter`` objects as the layer's (so the state dict keeps
+blitz's keys, ``weight_sampler.mu`` included, and old checkpoints load), and ``forward`` draws
+``w = mu + softplus(rho) * eps`` itself with fresh noise ``eps`` as a new tensor, keeping that
+noise for :meth:`BBBHead.kl`. blitz's own ``forward`` and ``eps_w`` buffers are not used (the
+buffers stay in the state dict for compatibility only).
 
 ``sample_logits`` draws ``k`` weight matrices in one vectorised call from the same parameters
-instead of ``k`` blitz forwards.
+instead of ``k`` forwards.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -127,14 +142,55 @@ class BBBHead(Head):
         # attribute swap of parameter-free modules: the state dict is unchanged.
         self.layer.weight_prior_dist = self.prior
         self.layer.bias_prior_dist = self.prior
+        self._tie_aliases()
+        for sampler in (self.layer.weight_sampler, self.layer.bias_sampler):
+            sampler.eps_w.zero_()  # unused; was uninitialised memory, now saves deterministically
         # blitz initialises mu ~ N(0, 0.1) regardless of fan-in; use the usual linear init scale.
         with torch.no_grad():
             bound = 1.0 / in_features**0.5
             self.layer.weight_mu.uniform_(-bound, bound)
             self.layer.bias_mu.uniform_(-bound, bound)
+        # the noise of the latest forward (plain leaf tensors, so copy.deepcopy keeps working)
+        self._noise: tuple[Tensor, Tensor] | None = None
+
+    def _tie_aliases(self) -> None:
+        """One Parameter object per storage: the samplers' aliases become the layer's own
+        parameters, so ``parameters()`` (which deduplicates by object) yields each once, while
+        the state dict keeps its ``weight_sampler.mu``-style keys."""
+        layer = self.layer
+        layer.weight_sampler.mu, layer.weight_sampler.rho = layer.weight_mu, layer.weight_rho
+        layer.bias_sampler.mu, layer.bias_sampler.rho = layer.bias_mu, layer.bias_rho
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> BBBHead:
+        # ``.to()``/``.double()`` keep a Parameter's identity when they can (CPU <-> CUDA), but
+        # replace it by a new object per module key otherwise (e.g. to "meta", or with torch's
+        # overwrite/swap-on-conversion flags): tie the aliases again afterwards.
+        super()._apply(fn, recurse)
+        self._tie_aliases()
+        self._noise = None  # drawn for the old device/dtype; the next forward draws anew
+        return self
+
+    def variational_parameters(self) -> list[nn.Parameter]:
+        layer = self.layer
+        return [layer.weight_mu, layer.weight_rho, layer.bias_mu, layer.bias_rho]
+
+    def _weights(self, eps_w: Tensor, eps_b: Tensor) -> tuple[Tensor, Tensor]:
+        """The reparameterised sample ``mu + softplus(rho) * eps`` of weight and bias."""
+        w_std, b_std = self.posterior_std()
+        return self.layer.weight_mu + w_std * eps_w, self.layer.bias_mu + b_std * eps_b
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.layer(features)
+        """Logits under one fresh posterior sample (in eval mode too, as blitz does)."""
+        mu_w, mu_b = self.layer.weight_mu, self.layer.bias_mu
+        self._noise = (torch.randn_like(mu_w), torch.randn_like(mu_b))  # new tensors per call
+        weight, bias = self._weights(*self._noise)
+        return F.linear(features, weight, bias)
+
+    def last_sample(self) -> tuple[Tensor, Tensor]:
+        """The weight and bias drawn in the latest ``forward`` (a function of the parameters)."""
+        if self._noise is None:
+            raise RuntimeError("kl() needs a forward pass first (it uses that pass's weights)")
+        return self._weights(*self._noise)
 
     def posterior_std(self) -> tuple[Tensor, Tensor]:
         return F.softplus(self.layer.weight_rho), F.softplus(self.layer.bias_rho)
@@ -147,12 +203,18 @@ class BBBHead(Head):
             + Normal(self.layer.bias_mu, b_std).log_prob(bias).sum()
         )
 
+    def log_prior(self, weight: Tensor, bias: Tensor) -> Tensor:
+        """log p(weight, bias), summed (exact prior log-density)."""
+        return self.prior.log_prior(weight) + self.prior.log_prior(bias)
+
     def kl(self) -> Tensor:
-        """One-sample MC estimate of KL(q || p) on the weights drawn in the latest forward."""
-        weight, bias = self.layer.weight_sampler.w, self.layer.bias_sampler.w
-        if weight is None or bias is None:
-            raise RuntimeError("kl() needs a forward pass first (it uses that pass's weights)")
-        return self.log_posterior(weight, bias) - self.layer.log_prior
+        """One-sample MC estimate of KL(q || p) on the weights drawn in the latest forward.
+
+        The sample is rebuilt from that forward's noise and the current parameters, so its
+        gradient is the full reparameterisation gradient (through w and through q's mu, sigma).
+        """
+        weight, bias = self.last_sample()
+        return self.log_posterior(weight, bias) - self.log_prior(weight, bias)
 
     def sample_logits(self, features: Tensor, k: int) -> Tensor:
         w_std, b_std = self.posterior_std()

@@ -60,6 +60,9 @@ class LRTHead(Head):
         )
         self.bias_rho = nn.Parameter(torch.empty(num_classes).normal_(posterior_rho_init, 0.1))
 
+    def variational_parameters(self) -> list[nn.Parameter]:
+        return [self.weight_mu, self.weight_rho, self.bias_mu, self.bias_rho]
+
     def posterior_std(self) -> tuple[Tensor, Tensor]:
         return F.softplus(self.weight_rho), F.softplus(self.bias_rho)
 

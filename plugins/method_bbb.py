@@ -1,8 +1,10 @@
 """Method: ``bbb`` (alias ``vi``), Bayes by Backprop (Blundell et al., 2015) over the head.
 
 Loss per step: mean NLL over the batch + ``kl_weight`` x KL(q || prior), averaged over
-``elbo_samples`` draws. With ``kl_weight = "auto"`` the weight is 1/N (N = training images), so
-the loss is the negative ELBO divided by N. The backbone may fine-tune jointly with this loss.
+``elbo_samples`` draws (each with fresh noise, so the gradient is the average of independent
+reparameterisation gradients). With ``kl_weight = "auto"`` the weight is 1/N (N = training
+images), so the loss is the negative ELBO divided by N. The backbone may fine-tune jointly with
+this loss. The head's variational parameters get no weight decay (see ``configure_optimizer``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Method: ``map``, the deterministic baseline every table compares against.
 
-Maximum a posteriori with a Gaussian prior = cross-entropy + weight decay. Prediction is one
-deterministic pass, repeated ``k`` times so it fits the ``probs[k, B, C]`` shape (epistemic = 0).
+Cross-entropy + weight decay. This is the MAP under a Gaussian prior N(0, sigma^2) only when the
+decay is L2 in the gradient (``train.optimizer = "sgd"`` or ``"adam"``) with ``weight_decay`` =
+1 / (N sigma^2) on the mean loss; AdamW's decoupled decay (the default) is not a prior, so there
+it is regularised maximum likelihood, not a MAP equivalence. Prediction is one deterministic
+pass, repeated ``k`` times so it fits the ``probs[k, B, C]`` shape (epistemic = 0).
 """
 
 from __future__ import annotations

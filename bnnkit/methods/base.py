@@ -8,6 +8,7 @@ the backbone is fine-tuned or frozen and cached.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,31 @@ class LossParts:
     nll: Tensor
     kl: Tensor
     logits: Tensor
+
+
+def split_weight_decay(
+    param_groups: list[dict[str, Any]], no_decay: Iterable[Tensor]
+) -> list[dict[str, Any]]:
+    """Each group split in two: its parameters not in ``no_decay`` (the group's options as
+    given) and those in it (``weight_decay = 0``); empty parts are dropped, order is kept.
+
+    Variational parameters (BBB's and LRT's mu and rho) must not be decayed: the KL to the prior
+    already regularises them, decoupled (AdamW) decay on rho pulls sigma = softplus(rho) towards
+    softplus(0) = ln 2, and decay on mu adds a second, unscaled prior. Groups without any of
+    them come back unchanged, so optimiser states of MAP-style runs keep their layout.
+    """
+    skip = {id(p) for p in no_decay}
+    out: list[dict[str, Any]] = []
+    for group in param_groups:
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        decayed = [p for p in params if id(p) not in skip]
+        variational = [p for p in params if id(p) in skip]
+        if decayed or not variational:
+            out.append({**group, "params": decayed})
+        if variational:
+            out.append({**group, "params": variational, "weight_decay": 0.0})
+    return out
 
 
 class InferenceMethod:
@@ -75,7 +101,13 @@ class InferenceMethod:
     def configure_optimizer(
         self, param_groups: list[dict[str, Any]], *, optimizer: str, lr: float, weight_decay: float
     ) -> torch.optim.Optimizer:
-        """The optimiser over the given parameter groups; SG-MCMC methods return their sampler."""
+        """The optimiser over the given parameter groups; SG-MCMC methods return their sampler.
+
+        The head's :meth:`~bnnkit.model.heads.Head.variational_parameters` get no weight decay
+        (see :func:`split_weight_decay`); every other parameter, e.g. the backbone's in a joint
+        fine-tune, keeps ``weight_decay``."""
+        variational = getattr(self.head, "variational_parameters", list)()  # any nn.Module head
+        param_groups = split_weight_decay(param_groups, variational)
         if optimizer == "sgd":
             return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
         if optimizer == "adam":

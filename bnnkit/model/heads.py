@@ -26,6 +26,11 @@ class Head(nn.Module):
         """KL(q || prior) of the variational posterior, summed over parameters (0 if none)."""
         return torch.zeros((), device=self._device())
 
+    def variational_parameters(self) -> list[nn.Parameter]:
+        """Parameters of a variational posterior (means, scales), which the ELBO's KL already
+        regularises: the optimiser gives them no weight decay. Default: none."""
+        return []
+
     def sample_logits(self, features: Tensor, k: int) -> Tensor:
         """``k`` posterior samples of the logits, shape ``(k, B, num_classes)``.
 
