@@ -1,38 +1,42 @@
 """Method: ``sghmc``, stochastic-gradient Hamiltonian Monte Carlo over a linear head.
 
-Chen et al. (2014) with the scale-adapted burn-in of Springenberg et al. (2016), the variant the
-reference implements (updates in :mod:`bnnkit.methods.sgmcmc`): during burn-in the sampler
-estimates a per-parameter scale of the potential's gradient and uses its inverse square root as
-the inverse mass; after burn-in that preconditioner is frozen and samples are kept.
+Chen et al. (2014) with the scale-adapted burn-in of Springenberg et al. (2016), the variant
+pybnn's ``adaptive_sghmc.py`` implements (updates in :mod:`bnnkit.methods.samplers`): during
+burn-in the sampler estimates a per-parameter scale of the potential's gradient and uses its
+inverse square root as the inverse mass; after burn-in that preconditioner is frozen and samples
+are kept.
 
 Options besides the shared SG-MCMC ones (``prior_sigma``, ``burn_in_epochs``, ``thin``,
 ``max_samples``):
 
-- ``lr``: epsilon of the scale-adapted update (default 0.01 as in the reference). Because the
-  preconditioner normalises the gradient, it is unit-free and not derived from ``train.lr``;
-  0 means 0.01.
+- ``lr``: epsilon of the scale-adapted update. 0 (default) = calibrated during burn-in so that
+  the minibatch-gradient noise is at most ``noise_fraction`` (default 1/2) of the momentum noise
+  in every coordinate, which keeps the injected noise from being clamped to 0, and at most 0.01
+  (the reference's epsilon); frozen after burn-in. The reference's fixed 0.01 clamps the noise
+  once sqrt(V_hat) > 2 C / epsilon^2, which at N ~ 10^6 holds for most coordinates (the chain
+  then runs on minibatch noise, several times too wide). A positive ``lr`` is used as given.
 - ``friction``: momentum decay per step C (default 0.05);
 - ``resample_momentum``: redraw the momentum from its stationary law every this many steps
   (default 50, as in the reference; 0 = never);
 - ``adaptation``: how the burn-in estimates the gradient scale: ``"ema"`` (default; a moving
   average, stable with full-batch gradients) or ``"window"`` (Springenberg's adaptive window,
-  exactly the reference's; it can diverge when N <= batch size, see
-  :mod:`bnnkit.methods.sgmcmc`).
+  exactly the reference's; it can diverge when N <= batch size).
 
-Burn-in must be > 0: it is when the preconditioner is learnt. Not joint with the backbone: with
-``train.backbone = "finetune"`` the detector is first fine-tuned with MAP, then the chain runs on
-frozen pooled features for ``train.head_epochs``.
+Burn-in must be > 0: it is when the preconditioner and the step are learnt. Not joint with the
+backbone: with ``train.backbone = "finetune"`` the detector is first fine-tuned with MAP, then
+the chain runs on frozen pooled features for ``train.head_epochs``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
-from torch.optim import Optimizer
 
 from bnnkit import hookimpl
 from bnnkit.methods.sgmcmc import SGHMC, SGMCMCMethod
 
-DEFAULT_EPSILON = 0.01
+DEFAULT_EPSILON = 0.01  # the reference's; the cap of the calibrated step
 
 
 class StochasticGradientHMC(SGMCMCMethod):
@@ -40,7 +44,7 @@ class StochasticGradientHMC(SGMCMCMethod):
     sampler_name = "sghmc"
     options = {
         **SGMCMCMethod.options,
-        "lr": DEFAULT_EPSILON,
+        "noise_fraction": 0.5,
         "friction": 0.05,
         "resample_momentum": 50,
         "adaptation": "ema",
@@ -63,17 +67,10 @@ class StochasticGradientHMC(SGMCMCMethod):
             raise ValueError("inference.burn_in_epochs must be > 0 for sghmc (it adapts then)")
 
     def default_step_size(self, train_lr: float) -> float:
-        return DEFAULT_EPSILON
+        return DEFAULT_EPSILON  # unit-free (the preconditioner normalises the gradient)
 
-    def make_sampler(self, params: list[Tensor], step_size: float) -> Optimizer:
-        return SGHMC(
-            params,
-            lr=step_size,
-            num_data=self.num_train,
-            prior_sigma=self.prior_sigma,
-            friction=self.friction,
-            adaptation=self.adaptation,
-        )
+    def make_sampler(self, params: list[Tensor], **common: Any) -> SGHMC:
+        return SGHMC(params, friction=self.friction, adaptation=self.adaptation, **common)
 
     def after_step(self, step: int) -> None:
         super().after_step(step)

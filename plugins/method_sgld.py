@@ -3,11 +3,14 @@
 Langevin dynamics on the head's posterior with a Gaussian prior N(0, prior_sigma^2):
 ``theta <- theta - (lr/2) (N grad(mean NLL) + theta / prior_sigma^2) + Normal(0, lr)``; pSGLD
 multiplies drift and noise by an RMSprop preconditioner. The updates live in
-:mod:`bnnkit.methods.sgmcmc`; this module only picks the sampler.
+:mod:`bnnkit.methods.samplers`; this module only picks the sampler.
 
-The step size ``[inference] lr``: 0 (default) means ``train.lr / N``, so the drift is an SGD
-step of ``train.lr / 2`` on the mean loss (stable wherever SGD at that rate is) and the injected
-noise has variance ``train.lr / N``. Burn-in (``burn_in_epochs``), thinning (``thin``) and the cap
+The step size ``[inference] lr``: 0 (default) means calibrated during burn-in, so that in every
+coordinate the minibatch-gradient noise is at most ``noise_fraction`` (default 1/4) of the
+injected noise (sd at most ~1.12x too wide), and at most ``train.lr / N`` (the old default, an
+SGD step of ``train.lr / 2`` on the mean loss); frozen after burn-in. A fixed step cannot be
+right for every N: the minibatch noise grows like N^2 / B (see :mod:`bnnkit.methods.samplers`).
+A positive ``lr`` is used as given. Burn-in (``burn_in_epochs``), thinning (``thin``) and the cap
 (``max_samples``) are shared by every SG-MCMC method; the kept samples are saved in the run.
 
 Not joint with the backbone: with ``train.backbone = "finetune"`` the detector is first
@@ -16,8 +19,9 @@ fine-tuned with MAP, then the chain runs on frozen pooled features for ``train.h
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
-from torch.optim import Optimizer
 
 from bnnkit import hookimpl
 from bnnkit.methods.sgmcmc import PSGLD, SGLD, SGMCMCMethod
@@ -27,8 +31,8 @@ class StochasticGradientLangevin(SGMCMCMethod):
     summary = "SGLD: Langevin dynamics on the head, N-scaled gradient + Gaussian prior"
     sampler_name = "sgld"
 
-    def make_sampler(self, params: list[Tensor], step_size: float) -> Optimizer:
-        return SGLD(params, lr=step_size, num_data=self.num_train, prior_sigma=self.prior_sigma)
+    def make_sampler(self, params: list[Tensor], **common: Any) -> SGLD:
+        return SGLD(params, **common)
 
 
 class PreconditionedLangevin(SGMCMCMethod):
@@ -45,15 +49,8 @@ class PreconditionedLangevin(SGMCMCMethod):
         if self.eps <= 0:
             raise ValueError(f"inference.eps must be > 0, got {self.eps}")
 
-    def make_sampler(self, params: list[Tensor], step_size: float) -> Optimizer:
-        return PSGLD(
-            params,
-            lr=step_size,
-            num_data=self.num_train,
-            prior_sigma=self.prior_sigma,
-            alpha=self.alpha,
-            eps=self.eps,
-        )
+    def make_sampler(self, params: list[Tensor], **common: Any) -> PSGLD:
+        return PSGLD(params, alpha=self.alpha, eps=self.eps, **common)
 
 
 @hookimpl

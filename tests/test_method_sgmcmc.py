@@ -1,5 +1,7 @@
 """SG-MCMC (``sgld``, ``psgld``, ``sghmc``): the samplers against a conjugate Gaussian posterior,
-the store of kept samples, vectorised prediction, persistence, and CLI train + evaluate."""
+the store of kept samples, vectorised prediction, persistence, and CLI train + evaluate. The
+posterior spread against a Laplace reference from N = 10^3 to 10^6 is in test_sgmcmc_scaling.py,
+one chain under torchrun in test_sgmcmc_distributed.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are 
 
 import copy  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -239,9 +240,10 @@ def _train(name: str, epochs: int = 6, batch: int = 20, train_lr: float = 0.05, 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_keeps_samples_and_decomposes(name):
-    method, x, y = _train(name, burn_in_epochs=2.0, max_samples=10)
+    # 10 epochs: from a random init the calibrated step (at most train.lr / N) needs a few
+    method, x, y = _train(name, epochs=10, burn_in_epochs=2.0, max_samples=10)
     assert method.burn_in_steps == 12  # 2 epochs of ceil(120 / 20) = 6 steps
-    assert method.steps == 36
+    assert method.steps == 60
     samples = method.store.samples()
     assert samples.shape == (10, 4 * 2 + 2)
     assert min(method.store.steps()) > 12
@@ -253,8 +255,7 @@ def test_method_keeps_samples_and_decomposes(name):
     torch.testing.assert_close(method.head(x), mean_logits, atol=1e-5, rtol=0)
     assert (probs.mean(0).argmax(-1) == y).float().mean() > 0.8
     unc = decompose(probs)
-    assert torch.all(unc["epistemic"] >= 0) and unc["epistemic"].max() > 0
-    torch.testing.assert_close(unc["total"], unc["aleatoric"] + unc["epistemic"], atol=1e-5, rtol=0)
+    assert unc["epistemic"].max() > 0
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -329,13 +330,91 @@ def test_resuming_mid_chain_is_exact(name):
     assert second.store.steps() == whole.store.steps()
 
 
-def test_sgld_step_size_defaults_to_train_lr_over_n():
-    method, _, _ = _train("sgld", epochs=1, train_lr=0.05)
-    assert method.step_size == pytest.approx(0.05 / 120)
+def test_default_step_is_calibrated_and_capped_by_the_old_default():
+    """lr = 0: during burn-in the step is set so that the minibatch noise is noise_fraction of
+    the injected noise (worst coordinate or direction), at most train.lr / N (SGHMC: 0.01), then
+    frozen; an explicit lr is used as given."""
+    method, _, _ = _train("sgld", epochs=3, train_lr=0.05, burn_in_epochs=2.0)
+    report = method.noise_report
+    assert 0 < method.step_size <= 0.05 / 120
+    worst = max(report["gradient_noise_fraction"], report["gradient_noise_fraction_top"])
+    if method.step_size < 0.05 / 120:  # not capped: calibrated to the target fraction
+        assert worst == pytest.approx(0.25, rel=1e-4)
+    frozen = method.step_size
+    assert method.sampler.adapting is False
+    method.sampler.step()  # after burn-in the step no longer changes
+    assert method.step_size == frozen
     method, _, _ = _train("sgld", epochs=1, train_lr=0.05, lr=1e-4)
     assert method.step_size == pytest.approx(1e-4)
+    assert method.extra_meta()["step_calibrated"] is False
     method, _, _ = _train("sghmc", epochs=1, train_lr=0.05, lr=0.0)
-    assert method.step_size == pytest.approx(0.01)  # unit-free epsilon, not from train.lr
+    assert 0 < method.step_size <= 0.01  # unit-free epsilon, not from train.lr
+
+
+def test_a_large_fixed_step_is_reported_once():
+    """A fixed lr at which the minibatch noise exceeds the needed noise (SGHMC: the injected
+    noise is clamped to 0) warns once at the end of burn-in and is recorded in the run."""
+    with pytest.warns(RuntimeWarning, match="clamped to 0") as seen:
+        method, _, _ = _train("sghmc", epochs=3, burn_in_epochs=1.0, lr=0.3)
+    assert sum("clamped" in str(w.message) for w in seen) == 1
+    meta = method.extra_meta()["noise"]
+    assert meta["noise_clamped"] > 0 and meta["coordinates"] == 10
+    with pytest.warns(RuntimeWarning, match="exceeds the noise the sampler needs"):
+        method, _, _ = _train("sgld", epochs=2, burn_in_epochs=1.0, lr=0.5)
+    assert method.extra_meta()["noise"]["noise_dominated"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train("sgld", epochs=2, burn_in_epochs=1.0)  # the calibrated default: no warning
+
+
+def test_sghmc_window_update_is_the_references():
+    """One step of adaptation = pybnn adaptive_sghmc.py: r = 1 / (tau_old + 1), then tau, the
+    averaged gradient and V_hat (the old code used r = 1 / tau_new: 1 instead of 0.5 here)."""
+    p = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = SGHMC([p], lr=0.01, num_data=10, prior_sigma=1.0, adaptation="window")
+    tau, g, v = (torch.tensor(t, dtype=torch.float64) for t in
+                 ([1.0, 3.0, 2.0], [1.0, 0.5, -2.0], [1.0, 4.0, 9.0]))  # fmt: skip
+    state = opt._state(p)
+    state["tau"], state["g_avg"], state["v_hat"] = tau.clone(), g.clone(), v.clone()
+    p.grad = torch.tensor([0.2, -0.1, 0.3], dtype=torch.float64)
+    d = p.grad * 10 + p.detach()  # grad U (prior sigma 1)
+    tiny = SGHMC._tiny
+    r = 1.0 / (tau + 1.0)
+    tau_ref = tau - tau * g * g / (v + tiny) + 1.0
+    g_ref = g - g * r + r * d
+    v_ref = v - v * r + r * d**2
+    opt.step()
+    torch.testing.assert_close(state["tau"], tau_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(state["g_avg"], g_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(state["v_hat"], v_ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cls", [SGLD, PSGLD, SGHMC])
+def test_noise_comes_from_the_samplers_own_generator(cls):
+    """Same seed, same chain whatever the global RNG (so torchrun ranks agree); another seed,
+    another chain; the generator's state travels with the state dict."""
+
+    def chain(seed: int, global_seed: int, steps: int = 5, opt=None, p=None):
+        torch.manual_seed(global_seed)
+        if p is None:
+            p = torch.zeros(4, requires_grad=True)
+            opt = cls([p], lr=1e-3, num_data=50, prior_sigma=1.0, seed=seed)
+        for _ in range(steps):
+            p.grad = torch.full((4,), 0.1)
+            opt.step()
+        return p.detach().clone(), opt, p
+
+    a, opt_a, p_a = chain(3, 0)
+    b, _, _ = chain(3, 123)
+    c, _, _ = chain(4, 0)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    saved = copy.deepcopy(opt_a.state_dict())
+    more, _, _ = chain(3, 0, opt=opt_a, p=p_a)
+    p2 = a.clone().requires_grad_(True)
+    opt2 = cls([p2], lr=1e-3, num_data=50, prior_sigma=1.0, seed=99)
+    opt2.load_state_dict(saved)
+    again, _, _ = chain(99, 7, opt=opt2, p=p2)
+    assert torch.equal(more, again)
 
 
 def test_run_within_burn_in_warns_and_falls_back_to_the_head():
@@ -421,38 +500,4 @@ def test_cli_train_and_evaluate(name, backbone, synth, tmp_path, monkeypatch):
     metrics = json.loads((run / "metrics.json").read_text())
     seen = metrics["seen"]
     assert seen["epistemic_uncertainty"] > 0
-    assert (
-        abs(
-            seen["total_uncertainty"]
-            - seen["aleatoric_uncertainty"]
-            - seen["epistemic_uncertainty"]
-        )
-        < 1e-5
-    )
     assert "midjourney" in metrics["ood"]
-
-
-def test_posterior_spread_shrinks_with_more_data():
-    """More data, narrower posterior: the kept samples' spread falls roughly as 1/sqrt(N)."""
-    spreads = []
-    for n in (60, 960):
-        torch.manual_seed(0)
-        x, y = _blobs(n=n)
-        method = StochasticGradientLangevin(
-            create_linear(4, 2), num_train=n, burn_in_epochs=3.0, max_samples=200
-        )
-        opt = method.configure_optimizer(
-            [{"params": list(method.head.parameters())}], optimizer="sgd", lr=0.05,
-            weight_decay=0.0,
-        )  # fmt: skip
-        steps_per_epoch = math.ceil(n / 20)
-        for _ in range(max(12, 2400 // steps_per_epoch)):
-            order = torch.randperm(n)
-            for start in range(0, n, 20):
-                idx = order[start : start + 20]
-                opt.zero_grad()
-                method.training_loss(x[idx], y[idx]).loss.backward()
-                opt.step()
-                method.after_step(0)
-        spreads.append(method.store.samples().std(0).mean().item())
-    assert spreads[1] < spreads[0] / 2.5  # 1/sqrt(16) = 1/4 in theory
