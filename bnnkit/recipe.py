@@ -8,6 +8,7 @@ posterior_rho_init``) are checked against the keyword defaults that the plugin d
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,15 @@ class DataConfig(_Strict):
     val_limit: int = Field(0, ge=0)
     balance: bool = True
     num_workers: int | Literal["auto"] = "auto"
+    mean: list[float] | None = Field(
+        None, description="input normalisation mean (R, G, B; 0-1 scale); default: the backbone's"
+    )
+    std: list[float] | None = Field(
+        None, description="input normalisation std (R, G, B; 0-1 scale); default: the backbone's"
+    )
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None, description='resize interpolation (preprocess = "resize"); default: the backbone\'s'
+    )
 
 
 class ModelConfig(_Strict):
@@ -258,6 +268,33 @@ def _check_generators(path: str, names: list[str]) -> list[str]:
     return problems
 
 
+def _normalisation_problems(data: DataConfig) -> list[str]:
+    """``data.mean``/``data.std``: both or neither, 3 values each, on the 0-1 pixel scale."""
+    problems = []
+    if (data.mean is None) != (data.std is None):
+        given, missing = ("mean", "std") if data.std is None else ("std", "mean")
+        problems.append(
+            f"data.{given}: also give data.{missing} (both or neither; without them the "
+            "backbone's own normalisation is used)"
+        )
+    for key, values, low in (("mean", data.mean, 0.0), ("std", data.std, None)):
+        if values is None:
+            continue
+        example = "[0.485, 0.456, 0.406]" if key == "mean" else "[0.229, 0.224, 0.225]"
+        if len(values) != 3:
+            problems.append(
+                f"data.{key}: needs 3 values (R, G, B), e.g. {example}; got {len(values)}"
+            )
+        elif any(not math.isfinite(v) or v > 1 or (v < low if low is not None else v <= 0)
+                 for v in values):  # fmt: skip
+            bound = "in [0, 1]" if key == "mean" else "in (0, 1]"
+            problems.append(
+                f"data.{key}: values must be {bound}, on the 0-1 pixel scale (not 0-255), "
+                f"e.g. {example}; got {values}"
+            )
+    return problems
+
+
 def _semantic_problems(recipe: Recipe, registry: Any) -> list[str]:
     problems = []
     data = recipe.data
@@ -271,6 +308,7 @@ def _semantic_problems(recipe: Recipe, registry: Any) -> list[str]:
         )
     if not data.train_generators:
         problems.append("data.train_generators: needs at least one generator")
+    problems += _normalisation_problems(data)
 
     def lookup(kind: str, path: str, name: str) -> Any:
         try:

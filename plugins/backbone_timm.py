@@ -3,6 +3,14 @@
 ``pretrained`` is ``false`` (random init), ``true`` (timm's hub weights; needs network or a warm
 cache) or a path to local ``.pth``/``.safetensors`` weights. Hub failures are reported at once
 with what to do instead (set ``HF_HUB_OFFLINE=1`` to make them immediate).
+
+Input normalisation comes from the model's own pretrained config
+(``timm.data.resolve_model_data_config``: e.g. CLIP's mean 0.4815/0.4578/0.4082 and std
+0.2686/0.2613/0.2758, Inception-style 0.5/0.5, ImageNet's for most others), also with
+``pretrained = false`` (timm attaches the config of the name's default or given tag either way).
+It is declared as ``input_mean``/``input_std``/``input_interpolation``, which bnnkit records in
+the run and uses in every transform. Interpolations torchvision cannot apply to tensors (``box``,
+``hamming``, ``lanczos``) become ``bicubic``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ class TimmBackbone(nn.Module):
         self.model = model
         self.out_channels = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        self.input_mean, self.input_std, self.input_interpolation = _data_config(model)
 
     def forward(self, images: Tensor) -> Tensor:
         out = self.model.forward_features(images)
@@ -39,6 +48,17 @@ class TimmBackbone(nn.Module):
                 return tokens.mean(1)[:, :, None, None]
             return tokens.transpose(1, 2).reshape(out.shape[0], -1, side, side)
         raise RuntimeError(f"unexpected timm feature shape {tuple(out.shape)}")
+
+
+def _data_config(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """``(mean, std, interpolation)`` of the model's pretrained config."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    if interpolation not in ("nearest", "bilinear", "bicubic"):
+        interpolation = "bicubic"
+    return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])), interpolation
 
 
 def create_timm_backbone(name: str, *, pretrained: bool | str = False, drop_path_rate: float = 0.0):

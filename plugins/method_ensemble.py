@@ -16,9 +16,13 @@ member the gradient of its own bootstrap objective; weight decay comes from the 
 head), then the M heads train on the frozen features. The detector's head is not used to predict.
 M whole detectors (one backbone per member) are not offered: that is M trainings.
 
-``sample(features, k)``: sample j is member ``j mod M``. Take ``k`` a multiple of M so every
-member weighs the same in the predictive (K = 100 with M = 5 does); ``k < M`` uses the first k
-members only.
+``sample(features, k)`` returns the M members' probabilities ``[M, B, C]`` whatever ``k``: the
+ensemble's posterior is the uniform mixture over its M members, and these M rows are that mixture
+exactly. Every caller averages over the first axis (the predictive mean) and takes per-row
+entropies (the aleatoric part), so each member weighs exactly 1/M and the decomposition is the
+equal-weight mixture's (its mutual information), for any K: cycling members ``j mod M`` over
+K = 16 or 32 rows with M = 5 would have weighted some members 4/16 and others 3/16, and K < M
+would have dropped members.
 """
 
 from __future__ import annotations
@@ -147,9 +151,11 @@ class BootstrapEnsemble(InferenceMethod):
 
     # -- prediction -----------------------------------------------------------------------------
     def sample(self, features: Tensor, k: int) -> Tensor:
-        """``probs[k, B, C]``: sample j is member ``j mod M``."""
-        idx = torch.arange(k, device=self.members.weight.device) % self.members.num_members
-        return torch.softmax(self.members(features, idx), dim=-1)
+        """``probs[M, B, C]``, one row per member, whatever ``k`` (the exact equal-weight mixture;
+        more rows would only repeat members, and unevenly unless M divides ``k``)."""
+        if k < 1:
+            raise ValueError(f"need k >= 1 posterior samples, got {k}")
+        return torch.softmax(self.members(features), dim=-1)
 
     # -- persistence ----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Tensor]:

@@ -50,14 +50,10 @@ def _attention_maps(detector, fmap):
     return fmap.float().norm(dim=1).cpu(), "feature-map norm (no spatial mask)"
 
 
-def _denormalise(image):
-    import torch
-
-    from bnnkit.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+def _denormalise(image, norm):
+    """A normalised ``(3, H, W)`` image back to displayable ``(H, W, 3)`` pixels in [0, 1], with
+    the normalisation the detector was fed (``detector.normalisation``)."""
+    return norm.denormalise(image.float().cpu()).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 class _ExplainWriter:
@@ -77,7 +73,7 @@ class _ExplainWriter:
         return self.folder / name
 
 
-def _explain_one(method, fmap_b, attention_b, label, image_b, k, device, title, path) -> None:
+def _explain_one(method, fmap_b, attention_b, label, image_b, norm, k, device, title, path):
     from bnnkit.engine.loop import mc_predictive
     from bnnkit.report.plots import explain_figure, save_figure
 
@@ -85,7 +81,7 @@ def _explain_one(method, fmap_b, attention_b, label, image_b, k, device, title, 
     # Every location's feature vector of the attention output, sampled like a pooled feature.
     local = mc_predictive(method, fmap_b.reshape(c, h * w).T.contiguous(), k, device)
     fig = explain_figure(
-        _denormalise(image_b),
+        _denormalise(image_b, norm),
         attention_b.numpy(),
         label,
         local.epistemic.reshape(h, w).numpy(),
@@ -243,7 +239,9 @@ def command(
         writer = _ExplainWriter(folder)
 
     d = recipe.data
-    dataset = FileDataset(files, build_transform(d.image_size, d.preprocess, train=False))
+    norm = detector.normalisation  # what the run was trained with
+    transform = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
+    dataset = FileDataset(files, transform)
     loader = make_loader(
         dataset, batch_size, shuffle=False, seed=recipe.seed, workers=0, device=dev
     )
@@ -289,8 +287,9 @@ def command(
                             devices=[dev] if accel else [], device_type=dev.type if accel else None
                         ):
                             _explain_one(
-                                method, fmap[j], maps[j], label, images[j], k, dev, title, target
-                            )
+                                method, fmap[j], maps[j], label, images[j], norm, k, dev,
+                                title, target,
+                            )  # fmt: skip
                         row["explain"] = str(target)
                     except (OSError, ValueError, RuntimeError) as exc:
                         row["error"] = f"explain failed: {exc}"

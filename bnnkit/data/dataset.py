@@ -4,9 +4,11 @@ the caller can count and report it (this also works across DataLoader worker pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,13 +20,92 @@ from bnnkit.data.images import UnreadableImage, open_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {
+    "nearest": T.InterpolationMode.NEAREST,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+}
 
 
-def build_transform(image_size: int, preprocess: str, train: bool) -> T.Compose:
+def _triple(what: str, value: Any, *, positive: bool) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 3 numbers (R, G, B), got {value!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what} must be 3 finite numbers (R, G, B), got {value!r}")
+    if positive and min(values) <= 0:
+        raise ValueError(f"{what} must be > 0, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The input normalisation a backbone expects: ``(x - mean) / std`` per RGB channel on the
+    0-1 pixel scale, and the interpolation ``preprocess = "resize"`` uses. The default is
+    ImageNet's (and torchvision's bilinear resize), what every run used before the backbone's own
+    normalisation was taken into account. ``source`` says where it came from (``backbone``,
+    ``recipe``, ``default``, ``checkpoint``); it is informative and not part of equality."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    source: str = field(default="default", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", _triple("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _triple("std", self.std, positive=True))
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (checkpoint metadata, cache keys)."""
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | None, source: str = "checkpoint"):
+        """From :meth:`to_dict`'s record; ``None`` (a run from before normalisation was
+        recorded) gives ImageNet's, which such runs were trained with."""
+        if record is None:
+            return IMAGENET
+        return cls(
+            tuple(record["mean"]),
+            tuple(record["std"]),
+            str(record.get("interpolation", "bilinear")),
+            source=source,
+        )
+
+    def normalize(self) -> T.Normalize:
+        return T.Normalize(self.mean, self.std)
+
+    def denormalise(self, images: Tensor) -> Tensor:
+        """Back to the 0-1 pixel scale: ``images[..., 3, H, W] * std + mean`` (for display)."""
+        shape = (3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(shape)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(shape)
+        return images * std + mean
+
+
+IMAGENET = Normalisation()
+
+
+def build_transform(
+    image_size: int, preprocess: str, train: bool, norm: Normalisation = IMAGENET
+) -> T.Compose:
     """``crop`` keeps native resolution (generation artifacts survive; small images are padded),
-    ``resize`` scales the whole image. Train adds a random crop and a horizontal flip."""
+    ``resize`` scales the whole image (with ``norm.interpolation``). Train adds a random crop and
+    a horizontal flip. Pixels are then normalised with ``norm`` (the backbone's; ImageNet's by
+    default)."""
     if preprocess == "resize":
-        geometry = [T.Resize((image_size, image_size), antialias=True)]
+        mode = INTERPOLATIONS[norm.interpolation]
+        geometry = [T.Resize((image_size, image_size), interpolation=mode, antialias=True)]
     elif train:
         geometry = [T.RandomCrop(image_size, pad_if_needed=True, padding_mode="reflect")]
     else:
@@ -36,7 +117,7 @@ def build_transform(image_size: int, preprocess: str, train: bool) -> T.Compose:
             T.ToImage(),
             *geometry,
             T.ToDtype(torch.float32, scale=True),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            norm.normalize(),
         ]
     )
 

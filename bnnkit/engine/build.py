@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from bnnkit.data.dataset import Normalisation
 from bnnkit.engine.checkpoint import load_checkpoint
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
@@ -15,9 +16,27 @@ from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, read_toml, validate
 
 
+def resolve_normalisation(recipe: Recipe, backbone_default: Normalisation) -> Normalisation:
+    """The recipe's ``data.mean``/``data.std``/``data.interpolation`` where given (validated
+    as a group), else the backbone's own."""
+    d = recipe.data
+    if d.mean is None and d.std is None and d.interpolation is None:
+        return backbone_default
+    try:
+        return Normalisation(
+            backbone_default.mean if d.mean is None else tuple(d.mean),
+            backbone_default.std if d.std is None else tuple(d.std),
+            d.interpolation or backbone_default.interpolation,
+            source="recipe",
+        )
+    except ValueError as exc:
+        raise UsageError(f"data: input normalisation: {exc}") from None
+
+
 def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = None):
     """``(detector, method)`` for a recipe. ``pretrained`` overrides the recipe's (a run's
-    checkpoint holds the weights, so loading one never needs the hub)."""
+    checkpoint holds the weights, so loading one never needs the hub). The detector's
+    ``normalisation`` is the backbone's, or the recipe's override."""
     registry = get_registry()
     model_cfg = recipe.model
     if pretrained is not None:
@@ -29,6 +48,7 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
         detector = build_detector(model_cfg, head_name, registry)
     except (TypeError, ValueError) as exc:  # a plugin factory rejecting an option value
         raise UsageError(f"model: {exc}") from None
+    detector.normalisation = resolve_normalisation(recipe, detector.normalisation)
     method_cls = registry.get("method", recipe.inference.name).obj
     try:
         method: InferenceMethod = method_cls(
@@ -42,7 +62,9 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
 def load_run(
     run_dir: Path, device: torch.device
 ) -> tuple[Recipe, Detector, InferenceMethod, dict[str, Any]]:
-    """Everything needed to evaluate or predict, from a run directory alone."""
+    """Everything needed to evaluate or predict, from a run directory alone. The detector's
+    input normalisation is the one the checkpoint recorded; a run from before it was recorded
+    gets ImageNet's, which it was trained with."""
     recipe = validate(
         read_toml(run_dir / "recipe.toml"), get_registry(), source=str(run_dir / "recipe.toml")
     )
@@ -53,6 +75,7 @@ def load_run(
     state, meta = load_checkpoint(run_dir, detector, device="cpu")
     method.load_extra_state(state.get("method", {}))
     method.load_extra_meta(meta.get("method_meta", {}))
+    detector.normalisation = Normalisation.from_dict(meta.get("normalisation"))
     detector.to(device).eval()
     method.to(device)
     return recipe, detector, method, meta

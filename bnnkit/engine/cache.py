@@ -2,9 +2,9 @@
 
 The key hashes everything the features depend on: the backbone and attention weights (their
 actual tensors, so a path, a hub tag or a random init with a given seed all key correctly), the
-pooling, the transform (image size, preprocessing) and the file list (paths, sizes, mtimes). A
-second method trained on the same data and backbone reuses the features and never runs the
-backbone again.
+pooling, the transform (image size, preprocessing, input normalisation: mean, std,
+interpolation) and the file list (paths, sizes, mtimes). A second method trained on the same
+data and backbone reuses the features and never runs the backbone again.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def feature_key(detector: Detector, recipe, split: str, samples) -> str:
                 "pool": detector.pool,
                 "image_size": recipe.data.image_size,
                 "preprocess": recipe.data.preprocess,
+                "normalisation": detector.normalisation.to_dict(),
                 "split": split,
             },
             sort_keys=True,

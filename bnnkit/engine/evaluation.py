@@ -51,7 +51,12 @@ from bnnkit.engine.loop import make_loader, stream_predictive, worker_count
 from bnnkit.errors import UsageError
 from bnnkit.metrics.classification import classification_report
 from bnnkit.metrics.ood import ood_report
-from bnnkit.metrics.selective import accuracy_at_coverage, aurc, threshold_for_coverage
+from bnnkit.metrics.selective import (
+    accuracy_at_coverage,
+    aurc,
+    aurc_optimal,
+    threshold_for_coverage,
+)
 
 SCHEMA_VERSION = 2
 THRESHOLD_SCHEMA_VERSION = 1
@@ -156,7 +161,7 @@ def selective_report(uncertainty: Tensor, correct: Tensor) -> dict[str, Any]:
     return {
         "n": int(correct.numel()),
         "aurc": aurc(uncertainty, correct),
-        "aurc_optimal": aurc((~correct).double(), correct),
+        "aurc_optimal": aurc_optimal(correct),
         "accuracy": _mean(correct.double()),
         "accuracy_at_90": accuracy_at_coverage(uncertainty, correct, 0.9),
         "accuracy_at_80": accuracy_at_coverage(uncertainty, correct, 0.8),
@@ -394,7 +399,7 @@ def _predictions_csv(
                     int(gi < n_seen),
                     int(data.labels[row]),
                     _relative(items[int(data.indices[row])].path, root),
-                    *(f"{float(getattr(data, k)[row]):.8g}" for k in ("p_fake", *UNCERTAINTY_KEYS)),
+                    *(f"{float(getattr(data, k)[row]):.9g}" for k in ("p_fake", *UNCERTAINTY_KEYS)),
                 ]
             )
     return buf.getvalue()
@@ -442,7 +447,9 @@ def evaluate_run(
     items = index_split(
         d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed
     )
-    base_transform = build_transform(d.image_size, d.preprocess, train=False)
+    base_transform = build_transform(
+        d.image_size, d.preprocess, train=False, norm=detector.normalisation
+    )
 
     conditions: dict[str, ConditionData] = {}
     timing: dict[str, Any] = {"conditions": {}}

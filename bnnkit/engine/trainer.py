@@ -34,7 +34,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from bnnkit import __version__
-from bnnkit.data.dataset import ImageDataset, build_transform
+from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform
 from bnnkit.data.genimage import index_split
 from bnnkit.engine.build import build
 from bnnkit.engine.cache import cached_features
@@ -67,6 +67,7 @@ from bnnkit.engine.run_state import (
 )
 from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.methods.base import InferenceMethod
+from bnnkit.methods.sgmcmc import SGMCMCMethod
 from bnnkit.recipe import Recipe, dump_recipe
 
 
@@ -131,8 +132,8 @@ class Trainer:
         self.amp_mode = mode
 
     # -- data ------------------------------------------------------------------------------------
-    def _datasets(self) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
-        """(train with augmentation, train without, val)."""
+    def _splits(self) -> tuple[list, list]:
+        """(train, val) samples."""
         d, r = self.recipe.data, self.recipe
         gens = list(d.train_generators)
         opts = {"balance": d.balance, "seed": r.seed}
@@ -140,8 +141,16 @@ class Trainer:
         val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
         if not train:
             raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
-        eval_tf = build_transform(d.image_size, d.preprocess, train=False)
-        train_tf = build_transform(d.image_size, d.preprocess, train=True)
+        return train, val
+
+    def _datasets(
+        self, splits: tuple[list, list], norm: Normalisation
+    ) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+        """(train with augmentation, train without, val), normalised with ``norm``."""
+        d, (train, val) = self.recipe.data, splits
+        gens = list(d.train_generators)
+        eval_tf = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
+        train_tf = build_transform(d.image_size, d.preprocess, train=True, norm=norm)
         return (
             ImageDataset(train, train_tf, gens),
             ImageDataset(train, eval_tf, gens),
@@ -181,9 +190,10 @@ class Trainer:
     def run(self) -> TrainResult:
         r = self.recipe
         seed_everything(r.seed)
-        train_aug, train_plain, val_ds = self._datasets()
-        n_train = len(train_aug)
-        detector, method = build(r, num_train=n_train)
+        splits = self._splits()
+        detector, method = build(r, num_train=len(splits[0]))
+        if isinstance(method, SGMCMCMethod):  # one chain on every rank, global-batch burn-in
+            method.chain_seed, method.world_size = r.seed, self.dist.world
         frozen = r.train.backbone == "frozen"
         if frozen:
             phases = ["head"]
@@ -206,6 +216,9 @@ class Trainer:
             saved_optimizer = state.get("optimizer") or None
             torch.set_rng_state(state["rng"]["torch"].to(torch.uint8))
             resumed_from = f"{position.phase} epoch {position.epoch} step {position.step_in_epoch}"
+            # what the run was trained with (ImageNet's for a run from before it was recorded)
+            detector.normalisation = Normalisation.from_dict(meta.get("normalisation"))
+        train_aug, train_plain, val_ds = self._datasets(splits, detector.normalisation)
         if self.dist.enabled and resumed_from is None:
             torch.manual_seed(r.seed + self.dist.rank)  # same init everywhere, own augmentations
         detector.to(self.device)
@@ -514,6 +527,7 @@ class Trainer:
             "complete": complete,
             "num_train": method.num_train,
             "feature_dim": detector.feature_dim,
+            "normalisation": detector.normalisation.to_dict(),
             "method": self.recipe.inference.name,
             "method_meta": method.extra_meta(),
             "train_seconds": self.elapsed_before + time.perf_counter() - self.t_start,

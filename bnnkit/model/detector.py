@@ -6,7 +6,28 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from bnnkit.data.dataset import IMAGENET, Normalisation
 from bnnkit.model.heads import Head
+
+
+def backbone_normalisation(backbone: nn.Module) -> Normalisation:
+    """The input normalisation a backbone module declares: attributes ``input_mean`` and
+    ``input_std`` (3 numbers each, 0-1 pixel scale) and ``input_interpolation`` (``bilinear``,
+    ``bicubic`` or ``nearest``). Missing ones default to ImageNet's mean/std and bilinear."""
+    mean = getattr(backbone, "input_mean", None)
+    std = getattr(backbone, "input_std", None)
+    interpolation = getattr(backbone, "input_interpolation", None)
+    if mean is None and std is None and interpolation is None:
+        return IMAGENET
+    try:
+        return Normalisation(
+            IMAGENET.mean if mean is None else tuple(mean),
+            IMAGENET.std if std is None else tuple(std),
+            IMAGENET.interpolation if interpolation is None else str(interpolation),
+            source="backbone",
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"backbone {type(backbone).__name__} declares a bad input {exc}") from None
 
 
 class Detector(nn.Module):
@@ -14,6 +35,10 @@ class Detector(nn.Module):
 
     ``features`` stops before the head: it is what the frozen-backbone cache stores and what every
     inference method samples its head over, so the backbone runs once per image.
+
+    ``normalisation`` is the input normalisation the detector's images must have (the backbone's
+    own unless a recipe overrides it; for a loaded run, what it was trained with): every
+    transform that feeds it (train, evaluate, predict) and ``--explain``'s display use it.
     """
 
     def __init__(self, backbone: nn.Module, attention: nn.Module, head: Head, pool: str = "avg"):
@@ -24,6 +49,7 @@ class Detector(nn.Module):
         if pool not in ("avg", "max"):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
+        self.normalisation: Normalisation = backbone_normalisation(backbone)
 
     @property
     def feature_dim(self) -> int:
