@@ -4,20 +4,50 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
+import click
 from conftest import QUICKSTART, tiny_overrides
 
 from bnnkit import __version__
 from bnnkit.cli import main
 
+COMMANDS = {
+    "compare": None,
+    "data": {"synth", "check"},
+    "devices": None,
+    "evaluate": None,
+    "plugins": None,
+    "predict": None,
+    "recipes": {"list", "show", "validate", "copy"},
+    "train": None,
+}
 
-def test_help_and_version(runner):
-    result = runner.invoke(main, ["--help"])
-    assert result.exit_code == 0
-    for cmd in ("train", "evaluate", "predict", "plugins", "data", "recipes"):
-        assert cmd in result.output
+
+def test_registered_commands_each_answer_help(runner):
+    """The click commands actually registered on ``main`` (not words of its docstring), each
+    invocable with ``--help``, and each listed in the group's own help."""
+    assert set(main.commands) == set(COMMANDS)
+    listing = runner.invoke(main, ["--help"])
+    assert listing.exit_code == 0, listing.output
+    section = listing.output.split("Commands:", 1)[1]
+    listed = re.findall(r"^  (\S+)", section, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(COMMANDS)
+    for name, subcommands in COMMANDS.items():
+        command = main.commands[name]
+        paths = [[name]]
+        if subcommands is not None:
+            assert isinstance(command, click.Group) and set(command.commands) == subcommands
+            paths += [[name, sub] for sub in sorted(subcommands)]
+        for path in paths:
+            result = runner.invoke(main, [*path, "--help"], prog_name="bnnkit")
+            assert result.exit_code == 0, (path, result.output)
+            assert result.output.startswith(f"Usage: bnnkit {' '.join(path)} "), result.output
+
+
+def test_version(runner):
     result = runner.invoke(main, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
 
@@ -100,9 +130,8 @@ def test_evaluate_latest_run_with_ood(runner, trained_run, tmp_path):
     }  # fmt: skip
     for m in metrics["per_generator"].values():
         assert {"accuracy", "auroc", "nll", "brier", "ece"} <= set(m)
-        assert m["epistemic_uncertainty"] >= 0
-        assert abs(m["total_uncertainty"] - m["aleatoric_uncertainty"]
-                   - m["epistemic_uncertainty"]) < 1e-5  # fmt: skip
+        # BBB's K head samples differ: a real posterior spread on every generator
+        assert m["epistemic_uncertainty"] > 0
     assert 0.0 <= metrics["ood"]["midjourney"]["epistemic"]["auroc"] <= 1.0
 
 
@@ -139,8 +168,10 @@ def test_predict_formats_and_bad_files(runner, trained_run, synth_root, tmp_path
     good = [p for p in preds.values() if p["error"] is None]
     assert len(good) == 3
     for p in good:
-        assert p["verdict"] in ("real", "fake") and 0.0 <= p["p_fake"] <= 1.0
-        assert p["epistemic"] >= 0 and p["total"] >= p["aleatoric"] - 1e-6
+        assert 0.0 <= p["p_fake"] <= 1.0
+        # 'uncertain' when evaluate's calibrated abstention threshold (written above) is exceeded
+        assert p["verdict"] in ("uncertain", "fake" if p["p_fake"] >= 0.5 else "real"), p
+        assert p["epistemic"] > 0 and p["aleatoric"] > 0  # BBB: samples differ, none certain
     csv_out = runner.invoke(main, [*args, "--format", "csv"])
     assert csv_out.exit_code == 0
     assert csv_out.output.splitlines()[0].startswith("path,verdict,p_fake")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
 
@@ -26,6 +27,7 @@ def test_shards_cover_everything_with_equal_sizes():
     assert torch.equal(shard(order, DistInfo()), order)
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_make_one_complete_run(synth_root, tmp_path, runner):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"

@@ -120,6 +120,7 @@ def test_entry_points_match_the_modules() -> None:
         assert (EXAMPLE / rel).is_file(), f"entry point {value} names no module"
 
 
+@pytest.mark.slow
 def test_plugins_lists_both_with_package_and_version(plugin_env, tmp_path) -> None:
     data = plugins_json(plugin_env, tmp_path)
     rows = {(r["kind"], r["name"]): r for r in data["plugins"]}
@@ -146,6 +147,7 @@ def test_disable_one_plugin_by_entry_point_name(installed, monkeypatch) -> None:
     assert ("attention", "eca") in names and ("method", "swag") not in names
 
 
+@pytest.mark.slow
 def test_recipe_using_both_trains_and_evaluates(installed, tmp_path) -> None:
     from bnnkit.data.synth import synthesize
 

@@ -49,9 +49,23 @@ def test_dropout_samples_are_vectorised_and_unbiased():
     torch.testing.assert_close(samples.mean(0), head(x).detach(), atol=0.1, rtol=0)
 
 
-def test_map_has_no_epistemic_uncertainty():
-    head = DropoutHead(8, 2, p=0.5)
-    probs = MAP(head, num_train=10).sample(torch.randn(6, 8), 7)
-    assert probs.shape == (7, 6, 2)
-    unc = decompose(probs)
-    assert torch.all(unc["epistemic"] < 1e-6)
+def test_map_predicts_with_dropout_off_even_from_a_training_head():
+    """MAP's predictive is the head's deterministic eval-mode pass: with a dropout head left in
+    train mode (as after training), its samples must equal that pass, agree across calls, carry
+    zero epistemic uncertainty, and leave the head's mode as it was. A MAP that forgot to switch
+    dropout off would give one random mask per call: still K equal copies, but not these."""
+    torch.manual_seed(0)
+    head = DropoutHead(64, 2, p=0.5)
+    x = torch.randn(6, 64)
+    head.eval()
+    expected = torch.softmax(head(x), dim=-1).detach()
+    head.train()
+    method = MAP(head, num_train=10)
+    with torch.no_grad():  # as evaluation calls it
+        first = method.sample(x, 7)
+        second = method.sample(x, 7)
+    assert first.shape == (7, 6, 2)
+    assert head.training  # mode restored
+    torch.testing.assert_close(first, expected.expand(7, 6, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+    assert float(decompose(first)["epistemic"].max()) < 1e-12

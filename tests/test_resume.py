@@ -66,6 +66,7 @@ def baseline(synth_root, tmp_path_factory):
     return _metrics(runner, run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "moment",
     ["before-first-checkpoint", "after-epoch-1", "after-epoch-2"],
@@ -87,6 +88,7 @@ def test_sigkill_then_resume_matches_uninterrupted(moment, baseline, synth_root,
     assert _metrics(runner, run) == baseline
 
 
+@pytest.mark.slow
 def test_sigint_mid_epoch_saves_and_resumes_exactly(baseline, synth_root, tmp_path, runner):
     runs = tmp_path / "runs"
     proc, run = _start_and_wait(
