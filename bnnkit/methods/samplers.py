@@ -91,24 +91,14 @@ class PSGLD(_Sampler):
     """Preconditioned SGLD with an RMSprop preconditioner (see the module docstring)."""
 
     def __init__(
-        self,
-        params: Iterable,
-        *,
-        lr: float,
-        num_data: int,
-        prior_sigma: float,
-        alpha: float = 0.99,
-        eps: float = 1e-5,
-        **common: Any,
+        self, params: Iterable, *, alpha: float = 0.99, eps: float = 1e-5, **common: Any
     ) -> None:
+        """``common``: the base sampler's ``lr``, ``num_data``, ``prior_sigma``, ..."""
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")
         if eps <= 0:
             raise ValueError(f"eps (lambda) must be > 0, got {eps}")
-        super().__init__(
-            params, lr=lr, num_data=num_data, prior_sigma=prior_sigma, alpha=alpha, eps=eps,
-            **common,
-        )  # fmt: skip
+        super().__init__(params, alpha=alpha, eps=eps, **common)
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         state, g, alpha = self.state[p], p.grad, group["alpha"]
@@ -141,14 +131,12 @@ class SGHMC(_Sampler):
         self,
         params: Iterable,
         *,
-        lr: float,
-        num_data: int,
-        prior_sigma: float,
         friction: float = 0.05,
         adaptation: str = "ema",
         ema_alpha: float = 0.99,
         **common: Any,
     ) -> None:
+        """``common``: the base sampler's ``lr``, ``num_data``, ``prior_sigma``, ..."""
         if not 0.0 < friction < 1.0:
             raise ValueError(f"friction must be in (0, 1), got {friction}")
         if adaptation not in self.ADAPTATIONS:
@@ -156,14 +144,7 @@ class SGHMC(_Sampler):
         if not 0.0 <= ema_alpha < 1.0:
             raise ValueError(f"ema_alpha must be in [0, 1), got {ema_alpha}")
         super().__init__(
-            params,
-            lr=lr,
-            num_data=num_data,
-            prior_sigma=prior_sigma,
-            friction=friction,
-            adaptation=adaptation,
-            ema_alpha=ema_alpha,
-            **common,
+            params, friction=friction, adaptation=adaptation, ema_alpha=ema_alpha, **common
         )
 
     @staticmethod

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from bnnkit.metrics._inputs import paired
+
 # torchmetrics is imported inside the functions that use it: importing it pulls in torchvision
 # and its audio/image modules (~3 s), which ``import bnnkit.metrics`` should not cost.
 
@@ -49,11 +51,7 @@ _EPS = 1e-12
 
 def _prep(p_fake: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Flatten, check shapes, return ``(float64 probabilities, long labels)``."""
-    p = torch.as_tensor(p_fake).detach().reshape(-1).to(torch.float64)
-    y = torch.as_tensor(labels).detach().reshape(-1).to(torch.long)
-    if p.shape != y.shape:
-        raise ValueError(f"p_fake and labels differ in size: {p.numel()} vs {y.numel()}")
-    return p, y
+    return paired(p_fake, labels, label_dtype=torch.long, names=("p_fake", "labels"))
 
 
 def _unit_ranks(scores: Tensor) -> Tensor:

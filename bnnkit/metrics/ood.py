@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from bnnkit.metrics._inputs import paired
 from bnnkit.metrics.classification import _both_classes, _roc_counts, _unit_ranks
 
 __all__ = ["fpr_at_95_tpr", "ood_aupr", "ood_auroc", "ood_report"]
@@ -24,11 +25,8 @@ NAN = float("nan")
 
 
 def _prep(scores: Tensor, is_ood: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.as_tensor(scores).detach().reshape(-1).to(torch.float64)
-    y = torch.as_tensor(is_ood).detach().reshape(-1).to(torch.bool).to(torch.long)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and is_ood differ in size: {s.numel()} vs {y.numel()}")
-    return s, y
+    s, flag = paired(scores, is_ood, label_dtype=torch.bool, names=("scores", "is_ood"))
+    return s, flag.long()
 
 
 def ood_auroc(scores: Tensor, is_ood: Tensor) -> float:

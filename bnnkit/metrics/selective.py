@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from bnnkit.metrics._inputs import paired
+
 __all__ = [
     "accuracy_at_coverage",
     "aurc",
@@ -37,11 +39,7 @@ NAN = float("nan")
 
 
 def _prep(uncertainty: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
-    u = torch.as_tensor(uncertainty).detach().reshape(-1).to(torch.float64)
-    c = torch.as_tensor(correct).detach().reshape(-1).to(torch.bool)
-    if u.shape != c.shape:
-        raise ValueError(f"uncertainty and correct differ in size: {u.numel()} vs {c.numel()}")
-    return u, c
+    return paired(uncertainty, correct, label_dtype=torch.bool, names=("uncertainty", "correct"))
 
 
 def _check_coverage(coverage: float) -> None:
