@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from bnnkit.engine.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
 from bnnkit.errors import UnsafeFileError
+from bnnkit.run.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
 from bnnkit_plugins.head_bbb import BBBHead
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from bnnkit.data.dataset import Broken
-from bnnkit.engine.checkpoint import _fsync_replace, atomic_write_text
 from bnnkit.engine.loop import Features, extract_features
 from bnnkit.model.detector import Detector
+from bnnkit.run.fileio import atomic_write_text, fsync_replace, temp_path
 
 
 def _weights_digest(detector: Detector) -> str:
@@ -85,7 +84,7 @@ def cached_features(
         progress=(lambda n: progress.advance(task, n)) if task is not None else None,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.safetensors.tmp{os.getpid()}"
+    tmp = temp_path(tensors_path)
     save_file(
         {
             "features": feats.features.contiguous(),
@@ -95,6 +94,6 @@ def cached_features(
         },
         str(tmp),
     )
-    _fsync_replace(tmp, tensors_path)
+    fsync_replace(tmp, tensors_path)
     atomic_write_text(meta_path, json.dumps({"broken": [b.__dict__ for b in feats.broken]}))
     return feats

@@ -1,6 +1,6 @@
 """Checkpoints that load without executing code: tensors in safetensors, everything else in JSON.
 
-Layout inside a run directory:
+Layout inside a run directory (names in :mod:`bnnkit.run.layout`):
 
 - ``model-<tag>.safetensors``: the detector's parameters and buffers (safetensors'
   ``save_model`` handles blitz's aliased parameters, e.g. ``weight_mu`` == ``weight_sampler.mu``);
@@ -17,7 +17,6 @@ files of older tags are deleted only after it. A kill at any instant therefore l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,21 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from bnnkit.errors import UnsafeFileError, UsageError
+from bnnkit.run.fileio import atomic_write_text, fsync_replace, temp_path
+from bnnkit.run.layout import CHECKPOINT_FILE, RunLayout, model_file, state_file
+
+__all__ = [
+    "FORMAT_VERSION",
+    "flatten",
+    "load_checkpoint",
+    "model_path",
+    "read_meta",
+    "refuse_pickles",
+    "save_checkpoint",
+    "unflatten",
+]
 
 FORMAT_VERSION = 1
-META_FILE = "checkpoint.json"
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    _fsync_replace(tmp, path)
 
 
 def flatten(tree: Any, tensors: dict[str, Tensor], prefix: str) -> Any:
@@ -77,19 +75,19 @@ def save_checkpoint(
     run_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any], tag: str
 ) -> None:
     """Save the model, a nested ``state`` (tensors and plain values) and JSON ``meta``."""
-    run_dir = Path(run_dir)
-    files = {"model": f"model-{tag}.safetensors", "state": f"state-{tag}.safetensors"}
-    tmp_model = run_dir / f".{files['model']}.tmp{os.getpid()}"
+    layout = RunLayout(run_dir)
+    files = {"model": model_file(tag), "state": state_file(tag)}
+    tmp_model = temp_path(layout.model(tag))
     save_model(model, str(tmp_model))
     tensors: dict[str, Tensor] = {}
     skeleton = flatten(state, tensors, "s")
-    tmp_state = run_dir / f".{files['state']}.tmp{os.getpid()}"
+    tmp_state = temp_path(layout.state(tag))
     save_file(tensors, str(tmp_state))
-    _fsync_replace(tmp_model, run_dir / files["model"])
-    _fsync_replace(tmp_state, run_dir / files["state"])
+    fsync_replace(tmp_model, layout.model(tag))
+    fsync_replace(tmp_state, layout.state(tag))
     payload = {"format": FORMAT_VERSION, **meta, "files": files, "state": skeleton}
-    atomic_write_text(run_dir / META_FILE, json.dumps(payload, indent=2, sort_keys=True))
-    for old in [*run_dir.glob("model-*.safetensors"), *run_dir.glob("state-*.safetensors")]:
+    atomic_write_text(layout.checkpoint, json.dumps(payload, indent=2, sort_keys=True))
+    for old in layout.tensor_files():
         if old.name not in files.values():
             old.unlink(missing_ok=True)
 
@@ -109,7 +107,7 @@ def refuse_pickles(run_dir: Path, files: dict[str, str]) -> None:
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / META_FILE
+    path = RunLayout(run_dir).checkpoint
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -125,7 +123,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, device: torch.device | str 
     meta = read_meta(run_dir)
     files = meta.get("files") or {}
     if set(files) != {"model", "state"} or any(Path(f).name != f for f in files.values()):
-        raise UsageError(f"{run_dir / META_FILE}: malformed 'files' entry {files!r}")
+        raise UsageError(f"{run_dir / CHECKPOINT_FILE}: malformed 'files' entry {files!r}")
     refuse_pickles(run_dir, files)
     try:
         load_model(model, str(run_dir / files["model"]), strict=True, device=str(device))
@@ -136,8 +134,8 @@ def load_checkpoint(run_dir: Path, model: nn.Module, device: torch.device | str 
 
 
 def model_path(run_dir: Path) -> Path:
-    """The current model file of a run (named by ``checkpoint.json``)."""
+    """The current model file of a run (named by its checkpoint metadata)."""
     files = read_meta(Path(run_dir)).get("files") or {}
     if "model" not in files:
-        raise UsageError(f"{Path(run_dir) / META_FILE} names no model file")
+        raise UsageError(f"{Path(run_dir) / CHECKPOINT_FILE} names no model file")
     return Path(run_dir) / Path(files["model"]).name

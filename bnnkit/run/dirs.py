@@ -1,5 +1,6 @@
 """Run directories: ``runs/<recipe>-<timestamp>/``, created atomically so two trainings started at
-the same second never share one."""
+the same second never share one; a run is *finished* (evaluable) once it has its recipe and a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 from pathlib import Path
 
 from bnnkit.errors import UsageError
+from bnnkit.run.layout import CHECKPOINT_FILE, RECIPE_FILE
 
-CHECKPOINT_META = "checkpoint.json"
+__all__ = ["DEFAULT_RUNS_ROOT", "create_run_dir", "is_run_dir", "latest_run", "resolve_run"]
+
+DEFAULT_RUNS_ROOT = "runs"
 
 
 def _slug(name: str) -> str:
@@ -32,11 +36,13 @@ def create_run_dir(runs_root: str | Path, recipe_name: str) -> Path:
     raise UsageError(f"could not create a run directory under {root}")
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / CHECKPOINT_META).is_file() and (path / "recipe.toml").is_file()
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CHECKPOINT_FILE).is_file() and (path / RECIPE_FILE).is_file()
 
 
-def latest_run(runs_root: str | Path = "runs") -> Path:
+def latest_run(runs_root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
+    """The finished run under ``runs_root`` whose checkpoint was written last."""
     root = Path(runs_root)
     runs = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)] if root.is_dir() else []
     if not runs:
@@ -44,10 +50,11 @@ def latest_run(runs_root: str | Path = "runs") -> Path:
             f"no finished run under '{root}/'",
             hint="train one first (`bnnkit train recipes/quickstart.toml`) or pass RUN explicitly",
         )
-    return max(runs, key=lambda p: (os.stat(p / CHECKPOINT_META).st_mtime, p.name))
+    return max(runs, key=lambda p: (os.stat(p / CHECKPOINT_FILE).st_mtime, p.name))
 
 
-def resolve_run(run: str | Path | None, runs_root: str | Path = "runs") -> Path:
+def resolve_run(run: str | Path | None, runs_root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
+    """``run`` checked to be a finished run directory, or the latest one when ``None``."""
     if run is None:
         return latest_run(runs_root)
     path = Path(run)
@@ -55,7 +62,7 @@ def resolve_run(run: str | Path | None, runs_root: str | Path = "runs") -> Path:
         raise UsageError(f"run directory '{run}' does not exist")
     if not is_run_dir(path):
         raise UsageError(
-            f"'{run}' is not a finished bnnkit run (no {CHECKPOINT_META} / recipe.toml)",
+            f"'{run}' is not a finished bnnkit run (no {CHECKPOINT_FILE} / {RECIPE_FILE})",
             hint="a run directory is made by `bnnkit train`",
         )
     return path

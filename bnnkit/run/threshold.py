@@ -1,0 +1,128 @@
+"""``RUN/threshold.json`` and the abstention rule that ``bnnkit predict`` applies.
+
+``bnnkit evaluate`` calibrates, per abstention score, the uncertainty threshold that keeps the
+target coverage of seen-generator validation images, and writes the chosen one here with the K
+it was calibrated with and the sha256 of the weights (a threshold is only valid for them).
+
+The rule: an image's verdict is ``uncertain`` when its ``score`` uncertainty (nats) is above
+``threshold``; otherwise ``fake`` when p(fake) >= the p-threshold (0.5 by default), else ``real``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from bnnkit.errors import UsageError
+from bnnkit.metrics.protocol import ABSTAIN_SCORES, clean_json
+from bnnkit.run.checkpoint import model_path
+from bnnkit.run.fileio import atomic_write_text
+from bnnkit.run.layout import THRESHOLD_FILE
+
+__all__ = [
+    "THRESHOLD_SCHEMA_VERSION",
+    "abstention_rule",
+    "model_fingerprint",
+    "read_threshold",
+    "threshold_record",
+    "verdict",
+    "write_threshold",
+]
+
+THRESHOLD_SCHEMA_VERSION = 1
+
+
+def model_fingerprint(run_dir: Path) -> str:
+    """sha256 of the run's current weights: ``threshold.json`` is only valid for these weights."""
+    digest = hashlib.sha256()
+    with open(model_path(run_dir), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def threshold_record(
+    *,
+    score: str,
+    thresholds: dict[str, float],
+    crossfit: dict[str, float],
+    coverage: float,
+    coverage_seen: float,
+    samples: int,
+    method: str,
+    seen: list[str],
+    n_calibration: int,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The content of ``threshold.json`` (schema 1) for the chosen abstention ``score``."""
+    return {
+        "schema_version": THRESHOLD_SCHEMA_VERSION,
+        "score": score,
+        "threshold": thresholds[score],
+        "coverage_target": coverage,
+        "coverage_seen": coverage_seen,
+        "coverage_crossfit": crossfit[score],
+        "thresholds": thresholds,
+        "samples": samples,
+        "method": method,
+        "calibrated_on": {"split": "val", "generators": seen, "n": n_calibration},
+        "model_sha256": model_fingerprint(run_dir),
+        "rule": f"verdict 'uncertain' when {score} uncertainty (nats) > threshold",
+    }
+
+
+def write_threshold(run_dir: Path, record: dict[str, Any]) -> Path:
+    path = Path(run_dir) / THRESHOLD_FILE
+    atomic_write_text(path, json.dumps(clean_json(record), indent=2))
+    return path
+
+
+def read_threshold(run_dir: Path) -> dict[str, Any] | None:
+    """The run's calibrated abstention threshold, or None if there is none (or it is stale:
+    calibrated for other weights than the run's current model file)."""
+    path = Path(run_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}", hint="re-run `bnnkit evaluate`") from None
+    if data.get("schema_version") != THRESHOLD_SCHEMA_VERSION or data.get("score") not in (
+        ABSTAIN_SCORES
+    ):
+        raise UsageError(f"{path}: unsupported threshold file", hint="re-run `bnnkit evaluate`")
+    if data.get("model_sha256") != model_fingerprint(run_dir):
+        return None
+    return data
+
+
+def abstention_rule(
+    calibrated: dict[str, Any] | None, max_uncertainty: float | None = None
+) -> dict[str, Any] | None:
+    """The rule ``predict`` applies: ``--max-uncertainty`` on the calibrated score (total when
+    there is no calibration), else the calibrated threshold, else None (never abstain)."""
+    rule: dict[str, Any] | None = None
+    if max_uncertainty is not None:
+        score = calibrated["score"] if calibrated else "total"
+        rule = {"score": score, "threshold": max_uncertainty, "source": "--max-uncertainty"}
+    elif calibrated is not None:
+        rule = {
+            "score": calibrated["score"],
+            "threshold": calibrated["threshold"],
+            "coverage_target": calibrated.get("coverage_target"),
+            "source": THRESHOLD_FILE,
+        }
+    if rule is not None and rule["threshold"] is None:
+        return None
+    return rule
+
+
+def verdict(
+    p_fake: float, uncertainty: dict[str, float], p_threshold: float, rule: dict[str, Any] | None
+) -> str:
+    """``uncertain`` above the rule's threshold, else ``fake`` / ``real`` at ``p_threshold``."""
+    if rule is not None and uncertainty[rule["score"]] > rule["threshold"]:
+        return "uncertain"
+    return "fake" if p_fake >= p_threshold else "real"
