@@ -36,7 +36,7 @@ from bnnkit.engine.build import build  # noqa: E402
 from bnnkit.engine.loop import (  # noqa: E402
     extract_features,
     make_loader,
-    mc_predictive,
+    predict_features,
     stream_predictive,
     worker_count,
 )
@@ -171,7 +171,7 @@ def images(s: Settings, n: int, device: torch.device, seed: int = 0) -> Tensor:
 # -- 1 + 2: prediction --------------------------------------------------------------------------
 def bench_predict(s: Settings, device: torch.device) -> dict[str, Any]:
     """K=1 deterministic prediction (linear head, one pass) vs K=100 MC prediction (backbone once,
-    head sampled 100x through ``mc_predictive``) vs the naive way (K full passes, one head sample
+    head sampled 100x through ``predict_features``) vs the naive way (K full passes, one head sample
     each: one such pass is timed per repeat and scaled to K). Each head is its own side-by-side
     group {k1, k100, naive pass}, so the runs a ratio compares are adjacent in time."""
     x = images(s, s.predict_batch, device)
@@ -196,7 +196,7 @@ def bench_predict(s: Settings, device: torch.device) -> dict[str, Any]:
 
         def ours(det: Detector = det, m: InferenceMethod = m) -> object:
             with torch.no_grad():
-                return mc_predictive(m, det.features(x), K, device)
+                return predict_features(m, det.features(x), K, device)
 
         def naive_pass(det: Detector = det, m: InferenceMethod = m) -> Tensor:
             # The reference code's way, one of its K passes: the whole network, one head sample.
@@ -214,7 +214,7 @@ def bench_predict(s: Settings, device: torch.device) -> dict[str, Any]:
         with torch.no_grad():
             feats = det.features(x)
         head_only = time_side_by_side(
-            {"ours": lambda m=m, f=feats: mc_predictive(m, f, K, device)}, 20, 2, device
+            {"ours": lambda m=m, f=feats: predict_features(m, f, K, device)}, 20, 2, device
         )
         seconds[head] = {
             "k1": med(times["k1"]),

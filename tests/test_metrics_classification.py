@@ -260,3 +260,12 @@ def test_random_cross_checks():
     pos, neg = p[y == 1][:, None], p[y == 0][None, :]
     pairwise = ((pos > neg).double() + 0.5 * (pos == neg).double()).mean().item()
     assert auroc(p, y) == pytest.approx(pairwise, abs=1e-6)
+
+
+def test_package_exports_resolve():
+    import bnnkit.metrics as metrics
+
+    for name in metrics.__all__:
+        assert callable(getattr(metrics, name)), name
+    with pytest.raises(AttributeError):
+        _ = metrics.no_such_metric

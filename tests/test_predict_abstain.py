@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -130,19 +128,19 @@ def test_explain_writes_overlay_beside_the_json(runner, calibrated_run, synth_ro
 def test_attention_map_comes_from_the_spatial_mask_or_the_feature_norm(calibrated_run):
     from torch import nn
 
-    from bnnkit.cli.predict import _attention_maps
     from bnnkit.engine.build import load_run
+    from bnnkit.engine.predict import attention_maps
 
     _, detector, _, _ = load_run(calibrated_run, torch.device("cpu"))
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         fmap = detector.feature_map(images)
-    maps, label = _attention_maps(detector, fmap)
+    maps, label = attention_maps(detector, fmap)
     assert label.startswith("attention mask")
     assert maps.shape == fmap.shape[:1] + fmap.shape[2:]
     assert torch.equal(maps, detector.attention.last_map[:, 0])
 
     detector.attention = nn.Identity()  # e.g. attention "none": no mask to show
-    maps, label = _attention_maps(detector, fmap)
+    maps, label = attention_maps(detector, fmap)
     assert label.startswith("feature-map norm")
     assert torch.allclose(maps, fmap.norm(dim=1))

@@ -7,13 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bnnkit.engine.evaluation import (
-    ConditionData,
-    abstention_metrics,
-    calibrate_thresholds,
-    condition_metrics,
-)
-from bnnkit.report import PLOT_FILES, PerImage, make_figures, write_report
+from bnnkit.metrics.protocol import abstention_metrics, calibrate_thresholds, condition_metrics
+from bnnkit.metrics.records import Predictions
+from bnnkit.report import PLOT_FILES, make_figures, write_report
 from bnnkit.report.markdown import render_report
 from bnnkit.report.plots import explain_figure, reliability_figure
 
@@ -28,14 +24,14 @@ HISTORY = [
 ]  # fmt: skip
 
 
-def _synthetic(n_per_gen: int = 20, seed: int = 0) -> ConditionData:
+def _synthetic(n_per_gen: int = 20, seed: int = 0) -> Predictions:
     g = torch.Generator().manual_seed(seed)
     gens = torch.arange(len(GENERATORS)).repeat_interleave(n_per_gen)
     labels = torch.arange(n_per_gen).remainder(2).repeat(len(GENERATORS))
     p = (0.25 + 0.5 * labels + 0.3 * (torch.rand(gens.numel(), generator=g) - 0.5)).double()
     epi = 0.01 * torch.rand(gens.numel(), generator=g, dtype=torch.float64) + 0.05 * (gens == 2)
     total = -(p * p.log() + (1 - p) * (1 - p).log()) + epi
-    return ConditionData(p, total, total - epi, epi, labels, gens, torch.arange(gens.numel()))
+    return Predictions(p, total, total - epi, epi, labels, gens, torch.arange(gens.numel()))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +59,7 @@ def evaluated():
         "jpeg:30": {"kind": "jpeg", "value": 30.0, "description": "JPEG at quality 30",
                     **degraded},
     }  # fmt: skip
-    return metrics, PerImage.from_tensors(data, GENERATORS, 2)
+    return metrics, data
 
 
 def _assert_labelled(fig) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from bnnkit.data.dataset import ImageDataset, build_transform
 from bnnkit.data.genimage import index_split
-from bnnkit.engine.loop import extract_features, make_loader, mc_predictive, stream_predictive
+from bnnkit.engine.loop import extract_features, make_loader, predict_features, stream_predictive
 from bnnkit.model.detector import Detector
 from bnnkit_plugins.attention_spatial import SpatialAttention
 from bnnkit_plugins.backbone_timm import create_timm_backbone
@@ -30,12 +30,12 @@ def test_streamed_results_match_two_pass_results(synth_root):
     cpu = torch.device("cpu")
     loader = make_loader(ds, 5, shuffle=False, seed=0, workers=0, device=cpu)
     seen: list[int] = []
-    out = stream_predictive(detector, method, loader, 4, cpu, seen.append)
-    assert sum(seen) == len(ds) and out.broken == []
+    out, stats = stream_predictive(detector, method, loader, 4, cpu, seen.append)
+    assert sum(seen) == len(ds) and stats.broken == []
     feats = extract_features(detector, loader, cpu)
-    two_pass = mc_predictive(method, feats.features, 4, cpu)
-    torch.testing.assert_close(out.pred.p_fake, two_pass.p_fake)
-    torch.testing.assert_close(out.pred.total, two_pass.total)
+    two_pass = predict_features(method, feats.features, 4, cpu)
+    torch.testing.assert_close(out.p_fake, two_pass.p_fake)
+    torch.testing.assert_close(out.total, two_pass.total)
     assert torch.equal(out.labels, feats.labels) and torch.equal(out.indices, feats.indices)
 
 
@@ -98,10 +98,10 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_images(synth_roo
         gc.collect()
         base = _malloc_in_use()
         marks: list[int] = []
-        out = stream_predictive(detector, method, loader, 4, cpu, lambda _: marks.append(
+        out, _ = stream_predictive(detector, method, loader, 4, cpu, lambda _: marks.append(
             _malloc_in_use()))  # fmt: skip
         marks.append(_malloc_in_use())  # the results are still held here
-        assert out.pred.p_fake.shape == (count,)
+        assert out.p_fake.shape == (count,)
         return max(marks) - base
 
     try:

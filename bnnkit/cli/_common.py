@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,6 +21,21 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def path_option(flag: str, default: str, help: str):
+    """A ``--FLAG PATH`` option with its default shown (``--runs-dir``, ``--cache-dir``, ...)."""
+    return click.option(
+        flag, default=default, show_default=True, type=click.Path(path_type=Path), help=help
+    )
+
+
+def format_option(choices: list[str], help: str | None = None, dest: str = "out_format"):
+    """``--format`` with a fixed set of output formats, the first one the default."""
+    return click.option(
+        "--format", dest, type=click.Choice(choices), default=choices[0], show_default=True,
+        help=help,
+    )  # fmt: skip
+
+
 def device_option(f):
     return click.option(
         "--device",
@@ -31,28 +46,10 @@ def device_option(f):
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    """A number as the terminal tables print it (``-`` when missing)."""
+    from bnnkit.report.tables import fmt_value
 
-
-def compact_table(title: str | None = None, caption: str | None = None):
-    """The tables of evaluate/compare: no side borders, one space between columns, so numbers
-    fit an 80-column terminal without truncation."""
-    from rich import box
-    from rich.table import Table
-
-    return Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption=caption,
-        caption_justify="left",
-    )
+    return fmt_value(value, digits)
 
 
 def print_json(data: Any) -> None:

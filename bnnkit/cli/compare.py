@@ -9,30 +9,11 @@ from typing import Any
 
 import click
 
-from bnnkit.cli._common import compact_table, console, fmt, print_json
+from bnnkit.cli._common import console, fmt, format_option, print_json
 
-# (key in a row, column header, digits): the order of the table and markdown columns
-COLUMNS: list[tuple[str, str, int]] = [
-    ("run", "run", 0),
-    ("method", "method", 0),
-    ("backbone", "backbone", 0),
-    ("samples", "K", 0),
-    ("id_accuracy", "ID acc", 3),
-    ("nll", "NLL", 3),
-    ("ece", "ECE", 3),
-    ("unseen_accuracy", "unseen acc", 3),
-    ("epistemic_auroc", "epist. OOD AUROC", 3),
-    ("train_seconds", "train s", 1),
-    ("predict_ms_per_image", "predict ms/img", 2),
-]
 # metrics.json versions whose keys this reads: seen.{accuracy,nll,ece}, ood.<generator>.accuracy,
 # ood.<generator>.epistemic.auroc, method, samples (unchanged from 1 to 2)
 SCHEMA_VERSIONS = (1, 2)
-CAPTION = (
-    "ID = generators seen in training (val split). Unseen acc and epistemic OOD AUROC (unseen "
-    "fakes vs seen-generator images) are means over the unseen generators. Predict time per "
-    "image = backbone + K posterior samples, from `bnnkit evaluate`."
-)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -53,18 +34,19 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     """One row of the comparison from a run's metrics.json, timing.json, recipe.toml and
     checkpoint.json (read as plain files: comparing needs no plugin to be installed)."""
     from bnnkit.errors import UsageError
+    from bnnkit.run import RunLayout
 
-    metrics = _read_json(run_dir / "metrics.json")
+    layout = RunLayout(run_dir)
+    metrics = _read_json(layout.metrics)
     if metrics.get("schema_version") not in SCHEMA_VERSIONS:
         raise UsageError(
-            f"{run_dir / 'metrics.json'}: unsupported schema_version "
-            f"{metrics.get('schema_version')!r}",
+            f"{layout.metrics}: unsupported schema_version {metrics.get('schema_version')!r}",
             hint=f"re-evaluate it: bnnkit evaluate {run_dir}",
         )
-    timing = _read_json(run_dir / "timing.json")
-    checkpoint = _read_json(run_dir / "checkpoint.json")
+    timing = _read_json(layout.timing)
+    checkpoint = _read_json(layout.checkpoint)
     try:
-        recipe = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+        recipe = tomllib.loads(layout.recipe.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         recipe = {}
     ood = metrics.get("ood") or {}
@@ -97,74 +79,49 @@ def run_row(run_dir: Path) -> dict[str, Any]:
 
 def collect(runs: list[Path]) -> list[dict[str, Any]]:
     """Rows for the given run directories (duplicates dropped); every run must be evaluated."""
-    from bnnkit.engine.runs import resolve_run
     from bnnkit.errors import UsageError
+    from bnnkit.run import METRICS_FILE, TIMING_FILE, resolve_run
 
     dirs = list(dict.fromkeys(resolve_run(r) for r in runs))
-    missing = [
-        d for d in dirs if not all((d / f).is_file() for f in ("metrics.json", "timing.json"))
-    ]
+    needed = (METRICS_FILE, TIMING_FILE)
+    missing = [d for d in dirs if not all((d / f).is_file() for f in needed)]
     if missing:
         names = ", ".join(str(d) for d in missing)
         noun = "run has" if len(missing) == 1 else "runs have"
         raise UsageError(
-            f"{len(missing)} {noun} not been evaluated (no metrics.json / timing.json): {names}",
+            f"{len(missing)} {noun} not been evaluated "
+            f"(no {METRICS_FILE} / {TIMING_FILE}): {names}",
             hint="; ".join(f"bnnkit evaluate {d}" for d in missing),
         )
     return [run_row(d) for d in dirs]
 
 
-def _cell(row: dict[str, Any], key: str, digits: int) -> str:
-    value = row[key]
-    return fmt(value, digits) if isinstance(value, float) else fmt(value)
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
-    header = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    align = (
-        "|"
-        + "|".join(":---" if k in ("run", "method", "backbone") else "---:" for k, _, _ in COLUMNS)
-        + "|"
-    )
-    body = [
-        "| " + " | ".join(_cell(r, k, d).replace("|", "\\|") for k, _, d in COLUMNS) + " |"
-        for r in rows
-    ]
-    return "\n".join([header, align, *body])
+    from bnnkit.report.tables import compare_table, render_markdown
+
+    return render_markdown(compare_table(rows))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    from bnnkit.report.tables import compare_table, render_rich
+
     unseen = sorted({g for r in rows for g in r["unseen_generators"]})
     title = f"{len(rows)} run(s); unseen: {', '.join(unseen) or 'none'}"
-    columns = list(COLUMNS)
+    drop = []
     # a value every run shares goes to the title, so the table fits a terminal
     for key, label in (("backbone", "backbone"), ("samples", "K")):
         values = {r[key] for r in rows}
         if len(rows) > 1 and len(values) == 1:
             title += f"; {label} {fmt(values.pop())}"
-            columns = [c for c in columns if c[0] != key]
-    table = compact_table(title, CAPTION)
-    for key, header, _ in columns:
-        if key == "run":
-            table.add_column(header, justify="left", overflow="fold", min_width=12)
-        elif key in ("method", "backbone"):
-            table.add_column(header, justify="left", no_wrap=True)
-        else:
-            table.add_column(header.replace(" ", "\n", 1), justify="right", no_wrap=True)
-    for r in rows:
-        table.add_row(*(_cell(r, k, d) for k, _, d in columns))
-    console().print(table)
+            drop.append(key)
+    console().print(render_rich(compare_table(rows, title, drop)))
 
 
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--format",
-    "out_format",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-    help="table (rich), markdown (a pipe table for a report or an issue), json (the raw rows).",
+@format_option(
+    ["table", "markdown", "json"],
+    "table (rich), markdown (a pipe table for a report or an issue), json (the raw rows).",
 )
 def command(runs: tuple[Path, ...], out_format: str) -> None:
     """Compare evaluated RUNs side by side, one row per run.

@@ -3,80 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from bnnkit.cli._common import compact_table, console, device_option, fmt, print_json
-
-
-def _table(title: str | None, columns: list[str], left: int = 1, caption: str | None = None):
-    table = compact_table(title, caption)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i < left else "right", no_wrap=True)
-    return table
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _generator_rows(metrics: dict) -> list[tuple[str, dict, str | None]]:
-    rows = [
-        (name if m["seen"] else f"[bold magenta]{name}*[/]", m, None)
-        for name, m in metrics["per_generator"].items()
-    ]
-    rows.append(("all seen", metrics["seen"], "bold"))
-    if metrics.get("unseen"):
-        rows.append(("all unseen", metrics["unseen"], "bold magenta"))
-    return rows
+from bnnkit.cli._common import console, device_option, fmt, path_option, print_json
+from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
 
 
 def print_metrics(metrics: dict, out=None) -> None:
-    """The evaluation as compact tables that fit an 80-column terminal without truncation."""
-    out = out or console()
-    detect = _table(
-        f"{metrics['run']}: {metrics['method']}, K={metrics['samples']} posterior samples, "
-        f"{metrics['split']} split",
-        ["generator", "n", "acc", "bal.acc", "AUROC", "AP", "TPR@1%", "TPR@5%"],
-        caption="* unseen in training. TPR@1%/5%: fakes detected at 1%/5% false positives.",
-    )
-    calib = _table(
-        "calibration and uncertainty (nats)",
-        ["generator", "NLL", "Brier", "ECE", "aECE", "total", "aleat.", "epist."],
-        caption="total = H(mean p), aleatoric = mean H(p), epistemic = mutual information.",
-    )
-    rows = _generator_rows(metrics)
-    for i, (name, m, style) in enumerate(rows):
-        if i == len(metrics["per_generator"]):
-            detect.add_section()
-            calib.add_section()
-        detect.add_row(
-            name,
-            str(m["n"]),
-            fmt(m["accuracy"]),
-            fmt(m["balanced_accuracy"]),
-            fmt(m["auroc"]),
-            fmt(m["ap"]),
-            fmt(m["tpr_at_fpr_1"]),
-            fmt(m["tpr_at_fpr_5"]),
-            style=style,
-        )
-        calib.add_row(
-            name,
-            fmt(m["nll"]),
-            fmt(m["brier"]),
-            fmt(m["ece"]),
-            fmt(m["adaptive_ece"]),
-            fmt(m["total_uncertainty"]),
-            fmt(m["aleatoric_uncertainty"]),
-            fmt(m["epistemic_uncertainty"], 4),
-            style=style,
-        )
-    out.print(detect)
-    out.print(calib)
-    out.print(f"GenImage average accuracy: {fmt(metrics['average_accuracy']['all'])}")
+    """The evaluation as compact tables that fit an 80-column terminal without truncation
+    (the tables of :mod:`bnnkit.report.tables`, shared with report.md)."""
+    from bnnkit.report import tables as t
 
+    out = out or console()
+    out.print(t.render_rich(t.detection_table(metrics)))
+    out.print(t.render_rich(t.calibration_table(metrics)))
+    out.print(f"GenImage average accuracy: {fmt(metrics['average_accuracy']['all'])}")
     for name, o in metrics["ood"].items():
         out.print(
             f"[bold magenta]unseen generator: {name}[/]: accuracy {fmt(o['accuracy'])}, "
@@ -86,79 +28,11 @@ def print_metrics(metrics: dict, out=None) -> None:
             f"seen {fmt(o['mean_epistemic_seen'], 4)})"
         )
     if metrics["ood"]:
-        ood = _table(
-            "unseen fakes vs seen images (OOD detection)",
-            ["unseen", "score", "AUROC", "AUPR", "FPR95"],
-            left=2,
-            caption="max-prob = 1 - max p; entropy = total; MI = epistemic (mutual information).",
-        )
-        entries = list(metrics["ood"].items())
-        if len(entries) > 1 and metrics.get("ood_combined"):
-            entries.append(("all unseen", metrics["ood_combined"]))
-        for name, o in entries:
-            for key, label in (("max_prob", "max-prob"), ("total", "entropy"), ("epistemic", "MI")):
-                s = o[key]
-                ood.add_row(name, label, fmt(s["auroc"]), fmt(s["aupr"]), fmt(s["fpr95"]))
-        out.print(ood)
-
-    sel = _table(
-        "selective prediction on seen images",
-        ["ranked by", "AURC", "optimal", "acc@100%", "acc@90%", "acc@80%"],
-    )
-    for key, s in metrics["selective"].items():
-        # null/nan = a constant score (MAP's epistemic), which ranks nothing
-        na = {k: "n/a" if fmt(s[k]) == "-" else fmt(s[k]) for k in s}
-        sel.add_row(
-            key,
-            na["aurc"],
-            na["aurc_optimal"],
-            fmt(s["accuracy"]),
-            na["accuracy_at_90"],
-            na["accuracy_at_80"],
-        )
-    out.print(sel)
-
-    a = metrics["abstention"]
-    chosen = a["by_score"][a["score"]]
-    abst = _table(
-        f"abstention: {a['score']} uncertainty > {fmt(chosen['threshold'], 4)} -> uncertain "
-        f"(target coverage {_pct(a['coverage_target'])})",
-        ["images", "n", "coverage", "acc all", "acc kept", "errors caught"],
-        caption=f"calibrated on {a['calibration']['n']} seen val images (cross-fit "
-        f"coverage {_pct(chosen.get('coverage_crossfit'))}), saved in {a['calibration']['file']}",
-    )
-    groups = [("seen", chosen["seen"]), *chosen["unseen"].items()]
-    if len(chosen["unseen"]) > 1 and chosen.get("unseen_combined"):
-        groups.append(("all unseen", chosen["unseen_combined"]))
-    for name, v in groups:
-        abst.add_row(
-            name,
-            str(v["n"]),
-            _pct(v["coverage"]),
-            fmt(v["accuracy_all"]),
-            fmt(v["accuracy_kept"]),
-            f"{v['errors_caught']}/{v['errors']}",
-        )
-    out.print(abst)
-
-    degs = metrics.get("degradations") or {}
-    if degs:
-        deg = _table(
-            "degradations",
-            ["condition", "avg acc", "seen acc", "unseen acc", "seen AUROC", "seen ECE", "epist."],
-            caption="epist.: mean epistemic uncertainty of seen images.",
-        )
-        for name, c in {"clean": metrics, **degs}.items():
-            deg.add_row(
-                name,
-                fmt(c["average_accuracy"]["all"]),
-                fmt(c["seen"]["accuracy"]),
-                fmt((c.get("unseen") or {}).get("accuracy")),
-                fmt(c["seen"]["auroc"]),
-                fmt(c["seen"]["ece"]),
-                fmt(c["seen"]["epistemic_uncertainty"], 4),
-            )
-        out.print(deg)
+        out.print(t.render_rich(t.ood_table(metrics)))
+    out.print(t.render_rich(t.selective_table(metrics)))
+    out.print(t.render_rich(t.abstention_table(metrics, [metrics["abstention"]["score"]])))
+    if metrics.get("degradations"):
+        out.print(t.render_rich(t.degradation_table(metrics)))
     if metrics["broken_files"]:
         out.print(f"[yellow]{len(metrics['broken_files'])} unreadable file(s) skipped:[/]")
         for b in metrics["broken_files"]:
@@ -205,16 +79,21 @@ def print_metrics(metrics: dict, out=None) -> None:
     show_default=True,
     help="Uncertainty the abstention threshold is calibrated on (both are reported).",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="inference.KEY=VALUE",
+    help="Evaluation-time option of the run's inference method, VALUE parsed as TOML "
+    "(repeatable), e.g. inference.prior_precision=10 for kflaplace. Recorded in metrics.json "
+    "and threshold.json; predict samples with the options the threshold was calibrated with.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip RUN/plots/*.png (report.md keeps tables).")
 @click.option(
     "--data-root", default=None, help="Evaluate on data at this root instead of the recipe's."
 )
-@click.option(
-    "--runs-dir",
-    default="runs",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="Where to look for the latest run when RUN is not given.",
+@path_option(
+    "--runs-dir", DEFAULT_RUNS_ROOT, "Where to look for the latest run when RUN is not given."
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of tables."
@@ -227,6 +106,7 @@ def command(
     samples: int | None,
     coverage: float | None,
     abstain_on: str,
+    overrides: tuple[str, ...],
     no_plots: bool,
     data_root: str | None,
     runs_dir: Path,
@@ -252,20 +132,21 @@ def command(
       bnnkit evaluate runs/quickstart-20261121-101500 --ood midjourney --ood glide \\
           --degrade jpeg:65,blur:3 --samples 32
       bnnkit evaluate RUN --degrade genimage --coverage 0.9
+      bnnkit evaluate RUN --set inference.prior_precision=10
     """
+    from bnnkit.api import Run
     from bnnkit.data.degrade import parse_degradations
     from bnnkit.engine.device import select_device
-    from bnnkit.engine.evaluation import evaluate_run
-    from bnnkit.engine.runs import resolve_run
+    from bnnkit.run import layout
 
     degradations = parse_degradations(degrade)
-    run_dir = resolve_run(run, runs_dir)
+    the_run = Run.load(run, runs_dir)
+    run_dir = the_run.path
     dev, note = select_device(device)
     if not as_json:
         console().print(f"evaluating {run_dir} on {note}")
-    metrics = evaluate_run(
-        run_dir,
-        ood=list(ood) or None,
+    metrics = the_run.evaluate(
+        list(ood) or None,
         samples=samples,
         device=dev,
         console=None if as_json else console(),
@@ -274,12 +155,14 @@ def command(
         coverage=coverage,
         abstain_on=abstain_on,
         plots=not no_plots,
+        overrides=list(overrides),
     )
     if as_json:
         print_json(metrics)
         return
     print_metrics(metrics)
-    wrote = ["metrics.json", "threshold.json", "predictions.csv", "report.md"]
+    out = layout.RunLayout(run_dir)
+    wrote = [p.name for p in (out.metrics, out.threshold, out.predictions, out.report)]
     if not no_plots:
-        wrote.append("plots/")
+        wrote.append(f"{layout.PLOTS_DIR}/")
     console().print(f"wrote to {run_dir}: {', '.join(wrote)}")

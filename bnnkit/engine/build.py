@@ -8,12 +8,13 @@ from typing import Any
 import torch
 
 from bnnkit.data.dataset import Normalisation
-from bnnkit.engine.checkpoint import load_checkpoint
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.model.detector import Detector, build_detector
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, read_toml, validate
+from bnnkit.run.checkpoint import load_checkpoint, read_meta
+from bnnkit.run.layout import RunLayout
 
 
 def resolve_normalisation(recipe: Recipe, backbone_default: Normalisation) -> Normalisation:
@@ -60,16 +61,17 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
 
 
 def load_run(
-    run_dir: Path, device: torch.device
+    run_dir: Path, device: torch.device, *, inference: dict[str, Any] | None = None
 ) -> tuple[Recipe, Detector, InferenceMethod, dict[str, Any]]:
     """Everything needed to evaluate or predict, from a run directory alone. The detector's
     input normalisation is the one the checkpoint recorded; a run from before it was recorded
-    gets ImageNet's, which it was trained with."""
-    recipe = validate(
-        read_toml(run_dir / "recipe.toml"), get_registry(), source=str(run_dir / "recipe.toml")
-    )
-    from bnnkit.engine.checkpoint import read_meta
-
+    gets ImageNet's, which it was trained with. ``inference``: method options that override the
+    run's recipe (evaluation-time options, e.g. kflaplace's ``prior_precision``)."""
+    recipe_file = RunLayout(run_dir).recipe
+    raw = read_toml(recipe_file)
+    if inference:
+        raw.setdefault("inference", {}).update(inference)
+    recipe = validate(raw, get_registry(), source=str(recipe_file))
     meta = read_meta(run_dir)
     detector, method = build(recipe, int(meta.get("num_train", 1)), pretrained=False)
     state, meta = load_checkpoint(run_dir, detector, device="cpu")

@@ -1,18 +1,21 @@
-"""Shared loops: data loaders, feature extraction, and MC predictive over the head only."""
+"""Shared loops: data loaders, feature extraction, and the posterior predictive over the head
+(one streaming loop, :func:`stream_predictive`, with a per-batch hook), and the rule for K."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from bnnkit.data.dataset import Broken, collate
+from bnnkit.data.dataset import Batch, Broken, collate
 from bnnkit.methods.base import InferenceMethod
-from bnnkit.metrics.uncertainty import decompose
+from bnnkit.metrics.records import Predictions
 from bnnkit.model.detector import Detector
 
 
@@ -81,92 +84,112 @@ def extract_features(
     return Features(torch.cat(feats), torch.cat(labels), torch.cat(gens), torch.cat(idx), broken)
 
 
-@dataclass
-class Predictive:
-    """Per-image results of the MC predictive: p(fake) and the entropy decomposition (nats)."""
+# --------------------------------------------------------------------------------------------
+# The posterior predictive over the head: K samples per image, reduced at once to a record.
+#
+# How many samples (K) each caller draws is decided by :func:`posterior_samples`.
 
-    p_fake: Tensor
-    total: Tensor
-    aleatoric: Tensor
-    epistemic: Tensor
-
-
-def _predict_chunk(method: InferenceMethod, features: Tensor, k: int) -> Predictive:
-    """K head samples for one chunk of features, reduced at once to per-image results."""
-    probs = method.sample(features, k).float().cpu()
-    unc = decompose(probs)
-    return Predictive(probs.mean(0)[:, 1], unc["total"], unc["aleatoric"], unc["epistemic"])
+#: validation during training draws at most this many samples (cheap, once per epoch).
+VAL_SAMPLES_MAX = 16
 
 
-def _concat(chunks: list[Predictive]) -> Predictive:
-    if not chunks:
-        z = torch.zeros(0)
-        return Predictive(z, z, z, z)
-    return Predictive(
-        *(torch.cat([getattr(c, f) for c in chunks]) for f in ("p_fake", "total", "aleatoric",
-                                                              "epistemic"))
-    )  # fmt: skip
+def posterior_samples(
+    recipe: Any,
+    purpose: str,
+    *,
+    requested: int | None = None,
+    calibrated: dict[str, Any] | None = None,
+) -> int:
+    """The one rule for K, the number of posterior samples per image:
+
+    - ``validate`` (the trainer's per-epoch validation): ``min(eval.samples, 16)``;
+    - ``evaluate``: ``--samples`` if given, else the recipe's ``eval.samples``;
+    - ``predict``: ``--samples`` if given, else the K the run's ``threshold.json`` was
+      calibrated with (so verdicts use the threshold's own K), else ``eval.samples``.
+    """
+    if purpose == "validate":
+        return min(int(recipe.eval.samples), VAL_SAMPLES_MAX)
+    if requested:
+        return int(requested)
+    if purpose == "predict" and calibrated and calibrated.get("samples"):
+        return int(calibrated["samples"])
+    if purpose in ("evaluate", "predict"):
+        return int(recipe.eval.samples)
+    raise ValueError(f"unknown purpose {purpose!r}: validate, evaluate or predict")
 
 
 @torch.no_grad()
-def mc_predictive(
-    method: InferenceMethod, features: Tensor, k: int, device: torch.device, chunk: int = 1024
-) -> Predictive:
-    """K posterior samples over the head for every feature row, streamed in chunks so memory
-    does not grow with K x N."""
+def predict_features(
+    method: InferenceMethod,
+    features: Tensor,
+    k: int,
+    device: torch.device | None = None,
+    chunk: int = 1024,
+) -> Predictions:
+    """K posterior samples over the head for every feature row (on ``device``, default where
+    the features are), streamed in chunks so memory does not grow with K x N."""
     method.head.eval()
-    return _concat(
+    device = features.device if device is None else device
+    return Predictions.concat(
         [
-            _predict_chunk(method, features[start : start + chunk].to(device), k)
-            for start in range(0, features.shape[0], chunk)
+            Predictions.from_probs(method.sample(features[s : s + chunk].to(device), k))
+            for s in range(0, features.shape[0], chunk)
         ]
     )
 
 
 @dataclass
-class Streamed:
-    """Per-image results of :func:`stream_predictive`, in loader order."""
+class StreamStats:
+    """What :func:`stream_predictive` saw besides the per-image results."""
 
-    pred: Predictive
-    labels: Tensor
-    generators: Tensor
-    indices: Tensor
-    broken: list[Broken]
-    features_seconds: float
-    sampling_seconds: float
+    broken: list[Broken] = field(default_factory=list)
+    features_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+
+
+#: ``on_batch(batch, images, feature_map, predictions)``: called after each batch with the
+#: images on the device, the attention-output feature map and the batch's record.
+BatchHook = Callable[[Batch, Tensor, Tensor, Predictions], None]
 
 
 @torch.no_grad()
 def stream_predictive(
-    detector: Detector, method: InferenceMethod, loader: DataLoader, k: int,
-    device: torch.device, progress=None,
-) -> Streamed:  # fmt: skip
+    detector: Detector,
+    method: InferenceMethod,
+    loader: DataLoader,
+    k: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+    *,
+    on_batch: BatchHook | None = None,
+) -> tuple[Predictions, StreamStats]:
     """One backbone pass and K head samples per batch, keeping only per-image results, so peak
-    memory does not grow with the number of images (the pooled features are dropped)."""
+    memory does not grow with the number of images (the pooled features are dropped). The
+    record carries each image's label, generator and dataset index, in loader order."""
     detector.eval()
     method.head.eval()
-    chunks: list[Predictive] = []
-    labels: list[Tensor] = []
-    gens: list[Tensor] = []
-    idx: list[Tensor] = []
-    broken: list[Broken] = []
-    t_feat = t_samp = 0.0
+    parts: list[Predictions] = []
+    stats = StreamStats()
     for batch in loader:
-        broken.extend(batch.broken)
+        stats.broken.extend(batch.broken)
         if len(batch):
             t0 = time.perf_counter()
-            feats = detector.features(batch.images.to(device, non_blocking=True)).float()
+            images = batch.images.to(device, non_blocking=True)
+            fmap = detector.feature_map(images)
+            feats = detector.pool_features(fmap).float()
             t1 = time.perf_counter()
-            chunks.append(_predict_chunk(method, feats, k))
-            t_feat, t_samp = t_feat + t1 - t0, t_samp + time.perf_counter() - t1
-            labels.append(batch.labels)
-            gens.append(batch.generators)
-            idx.append(batch.indices)
+            part = Predictions.from_probs(
+                method.sample(feats, k),
+                labels=batch.labels,
+                generators=batch.generators,
+                indices=batch.indices,
+            )
+            t2 = time.perf_counter()
+            stats.features_seconds += t1 - t0
+            stats.sampling_seconds += t2 - t1
+            parts.append(part)
+            if on_batch is not None:
+                on_batch(batch, images, fmap, part)
         if progress is not None:
             progress(len(batch) + len(batch.broken))
-    empty = torch.zeros(0, dtype=torch.long)
-
-    def cat(parts: list[Tensor]) -> Tensor:
-        return torch.cat(parts) if parts else empty
-
-    return Streamed(_concat(chunks), cat(labels), cat(gens), cat(idx), broken, t_feat, t_samp)
+    return Predictions.concat(parts), stats

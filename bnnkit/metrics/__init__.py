@@ -5,54 +5,30 @@ Predictions are Monte-Carlo samples ``probs[K, B, 2]``; :func:`predictive_mean` 
 modules score. All metric functions take CPU tensors and return Python floats.
 """
 
-from bnnkit.metrics.classification import (
-    accuracy,
-    adaptive_ece,
-    auroc,
-    average_precision,
-    balanced_accuracy,
-    brier,
-    classification_report,
-    ece,
-    ece_bin_index,
-    nll,
-    tpr_at_fpr,
-)
-from bnnkit.metrics.ood import fpr_at_95_tpr, ood_aupr, ood_auroc, ood_report
-from bnnkit.metrics.selective import (
-    accuracy_at_coverage,
-    aurc,
-    aurc_optimal,
-    expected_errors,
-    risk_coverage,
-    threshold_for_coverage,
-)
-from bnnkit.metrics.uncertainty import decompose, entropy, max_prob_score, predictive_mean
+from __future__ import annotations
 
-__all__ = [
-    "accuracy",
-    "accuracy_at_coverage",
-    "adaptive_ece",
-    "aurc",
-    "aurc_optimal",
-    "auroc",
-    "average_precision",
-    "balanced_accuracy",
-    "brier",
-    "classification_report",
-    "decompose",
-    "ece",
-    "ece_bin_index",
-    "entropy",
-    "expected_errors",
-    "fpr_at_95_tpr",
-    "max_prob_score",
-    "nll",
-    "ood_aupr",
-    "ood_auroc",
-    "ood_report",
-    "predictive_mean",
-    "risk_coverage",
+import importlib
+from typing import Any
+
+# The public functions, by the module that defines them; ``bnnkit.metrics.NAME`` imports that
+# module on first use (so ``import bnnkit.metrics`` costs nothing until a metric is needed).
+_HOMES: dict[str, str] = {
+    "classification": "accuracy adaptive_ece auroc average_precision balanced_accuracy brier "
+    "classification_report ece ece_bin_index nll tpr_at_fpr",
+    "ood": "fpr_at_95_tpr ood_aupr ood_auroc ood_report",
+    "selective": "accuracy_at_coverage aurc aurc_optimal expected_errors risk_coverage "
     "threshold_for_coverage",
-    "tpr_at_fpr",
-]
+    "uncertainty": "decompose entropy max_prob_score predictive_mean",
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names.split()}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

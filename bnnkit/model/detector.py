@@ -58,9 +58,12 @@ class Detector(nn.Module):
     def feature_map(self, images: Tensor) -> Tensor:
         return self.attention(self.backbone(images))
 
-    def features(self, images: Tensor) -> Tensor:
-        fmap = self.feature_map(images)
+    def pool_features(self, fmap: Tensor) -> Tensor:
+        """The global pooling of a :meth:`feature_map` to one feature vector per image."""
         return fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.pool_features(self.feature_map(images))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

@@ -7,18 +7,25 @@ four), and a missing value (``null``: one class only, nothing evaluated) as an e
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bnnkit.report.tables import (
+    SCORE_NAMES,
+    abstention_table,
+    calibration_table,
+    degradation_table,
+    detection_table,
+    fmt_value,
+    is_missing,
+    ood_table,
+    render_markdown,
+    selective_table,
+)
+from bnnkit.run.layout import THRESHOLD_FILE
+
 __all__ = ["render_report"]
 
-DASH = "–"
-SCORE_NAMES = {
-    "max_prob": "max-probability (1 − max p)",
-    "total": "entropy (total)",
-    "epistemic": "mutual information (epistemic)",
-}
 PLOT_CAPTIONS = {
     "reliability": (
         "Reliability diagram",
@@ -45,96 +52,23 @@ PLOT_CAPTIONS = {
 
 
 def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return DASH
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return fmt_value(value, digits, markdown=True)
 
 
 def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return DASH
-    return f"{100 * value:.1f}%"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """A GitHub-flavoured markdown table; the first ``left`` columns left-aligned."""
-    align = [":--" if i < left else "--:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _gen_label(name: str, entry: Mapping[str, Any]) -> str:
-    return name if entry.get("seen", True) else f"{name}\\*"
-
-
-def _named_entries(m: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    """Per-generator entries, then the seen (and unseen) aggregates, with their row labels."""
-    named = [(_gen_label(n, e), e) for n, e in m["per_generator"].items()]
-    named.append(("**all seen**", m["seen"]))
-    if m.get("unseen"):
-        named.append(("**all unseen**", m["unseen"]))
-    return named
-
-
-def _detection_rows(m: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
-    for label, e in _named_entries(m):
-        rows.append(
-            [
-                label,
-                _f(e["n"]),
-                _f(e["accuracy"]),
-                _f(e["balanced_accuracy"]),
-                _f(e["auroc"]),
-                _f(e["ap"]),
-                _f(e["tpr_at_fpr_1"]),
-                _f(e["tpr_at_fpr_5"]),
-            ]
-        )
-    return rows
-
-
-def _calibration_rows(m: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
-    for label, e in _named_entries(m):
-        rows.append(
-            [
-                label,
-                _f(e["nll"]),
-                _f(e["brier"]),
-                _f(e["ece"]),
-                _f(e["adaptive_ece"]),
-                _f(e["total_uncertainty"]),
-                _f(e["aleatoric_uncertainty"]),
-                _f(e["epistemic_uncertainty"], 4),
-            ]
-        )
-    return rows
+    return fmt_value(value, kind="pct", markdown=True)
 
 
 def _ood_section(m: Mapping[str, Any]) -> list[str]:
     if not m["ood"]:
         return ["No unseen generator was evaluated (pass `--ood GENERATOR`)."]
-    rows = []
-    entries = list(m["ood"].items())
-    if len(entries) > 1 and m.get("ood_combined"):
-        entries.append(("**all unseen**", m["ood_combined"]))
-    for name, e in entries:
-        for score, label in SCORE_NAMES.items():
-            s = e[score]
-            rows.append([name, label, _f(s["auroc"]), _f(s["aupr"]), _f(s["fpr95"])])
     out = [
         "Seen-generator images (in-distribution) against the unseen generator's fakes "
         "(out-of-distribution; its reals are ImageNet photos like the seen ones). Higher "
         "uncertainty = more likely unseen. FPR95: fraction of seen images flagged when 95% of "
         "the unseen fakes are.",
         "",
-        _table(["unseen generator", "score", "AUROC", "AUPR", "FPR95"], rows, left=2),
+        render_markdown(ood_table(m)),
         "",
     ]
     for name, e in m["ood"].items():
@@ -148,21 +82,7 @@ def _ood_section(m: Mapping[str, Any]) -> list[str]:
 
 
 def _selective_section(m: Mapping[str, Any]) -> list[str]:
-    def na(value: Any) -> str:  # null here: a constant score (MAP's epistemic) ranks nothing
-        return "n/a" if _f(value) == DASH else _f(value)
-
-    rows = [
-        [
-            SCORE_NAMES[s],
-            na(e["aurc"]),
-            na(e["aurc_optimal"]),
-            _f(e["accuracy"]),
-            na(e["accuracy_at_90"]),
-            na(e["accuracy_at_80"]),
-        ]
-        for s, e in m["selective"].items()
-    ]
-    constant = any(na(e["aurc"]) == "n/a" for e in m["selective"].values())
+    constant = any(is_missing(e["aurc"]) for e in m["selective"].values())
     note = " n/a: the score is the same for every image, so it ranks nothing." if constant else ""
     return [
         "Seen-generator images, most certain kept first. AURC: area under the risk-coverage "
@@ -170,7 +90,7 @@ def _selective_section(m: Mapping[str, Any]) -> list[str]:
         "rate). Max-probability ranks exactly like entropy for two classes, so it is not "
         "repeated." + note,
         "",
-        _table(["ranked by", "AURC", "optimal AURC", "acc@100%", "acc@90%", "acc@80%"], rows),
+        render_markdown(selective_table(m)),
     ]
 
 
@@ -183,46 +103,12 @@ def _abstention_section(m: Mapping[str, Any]) -> list[str]:
         f"Threshold on the **{SCORE_NAMES[score]}** uncertainty, calibrated on {cal.get('n')} "
         f"seen-generator validation images to keep {_pct(a['coverage_target'])} of them: "
         f"abstain (verdict `uncertain`) when it exceeds **{_f(chosen['threshold'], 6)}** nats. "
-        f"Stored in `{cal.get('file', 'threshold.json')}` for `bnnkit predict`. The seen "
+        f"Stored in `{cal.get('file', THRESHOLD_FILE)}` for `bnnkit predict`. The seen "
         f"coverage is in-sample; the 2-fold cross-fit estimate for new seen images is "
         f"{_pct(chosen.get('coverage_crossfit'))}.",
         "",
     ]
-    rows = []
-    for s, e in a["by_score"].items():
-        groups = [("seen generators", e["seen"])]
-        groups += [(f"{n}\\*", v) for n, v in e["unseen"].items()]
-        if len(e["unseen"]) > 1 and e.get("unseen_combined"):
-            groups.append(("all unseen", e["unseen_combined"]))
-        for label, v in groups:
-            rows.append(
-                [
-                    f"**{s}**" if s == score else s,
-                    label,
-                    _f(v["n"]),
-                    _pct(v["coverage"]),
-                    _f(v["accuracy_all"]),
-                    _f(v["accuracy_kept"]),
-                    f"{v['errors_caught']} / {v['errors']}",
-                    _pct(v["errors_caught_rate"]),
-                ]
-            )
-    out.append(
-        _table(
-            [
-                "score",
-                "images",
-                "n",
-                "coverage",
-                "acc (all)",
-                "acc (kept)",
-                "errors caught",
-                "caught",
-            ],
-            rows,
-            left=2,
-        )
-    )
+    out.append(render_markdown(abstention_table(m)))
     out += ["", "The score in bold is the one stored and used by `bnnkit predict`."]
     return out
 
@@ -234,29 +120,11 @@ def _degradation_section(m: Mapping[str, Any]) -> list[str]:
             "Not evaluated. GenImage's protocol: "
             "`--degrade jpeg:65,jpeg:30,blur:3,blur:5,resize:112,resize:64`."
         ]
-    gens = list(m["per_generator"])
-    conditions = {"clean": m, **degs}
-    rows = []
-    for name, c in conditions.items():
-        row = [name]
-        row += [_f(c["per_generator"][g]["accuracy"]) for g in gens]
-        row += [_f(c["average_accuracy"]["all"]), _f(c["seen"]["auroc"]), _f(c["seen"]["ece"])]
-        cov = c["abstention"]["by_score"][c["abstention"]["score"]]["seen"]["coverage"]
-        row.append(_pct(cov))
-        rows.append(row)
-    headers = [
-        "condition",
-        *(_gen_label(g, m["per_generator"][g]) for g in gens),
-        "avg acc",
-        "seen AUROC",
-        "seen ECE",
-        "seen coverage",
-    ]
     out = [
         "Accuracy per generator (GenImage's table), then seen-generator AUROC and ECE, and the "
         "seen coverage of the clean-calibrated abstention threshold under the degradation.",
         "",
-        _table(headers, rows),
+        render_markdown(degradation_table(m)),
         "",
     ]
     out += [f"- `{n}`: {d['description']}" for n, d in degs.items()]
@@ -323,10 +191,7 @@ def render_report(
         "",
         "## Detection per generator",
         "",
-        _table(
-            ["generator", "n", "acc", "bal. acc", "AUROC", "AP", "TPR@1%FPR", "TPR@5%FPR"],
-            _detection_rows(m),
-        ),
+        render_markdown(detection_table(m)),
     ]
     lines += [
         "",
@@ -336,10 +201,7 @@ def render_report(
         "entropy of the posterior samples, epistemic = their difference (mutual "
         "information).",
         "",
-        _table(
-            ["generator", "NLL", "Brier", "ECE", "adaptive ECE", "total", "aleatoric", "epistemic"],
-            _calibration_rows(m),
-        ),
+        render_markdown(calibration_table(m)),
     ]
     lines += ["", "## Unseen generators as out-of-distribution inputs", "", *_ood_section(m)]
     lines += ["", "## Selective prediction", "", *_selective_section(m)]

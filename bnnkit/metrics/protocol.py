@@ -1,0 +1,212 @@
+"""The evaluation protocol's metrics: pure functions of a :class:`~bnnkit.metrics.records.
+Predictions` record (no I/O, no model).
+
+Per condition (clean or a degradation): per-generator and pooled classification reports, the
+GenImage average accuracy, OOD detection of each unseen generator's fakes against seen images
+for every score, selective prediction on seen images, and what abstaining at a calibrated
+threshold does (see ``docs/metrics-schema.md`` for every key).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from bnnkit.metrics.classification import classification_report
+from bnnkit.metrics.ood import ood_report
+from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
+from bnnkit.metrics.selective import (
+    accuracy_at_coverage,
+    aurc,
+    aurc_optimal,
+    threshold_for_coverage,
+)
+
+__all__ = [
+    "ABSTAIN_SCORES",
+    "DEFAULT_ABSTAIN_SCORE",
+    "OOD_SCORES",
+    "abstention_metrics",
+    "calibrate_thresholds",
+    "clean_json",
+    "condition_metrics",
+    "selective_report",
+]
+
+#: OOD scores: 1 - max-probability, predictive entropy (total), mutual information (epistemic).
+OOD_SCORES = ("max_prob", "total", "epistemic")
+#: Scores an abstention threshold can be calibrated on (max_prob ranks like total for 2 classes).
+ABSTAIN_SCORES = ("total", "epistemic")
+DEFAULT_ABSTAIN_SCORE = "total"
+
+
+def clean_json(value: Any) -> Any:
+    """NaN/inf -> None, recursively, so metrics.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def _mean(t: Tensor) -> float:
+    return float(t.double().mean()) if t.numel() else float("nan")
+
+
+def _group_report(data: Predictions, mask: Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = classification_report(data.p_fake[mask], data.labels[mask])
+    for key in UNCERTAINTY_KEYS:
+        out[f"{key}_uncertainty"] = _mean(getattr(data, key)[mask])
+    return out
+
+
+def _ood_entry(data: Predictions, seen_mask: Tensor, ood_mask: Tensor) -> dict[str, Any]:
+    """Seen-generator images (ID) against fakes of unseen generator(s) (OOD), for every score.
+
+    Reals in an unseen generator's folder are ImageNet photos like the seen ones, so only its
+    fakes count as out-of-distribution.
+    """
+    pool = seen_mask | ood_mask
+    is_ood = ood_mask[pool]
+    entry: dict[str, Any] = {"n_id": int(seen_mask.sum()), "n_ood": int(ood_mask.sum())}
+    for name in OOD_SCORES:
+        rep = ood_report(data.score(name)[pool], is_ood)
+        entry[name] = {k: rep[k] for k in ("auroc", "aupr", "fpr95")}
+    return entry
+
+
+def selective_report(uncertainty: Tensor, correct: Tensor) -> dict[str, Any]:
+    """Risk-coverage summary: AURC, the AURC of a perfect ranking (errors last), accuracy at
+    100%, 90% and 80% coverage (most certain images kept)."""
+    return {
+        "n": int(correct.numel()),
+        "aurc": aurc(uncertainty, correct),
+        "aurc_optimal": aurc_optimal(correct),
+        "accuracy": _mean(correct.double()),
+        "accuracy_at_90": accuracy_at_coverage(uncertainty, correct, 0.9),
+        "accuracy_at_80": accuracy_at_coverage(uncertainty, correct, 0.8),
+    }
+
+
+def condition_metrics(data: Predictions, generators: list[str], n_seen: int) -> dict[str, Any]:
+    """Every metric of one condition: per generator, seen/unseen pooled, GenImage average
+    accuracy, OOD detection per unseen generator and pooled, selective prediction on seen."""
+    g, y = data.generators, data.labels
+    seen_mask = g < n_seen
+    unseen_mask = ~seen_mask
+    per_generator: dict[str, Any] = {}
+    for i, name in enumerate(generators):
+        entry = _group_report(data, g == i)
+        entry["seen"] = i < n_seen
+        per_generator[name] = entry
+    ood: dict[str, Any] = {}
+    for j, name in enumerate(generators[n_seen:], start=n_seen):
+        fakes = (g == j) & (y == 1)
+        entry = {
+            "accuracy": per_generator[name]["accuracy"],
+            "fake_detection_rate": _mean((data.p_fake[fakes] >= 0.5).double()),
+            "mean_epistemic_unseen_fakes": _mean(data.epistemic[fakes]),
+            "mean_epistemic_seen": _mean(data.epistemic[seen_mask]),
+        }
+        entry.update(_ood_entry(data, seen_mask, fakes))
+        ood[name] = entry
+    has_unseen = len(generators) > n_seen
+
+    def avg(names: list[str]) -> float:
+        accs = [per_generator[n]["accuracy"] for n in names]
+        accs = [a for a in accs if a is not None and math.isfinite(a)]
+        return sum(accs) / len(accs) if accs else float("nan")
+
+    correct = data.correct
+    return {
+        "seen": _group_report(data, seen_mask),
+        "unseen": _group_report(data, unseen_mask) if has_unseen else None,
+        "per_generator": per_generator,
+        "average_accuracy": {
+            "all": avg(generators),
+            "seen": avg(generators[:n_seen]),
+            "unseen": avg(generators[n_seen:]) if has_unseen else float("nan"),
+        },
+        "ood": ood,
+        "ood_combined": _ood_entry(data, seen_mask, unseen_mask & (y == 1)) if has_unseen else None,
+        "selective": {
+            s: selective_report(data.score(s)[seen_mask], correct[seen_mask])
+            for s in ABSTAIN_SCORES
+        },
+    }
+
+
+def calibrate_thresholds(
+    data: Predictions, n_seen: int, coverage: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per abstention score: the threshold that keeps ``coverage`` of the seen-generator images
+    (:func:`~bnnkit.metrics.selective.threshold_for_coverage`, abstain when ``u > t``), and a
+    2-fold cross-fit estimate of the coverage it reaches on *new* seen images (calibrate on the
+    even-positioned images, measure on the odd ones and vice versa). The in-sample coverage is
+    at least ``coverage`` by construction; the cross-fit one tells whether it generalises."""
+    seen = data.generators < n_seen
+    thresholds, crossfit = {}, {}
+    for name in ABSTAIN_SCORES:
+        u = data.score(name)[seen]
+        thresholds[name] = threshold_for_coverage(u, coverage)
+        folds = [u[0::2], u[1::2]]
+        if min(f.numel() for f in folds) == 0:
+            crossfit[name] = float("nan")
+            continue
+        kept = sum(
+            int((folds[1 - i] <= threshold_for_coverage(folds[i], coverage)).sum()) for i in (0, 1)
+        )
+        crossfit[name] = kept / u.numel()
+    return thresholds, crossfit
+
+
+def _abstain_stats(u: Tensor, correct: Tensor, threshold: float) -> dict[str, Any]:
+    keep = u <= threshold
+    errors = ~correct
+    n_err = int(errors.sum())
+    caught = int((errors & ~keep).sum())
+    return {
+        "n": int(u.numel()),
+        "coverage": _mean(keep.double()),
+        "accuracy_kept": _mean(correct[keep].double()),
+        "accuracy_all": _mean(correct.double()),
+        "errors": n_err,
+        "errors_caught": caught,
+        "errors_caught_rate": caught / n_err if n_err else float("nan"),
+        "correct_abstained": int((correct & ~keep).sum()),
+    }
+
+
+def abstention_metrics(
+    data: Predictions,
+    generators: list[str],
+    n_seen: int,
+    thresholds: dict[str, float],
+    score: str,
+    coverage: float,
+    crossfit: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """What abstaining at ``u > threshold`` does on seen images and on each unseen generator:
+    coverage, accuracy on the kept images, and how many of the errors it catches."""
+    g, correct = data.generators, data.correct
+    by_score: dict[str, Any] = {}
+    for name, t in thresholds.items():
+        u = data.score(name)
+        entry: dict[str, Any] = {"threshold": t}
+        if crossfit is not None:
+            entry["coverage_crossfit"] = crossfit[name]
+        entry["seen"] = _abstain_stats(u[g < n_seen], correct[g < n_seen], t)
+        entry["unseen"] = {
+            gen: _abstain_stats(u[g == j], correct[g == j], t)
+            for j, gen in enumerate(generators[n_seen:], start=n_seen)
+        }
+        unseen = g >= n_seen
+        entry["unseen_combined"] = (
+            _abstain_stats(u[unseen], correct[unseen], t) if len(generators) > n_seen else None
+        )
+        by_score[name] = entry
+    return {"score": score, "coverage_target": coverage, "by_score": by_score}

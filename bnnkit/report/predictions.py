@@ -1,0 +1,51 @@
+"""``RUN/predictions.csv``: per image and condition, p(fake) and the uncertainty parts (nats), so
+any table of the evaluation can be recomputed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
+
+__all__ = ["HEADER", "predictions_csv"]
+
+HEADER = ["condition", "generator", "seen", "label", "path", "p_fake", *UNCERTAINTY_KEYS]
+
+
+def _relative(path: Path, root: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def predictions_csv(
+    conditions: Mapping[str, Predictions],
+    paths: Sequence[Path],
+    generators: Sequence[str],
+    n_seen: int,
+    root: str,
+) -> str:
+    """The CSV text; ``paths[i]`` is the file of dataset index ``i``, written relative to
+    ``root`` (the data root)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HEADER)
+    for cond, data in conditions.items():
+        for row in range(len(data)):
+            gi = int(data.generators[row])
+            writer.writerow(
+                [
+                    cond,
+                    generators[gi],
+                    int(gi < n_seen),
+                    int(data.labels[row]),
+                    _relative(paths[int(data.indices[row])], root),
+                    *(f"{float(getattr(data, k)[row]):.9g}" for k in ("p_fake", *UNCERTAINTY_KEYS)),
+                ]
+            )
+    return buf.getvalue()

@@ -1,0 +1,386 @@
+"""The evaluation's tables, each defined once as column specs, with two renderers: rich (the
+terminal tables of ``bnnkit evaluate`` and ``bnnkit compare``) and markdown (``report.md``,
+``bnnkit compare --format markdown``).
+
+A :class:`Table` holds rows (any objects: metric dicts here) and :class:`Column` s that read a
+value from a row and say how to print it. A column may be shown by one renderer only
+(``only="rich"`` / ``"markdown"``), and may have a shorter header for the terminal (``short``).
+Row labels are :class:`Label` s: the renderer marks unseen generators (``*``) and aggregate rows
+(bold) in its own syntax. A missing value (``None``, NaN) prints as ``-`` in the terminal and
+as an en dash in markdown, or as ``n/a`` in a column of kind ``"na"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SCORE_NAMES",
+    "Column",
+    "Label",
+    "Table",
+    "abstention_table",
+    "calibration_table",
+    "COMPARE_COLUMNS",
+    "compare_table",
+    "degradation_table",
+    "detection_table",
+    "fmt_value",
+    "is_missing",
+    "ood_table",
+    "render_markdown",
+    "render_rich",
+    "selective_table",
+]
+
+MD_DASH = "–"
+RICH_DASH = "-"
+SCORE_NAMES = {
+    "max_prob": "max-probability (1 − max p)",
+    "total": "entropy (total)",
+    "epistemic": "mutual information (epistemic)",
+}
+_SHORT_SCORES = {"max_prob": "max-prob", "total": "entropy", "epistemic": "MI"}
+
+
+@dataclass(frozen=True)
+class Label:
+    """A row label: ``unseen`` marks a generator unseen in training, ``strong`` an aggregate;
+    ``short`` is the terminal's text, ``star`` whether the terminal marks an unseen one with *
+    (markdown always does)."""
+
+    text: str
+    short: str | None = None
+    unseen: bool = False
+    strong: bool = False
+    star: bool = True
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    get: Callable[[Any], Any]
+    digits: int = 3
+    kind: str = "num"  # num | pct | ratio | na (missing -> n/a)
+    short: str | None = None
+    left: bool = False
+    only: str | None = None  # "rich" or "markdown": shown by that renderer alone
+    rich: Mapping[str, Any] = field(default_factory=dict)  # extra rich add_column options
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[Any]
+    title: str | None = None
+    caption: str | None = None
+    sections: tuple[int, ...] = ()  # row indices a rich section line goes before
+    dash: str | None = None  # what markdown prints for a missing value (default: en dash)
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def fmt_value(value: Any, digits: int = 3, kind: str = "num", markdown: bool = False) -> str:
+    """A value as a table prints it: floats with ``digits`` decimals (``kind="pct"``: a
+    percentage with one), a missing one as a dash (``kind="na"``: ``n/a``)."""
+    if is_missing(value):
+        return "n/a" if kind == "na" else MD_DASH if markdown else RICH_DASH
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "ratio":  # (count, of): "3/4" in the terminal, "3 / 4" in markdown
+        return f"{value[0]}{' / ' if markdown else '/'}{value[1]}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(value: Any, col: Column, markdown: bool) -> str:
+    return fmt_value(value, col.digits, col.kind, markdown)
+
+
+def _shown(table: Table, renderer: str) -> list[Column]:
+    return [c for c in table.columns if c.only in (None, renderer)]
+
+
+def render_markdown(table: Table) -> str:
+    """A GitHub-flavoured markdown table (``|`` in cells escaped)."""
+
+    def cell(value: Any, col: Column) -> str:
+        if isinstance(value, Label):
+            text = value.text
+            if value.strong:
+                return f"**{text}**"
+            return f"{text}\\*" if value.unseen else text
+        text = _cell(value, col, True)
+        if table.dash is not None and text == MD_DASH:
+            text = table.dash
+        return text.replace("|", "\\|")
+
+    cols = _shown(table, "markdown")
+    lines = [
+        "| " + " | ".join(c.header for c in cols) + " |",
+        "| " + " | ".join(":--" if c.left else "--:" for c in cols) + " |",
+    ]
+    lines += ["| " + " | ".join(cell(c.get(r), c) for c in cols) + " |" for r in table.rows]
+    return "\n".join(lines)
+
+
+def render_rich(table: Table):
+    """A compact rich table (no side borders, one space between columns), so numbers fit an
+    80-column terminal without truncation."""
+    from rich import box
+    from rich.table import Table as RichTable
+
+    out = RichTable(
+        title=table.title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption=table.caption,
+        caption_justify="left",
+    )
+    cols = _shown(table, "rich")
+    for c in cols:
+        options = {"no_wrap": True, **c.rich}
+        out.add_column(c.short or c.header, justify="left" if c.left else "right", **options)
+    for i, row in enumerate(table.rows):
+        if i in table.sections:
+            out.add_section()
+        cells, style = [], None
+        for c in cols:
+            value = c.get(row)
+            if isinstance(value, Label):
+                text = value.short or value.text
+                if value.strong:
+                    style = "bold magenta" if value.unseen else "bold"
+                elif value.unseen and value.star:
+                    text = f"[bold magenta]{text}*[/]"
+                cells.append(text)
+            else:
+                cells.append(_cell(value, c, False))
+        out.add_row(*cells, style=style)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The tables of an evaluation (rows from the metrics dict, metrics.json schema 2)
+
+
+def _key(name: str) -> Callable[[Any], Any]:
+    return lambda row: row[1][name]
+
+
+def _label(row: Any) -> Any:
+    return row[0]
+
+
+def _generator_rows(m: Mapping[str, Any]) -> tuple[list[tuple[Label, Any]], tuple[int, ...]]:
+    rows = [(Label(n, unseen=not e.get("seen", True)), e) for n, e in m["per_generator"].items()]
+    section = (len(rows),)
+    rows.append((Label("all seen", strong=True), m["seen"]))
+    if m.get("unseen"):
+        rows.append((Label("all unseen", strong=True, unseen=True), m["unseen"]))
+    return rows, section
+
+
+#: (header, key of a generator entry, Column options) of the per-generator tables.
+_DETECTION = [
+    ("n", "n", {}),
+    ("acc", "accuracy", {}),
+    ("bal. acc", "balanced_accuracy", {"short": "bal.acc"}),
+    ("AUROC", "auroc", {}),
+    ("AP", "ap", {}),
+    ("TPR@1%FPR", "tpr_at_fpr_1", {"short": "TPR@1%"}),
+    ("TPR@5%FPR", "tpr_at_fpr_5", {"short": "TPR@5%"}),
+]
+_CALIBRATION = [
+    ("NLL", "nll", {}),
+    ("Brier", "brier", {}),
+    ("ECE", "ece", {}),
+    ("adaptive ECE", "adaptive_ece", {"short": "aECE"}),
+    ("total", "total_uncertainty", {}),
+    ("aleatoric", "aleatoric_uncertainty", {"short": "aleat."}),
+    ("epistemic", "epistemic_uncertainty", {"short": "epist.", "digits": 4}),
+]
+
+
+def _per_generator_table(m: Mapping[str, Any], specs: list, title: str, caption: str) -> Table:
+    rows, sections = _generator_rows(m)
+    columns = [Column("generator", _label, left=True)]
+    columns += [Column(header, _key(key), **opts) for header, key, opts in specs]
+    return Table(columns, rows, title=title, caption=caption, sections=sections)
+
+
+def detection_table(m: Mapping[str, Any]) -> Table:
+    return _per_generator_table(
+        m,
+        _DETECTION,
+        f"{m['run']}: {m['method']}, K={m['samples']} posterior samples, {m['split']} split",
+        "* unseen in training. TPR@1%/5%: fakes detected at 1%/5% false positives.",
+    )
+
+
+def calibration_table(m: Mapping[str, Any]) -> Table:
+    return _per_generator_table(
+        m,
+        _CALIBRATION,
+        "calibration and uncertainty (nats)",
+        "total = H(mean p), aleatoric = mean H(p), epistemic = mutual information.",
+    )
+
+
+def ood_table(m: Mapping[str, Any]) -> Table:
+    entries: list[tuple[Any, Any]] = list(m["ood"].items())
+    if len(entries) > 1 and m.get("ood_combined"):
+        entries.append((Label("all unseen", strong=True), m["ood_combined"]))
+    rows = [
+        (name, Label(SCORE_NAMES[s], short=_SHORT_SCORES[s]), e[s])
+        for name, e in entries
+        for s in SCORE_NAMES
+    ]
+    return Table(
+        [
+            Column("unseen generator", lambda r: r[0], short="unseen", left=True),
+            Column("score", lambda r: r[1], left=True),
+            *(
+                Column(h, lambda r, k=k: r[2][k])
+                for h, k in (("AUROC", "auroc"), ("AUPR", "aupr"), ("FPR95", "fpr95"))
+            ),
+        ],  # fmt: skip
+        rows,
+        title="unseen fakes vs seen images (OOD detection)",
+        caption="max-prob = 1 - max p; entropy = total; MI = epistemic (mutual information).",
+    )
+
+
+def selective_table(m: Mapping[str, Any]) -> Table:
+    """null = a constant score (MAP's epistemic), which ranks nothing: shown as n/a."""
+    rows = [(Label(SCORE_NAMES[s], short=s), e) for s, e in m["selective"].items()]
+    return Table(
+        [
+            Column("ranked by", _label, left=True),
+            Column("AURC", _key("aurc"), kind="na"),
+            Column("optimal AURC", _key("aurc_optimal"), kind="na", short="optimal"),
+            Column("acc@100%", _key("accuracy")),
+            Column("acc@90%", _key("accuracy_at_90"), kind="na"),
+            Column("acc@80%", _key("accuracy_at_80"), kind="na"),
+        ],
+        rows,
+        title="selective prediction on seen images",
+    )
+
+
+def abstention_table(m: Mapping[str, Any], scores: Sequence[str] | None = None) -> Table:
+    """Abstention per score (default: every score; the chosen one in bold) and image group."""
+    a = m["abstention"]
+    chosen = a["by_score"][a["score"]]
+    rows = []
+    for s in scores or list(a["by_score"]):
+        e = a["by_score"][s]
+        groups: list[tuple[Label, Any]] = [(Label("seen generators", short="seen"), e["seen"])]
+        groups += [(Label(n, unseen=True, star=False), v) for n, v in e["unseen"].items()]
+        if len(e["unseen"]) > 1 and e.get("unseen_combined"):
+            groups.append((Label("all unseen"), e["unseen_combined"]))
+        rows += [(Label(s, strong=s == a["score"]), label, v) for label, v in groups]
+    cal = a.get("calibration", {})
+    return Table(
+        [
+            Column("score", lambda r: r[0], left=True, only="markdown"),
+            Column("images", lambda r: r[1], left=True),
+            Column("n", lambda r: r[2]["n"]),
+            Column("coverage", lambda r: r[2]["coverage"], kind="pct"),
+            Column("acc (all)", lambda r: r[2]["accuracy_all"], short="acc all"),
+            Column("acc (kept)", lambda r: r[2]["accuracy_kept"], short="acc kept"),
+            Column(
+                "errors caught", lambda r: (r[2]["errors_caught"], r[2]["errors"]), kind="ratio"
+            ),
+            Column("caught", lambda r: r[2]["errors_caught_rate"], kind="pct", only="markdown"),
+        ],
+        rows,
+        title=f"abstention: {a['score']} uncertainty > {fmt_value(chosen['threshold'], 4)} -> "
+        f"uncertain (target coverage {fmt_value(a['coverage_target'], kind='pct')})",
+        caption=f"calibrated on {cal.get('n')} seen val images (cross-fit coverage "
+        f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}), saved in {cal.get('file')}",
+    )
+
+
+def degradation_table(m: Mapping[str, Any]) -> Table:
+    """Clean and each degradation: per-generator accuracy (markdown), pooled accuracies, seen
+    AUROC / ECE, mean epistemic (terminal) and the clean threshold's seen coverage (markdown)."""
+    conditions = {"clean": m, **(m.get("degradations") or {})}
+
+    def coverage(c: Mapping[str, Any]) -> Any:
+        return c["abstention"]["by_score"][c["abstention"]["score"]]["seen"]["coverage"]
+
+    gens = [
+        Column(f"{g}\\*" if not e.get("seen", True) else g,
+               lambda r, g=g: r[1]["per_generator"][g]["accuracy"], only="markdown")
+        for g, e in m["per_generator"].items()
+    ]  # fmt: skip
+    return Table(
+        [
+            Column("condition", lambda r: r[0], left=True),
+            *gens,
+            Column("avg acc", lambda r: r[1]["average_accuracy"]["all"]),
+            Column("seen acc", lambda r: r[1]["seen"]["accuracy"], only="rich"),
+            Column("unseen acc", lambda r: (r[1].get("unseen") or {}).get("accuracy"), only="rich"),
+            Column("seen AUROC", lambda r: r[1]["seen"]["auroc"]),
+            Column("seen ECE", lambda r: r[1]["seen"]["ece"]),
+            Column(
+                "epist.", lambda r: r[1]["seen"]["epistemic_uncertainty"], digits=4, only="rich"
+            ),
+            Column("seen coverage", lambda r: coverage(r[1]), kind="pct", only="markdown"),
+        ],  # fmt: skip
+        list(conditions.items()),
+        title="degradations",
+        caption="epist.: mean epistemic uncertainty of seen images.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# bnnkit compare: one row per run (rows from bnnkit.cli.compare.run_row)
+
+#: (key in a row, header, digits): the columns of ``bnnkit compare``, in order.
+COMPARE_COLUMNS: list[tuple[str, str, int]] = [
+    ("run", "run", 0),
+    ("method", "method", 0),
+    ("backbone", "backbone", 0),
+    ("samples", "K", 0),
+    ("id_accuracy", "ID acc", 3),
+    ("nll", "NLL", 3),
+    ("ece", "ECE", 3),
+    ("unseen_accuracy", "unseen acc", 3),
+    ("epistemic_auroc", "epist. OOD AUROC", 3),
+    ("train_seconds", "train s", 1),
+    ("predict_ms_per_image", "predict ms/img", 2),
+]
+COMPARE_CAPTION = (
+    "ID = generators seen in training (val split). Unseen acc and epistemic OOD AUROC (unseen "
+    "fakes vs seen-generator images) are means over the unseen generators. Predict time per "
+    "image = backbone + K posterior samples, from `bnnkit evaluate`."
+)
+
+
+def compare_table(
+    rows: list[Mapping[str, Any]], title: str | None = None, drop: Sequence[str] = ()
+) -> Table:
+    """The comparison of runs; ``drop``: keys of columns left out (e.g. a value every run
+    shares, which the terminal title states instead)."""
+
+    def column(key: str, header: str, digits: int) -> Column:
+        get = lambda r, k=key: r[k]  # noqa: E731
+        if key == "run":
+            fold = {"no_wrap": False, "overflow": "fold", "min_width": 12}
+            return Column(header, get, digits, left=True, rich=fold)
+        if key in ("method", "backbone"):
+            return Column(header, get, digits, left=True)
+        return Column(header, get, digits, short=header.replace(" ", "\n", 1))
+
+    columns = [column(*c) for c in COMPARE_COLUMNS if c[0] not in drop]
+    return Table(columns, list(rows), title=title, caption=COMPARE_CAPTION, dash=RICH_DASH)
