@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides
 
 from bnnkit.cli import main
 from bnnkit.engine.distributed import DistInfo, shard
@@ -27,15 +27,19 @@ def test_shards_cover_everything_with_equal_sizes():
     assert torch.equal(shard(order, DistInfo()), order)
 
 
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_make_one_complete_run(synth_root, tmp_path, runner):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     runs = tmp_path / "runs"
-    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "bnnkit", "train",
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", str(WORKER), str(tmp_path), "train",
            str(QUICKSTART), "--runs-dir", str(runs), "-q",
            *tiny_overrides(synth_root, **{"train.epochs": 2})]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent), env.get("PYTHONPATH", "")])
     # own session: on a timeout the whole group (torchrun and both ranks) is killed
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
@@ -55,5 +59,10 @@ def test_torchrun_two_cpu_processes_make_one_complete_run(synth_root, tmp_path, 
     per_rank = math.ceil(n_train / 2)
     steps = math.ceil(per_rank / 16)  # batch 16
     assert meta["step"] == 2 * steps
+    # the backbone phase trained through DistributedDataParallel: every step on both ranks,
+    # and the replicas ended with the same parameters
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["ddp_forwards"] == rank1["ddp_forwards"] == 2 * steps
+    assert torch.equal(rank0["params"], rank1["params"])
     result = runner.invoke(main, ["evaluate", str(run), "--json"])
     assert result.exit_code == 0, result.output

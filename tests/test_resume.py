@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides
 
 from bnnkit.cli import main
 
@@ -122,3 +122,34 @@ def test_nan_loss_stops_with_clear_message(runner, synth_root, tmp_path):
     assert result.exit_code == 1, result.output
     assert "loss became" in result.output and "epoch 1" in result.output
     assert "grad_clip" in result.output and "Traceback" not in result.output
+
+
+def test_resume_with_mismatched_optimiser_state_stops_clearly(
+    runner, synth_root, tmp_path, monkeypatch
+):
+    """A run whose saved optimiser state no longer fits (e.g. a bbb run saved before blitz's
+    aliased parameters were deduplicated: twice the parameters in the head's group) stops with
+    a usage error instead of torch's ValueError from ``Optimizer.load_state_dict``."""
+    from bnnkit.methods.base import InferenceMethod
+
+    def sigint_after_first_epoch(self, epoch: int) -> None:
+        if epoch == 1:
+            signal.raise_signal(signal.SIGINT)  # the trainer checkpoints and stops cleanly
+
+    with monkeypatch.context() as m:
+        m.setattr(InferenceMethod, "after_epoch", sigint_after_first_epoch)
+        args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
+                *tiny_overrides(synth_root, **{"train.epochs": 2})]  # fmt: skip
+        first = runner.invoke(main, args)
+    assert first.exit_code == 128 + signal.SIGINT, first.output
+    (run,) = list(tmp_path.iterdir())
+    meta_path = run / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["position"]["epoch"] == 2 and meta["complete"] is False
+    groups = meta["state"]["optimizer"]["param_groups"]
+    groups[0]["params"] = groups[0]["params"][:-1]  # the saved layout differs from today's
+    meta_path.write_text(json.dumps(meta))
+    result = runner.invoke(main, ["train", "--resume", str(run), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "cannot resume" in result.output and "optimiser state" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)

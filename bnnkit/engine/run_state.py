@@ -1,5 +1,5 @@
 """What a training run carries between steps and processes: its position (phase, epoch, batch),
-the per-epoch data order, the result, and what gets printed and recorded about it."""
+the seeds and per-epoch data order, the result, and what gets printed and recorded about it."""
 
 from __future__ import annotations
 
@@ -16,14 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from bnnkit import __version__
-from bnnkit.errors import BnnkitError
+from bnnkit.engine.phases import PHASES
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe
 
-HISTORY_FIELDS = [
-    "phase", "epoch", "loss", "nll", "kl", "train_acc", "val_acc", "val_nll", "seconds",
-]  # fmt: skip
-PHASES = ("finetune", "finetune-map", "head")
 SUM_KEYS = ("loss", "nll", "kl", "correct", "n")
 
 
@@ -37,10 +33,6 @@ def epoch_order(n: int, seed: int, phase: str, epoch: int) -> Tensor:
     """The permutation of the training set for one epoch; independent of any RNG state."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch)
     return torch.randperm(n, generator=g)
-
-
-class TrainingInterrupted(BnnkitError):
-    """SIGINT/SIGTERM: the current step finished and a checkpoint was saved."""
 
 
 @dataclass

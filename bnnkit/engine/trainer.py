@@ -1,15 +1,16 @@
-"""The training loop: one recipe -> one run directory, resumable at any step.
+"""The trainer: one recipe -> one run directory, resumable at any step.
 
-Phases, by ``train.backbone`` and the method's ``joint_finetune``:
+It orchestrates the parts of a run, each in its own module: the phase plan
+(:mod:`~bnnkit.engine.phases`: ``finetune`` / ``finetune-map`` / ``head`` from
+``train.backbone`` and the method), the data (:mod:`~bnnkit.engine.train_data`), the epoch loop
+(:mod:`~bnnkit.engine.epochs`), acceleration (:mod:`~bnnkit.engine.accel`), signals
+(:mod:`~bnnkit.engine.signals`), data parallelism (:mod:`~bnnkit.engine.distributed`), the
+training log (:mod:`bnnkit.run.log`) and checkpoints (:mod:`bnnkit.run.checkpoint`).
 
-- ``finetune`` + joint method (MAP, BBB, LRT, MC-dropout): backbone, attention and head learn
-  together on the method's loss.
-- ``finetune`` + non-joint method (SG-MCMC, Laplace, head ensembles): the detector is first
-  fine-tuned with MAP (cross-entropy) (phase ``finetune-map``), then its pooled features are
-  extracted once and the method runs on them (phase ``head``, ``train.head_epochs`` epochs,
-  default ``train.epochs``).
-- ``frozen``: features are extracted once into the on-disk cache (:mod:`bnnkit.engine.cache`)
-  and every method trains on them in seconds (phase ``head``).
+The method hears of each phase (``begin_phase``), of every step and epoch, then
+``after_training`` and, when it asks for them, ``calibrate`` on the validation features; the
+run's last epoch is validated after those, so ``history.csv``, the summary and the report show
+the posterior that is saved.
 
 Resuming is exact on the CPU: each epoch's data order comes from a generator seeded by
 (seed, phase, epoch), the global RNG state is saved in every checkpoint, and a checkpoint taken
@@ -20,55 +21,41 @@ not bit-identical (an epoch-boundary resume still is).
 
 from __future__ import annotations
 
-import csv
 import json
-import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader
+from torch import Tensor
 
 from bnnkit import __version__
-from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform
-from bnnkit.data.genimage import index_split
+from bnnkit.data.dataset import Normalisation
+from bnnkit.engine.accel import Acceleration
 from bnnkit.engine.build import build
-from bnnkit.engine.cache import cached_features
-from bnnkit.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from bnnkit.engine.distributed import (
-    DistInfo,
-    average_gradients,
-    barrier,
-    shard,
-    sum_across,
-)
-from bnnkit.engine.loop import (
-    Features,
-    extract_features,
-    make_loader,
-    mc_predictive,
-    worker_count,
-)
+from bnnkit.engine.distributed import DistInfo, average_gradients, data_parallel_loss
+from bnnkit.engine.epochs import EpochLoop, PhaseRun
+from bnnkit.engine.loop import Features, posterior_samples, predict_features
+from bnnkit.engine.phases import Phase, plan_phases
 from bnnkit.engine.run_state import (
-    HISTORY_FIELDS,
-    SUM_KEYS,
     Position,
-    TrainingInterrupted,
     TrainResult,
     environment,
-    epoch_order,
-    epoch_stats,
     progress_bar,
     seed_everything,
 )
-from bnnkit.errors import BnnkitError, UsageError
+from bnnkit.engine.signals import StopSignals
+from bnnkit.engine.train_data import Datasets, TrainData
+from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.methods.sgmcmc import SGMCMCMethod
 from bnnkit.recipe import Recipe, dump_recipe
+from bnnkit.run.checkpoint import load_checkpoint, save_checkpoint
+from bnnkit.run.fileio import atomic_write_text
+from bnnkit.run.layout import RunLayout
+from bnnkit.run.log import TrainingLog
 
 
 class Trainer:
@@ -85,437 +72,262 @@ class Trainer:
     ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
+        self.layout = RunLayout(run_dir)
         self.device = device
         self.device_note = device_note
         self.console = console
-        self.cache_dir = cache_dir or Path(".bnnkit-cache")
         self.resume = resume
-        self.broken: dict[str, str] = {}
-        self.history: list[dict[str, Any]] = []
-        self.step = 0
+        self.dist = dist or DistInfo()
+        self.accel = Acceleration.from_recipe(recipe.train, device)
+        self.data = TrainData(recipe, device, self.dist, cache_dir or Path(".bnnkit-cache"))
+        self.log = TrainingLog(
+            run_dir, writes=self.dist.is_main, tensorboard="tensorboard" in recipe.train.log
+        )
+        self.stop = StopSignals(self.dist, device)
         self.elapsed_before = 0.0
         self.t_start = 0.0
-        self.stop_signal: int | None = None
-        self.dist = dist or DistInfo()
-        self._configure_accelerator()
-        self.tensorboard = self._tensorboard_writer()
-
-    def _tensorboard_writer(self):
-        """A SummaryWriter into ``RUN/tensorboard`` when ``train.log`` asks for it (rank 0)."""
-        if "tensorboard" not in self.recipe.train.log or not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UsageError(
-                'train.log = ["tensorboard"] needs the tensorboard package',
-                hint="pip install 'bnnkit[tensorboard]'  (or: pip install tensorboard)",
-            ) from None
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-
-    def _configure_accelerator(self) -> None:
-        """Mixed precision and memory layout. CUDA only: the CPU path stays float32."""
-        t = self.recipe.train
-        cuda = self.device.type == "cuda"
-        mode = t.amp
-        if mode == "auto":
-            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
-        if mode != "off" and not cuda:
-            raise UsageError(
-                f"train.amp = {t.amp!r} needs a CUDA device; this run is on {self.device}"
-            )
-        self.amp = mode != "off"
-        self.amp_dtype = torch.float16 if mode == "fp16" else torch.bfloat16
-        # fp16 needs loss scaling; bf16 has float32's range and does not
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=mode == "fp16")
-        self.channels_last = cuda and t.channels_last
-        self.amp_mode = mode
-
-    # -- data ------------------------------------------------------------------------------------
-    def _splits(self) -> tuple[list, list]:
-        """(train, val) samples."""
-        d, r = self.recipe.data, self.recipe
-        gens = list(d.train_generators)
-        opts = {"balance": d.balance, "seed": r.seed}
-        train = index_split(d.root, gens, "train", limit=d.train_limit, **opts)
-        val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
-        if not train:
-            raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
-        return train, val
-
-    def _datasets(
-        self, splits: tuple[list, list], norm: Normalisation
-    ) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
-        """(train with augmentation, train without, val), normalised with ``norm``."""
-        d, (train, val) = self.recipe.data, splits
-        gens = list(d.train_generators)
-        eval_tf = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
-        train_tf = build_transform(d.image_size, d.preprocess, train=True, norm=norm)
-        return (
-            ImageDataset(train, train_tf, gens),
-            ImageDataset(train, eval_tf, gens),
-            ImageDataset(val, eval_tf, gens),
-        )
-
-    def _note_broken(self, items) -> None:
-        for b in items:
-            self.broken[b.path] = b.reason
-
-    def _loader(self, dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
-        r = self.recipe
-        workers = worker_count(r.data.num_workers, self.device)
-        return make_loader(
-            dataset, batch_size, seed=r.seed, workers=workers, device=self.device, order=order
-        )
-
-    def _features(self, detector, dataset, split: str, progress: Progress) -> Features:
-        loader = self._loader(dataset, self.recipe.eval.batch_size)
-        if self.recipe.train.backbone == "frozen":
-            if not self.dist.is_main:
-                barrier(self.dist)  # rank 0 fills the cache first; the others then read it
-            feats = cached_features(
-                detector, loader, self.device, self.recipe, split, self.cache_dir, progress
-            )
-            if self.dist.is_main:
-                barrier(self.dist)
-        else:
-            task = progress.add_task(f"features ({split})", total=len(dataset), stats="")
-            feats = extract_features(
-                detector, loader, self.device, lambda n: progress.advance(task, n)
-            )
-        self._note_broken(feats.broken)
-        return feats
+        self.loop: EpochLoop | None = None
+        self._val_feats: Features | None = None  # of the head phase (the detector is final)
 
     # -- main ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         r = self.recipe
         seed_everything(r.seed)
-        splits = self._splits()
+        splits = self.data.splits()
         detector, method = build(r, num_train=len(splits[0]))
         if isinstance(method, SGMCMCMethod):  # one chain on every rank, global-batch burn-in
             method.chain_seed, method.world_size = r.seed, self.dist.world
-        frozen = r.train.backbone == "frozen"
-        if frozen:
-            phases = ["head"]
-        else:
-            phases = ["finetune"] if method.joint_finetune else ["finetune-map", "head"]
-        position = Position(phases[0])
-        saved_optimizer: dict | None = None
-        resumed_from = None
-        if self.resume and (self.run_dir / "checkpoint.json").is_file():
-            state, meta = load_checkpoint(self.run_dir, detector)
-            method.load_extra_state(state.get("method", {}))
-            method.load_extra_meta(meta.get("method_meta", {}))
-            if meta.get("complete"):
-                raise UsageError(f"{self.run_dir} is already complete; nothing to resume")
-            self.history = meta["history"]
-            self.step = meta["step"]
-            self.broken = dict(meta.get("broken", {}))
-            self.elapsed_before = meta["train_seconds"]
-            position = Position(**meta["position"])
-            saved_optimizer = state.get("optimizer") or None
-            torch.set_rng_state(state["rng"]["torch"].to(torch.uint8))
+        phases = plan_phases(
+            r.train.backbone, method.joint_finetune, r.train.epochs, r.train.head_epochs
+        )
+        position, saved_optimizer, resumed_from, step = Position(phases[0].name), None, None, 0
+        if self.resume and self.layout.checkpoint.is_file():
+            position, saved_optimizer, step = self._restore(detector, method)
             resumed_from = f"{position.phase} epoch {position.epoch} step {position.step_in_epoch}"
-            # what the run was trained with (ImageNet's for a run from before it was recorded)
-            detector.normalisation = Normalisation.from_dict(meta.get("normalisation"))
-        train_aug, train_plain, val_ds = self._datasets(splits, detector.normalisation)
+        datasets = self.data.datasets(splits, detector.normalisation)
         if self.dist.enabled and resumed_from is None:
             torch.manual_seed(r.seed + self.dist.rank)  # same init everywhere, own augmentations
         detector.to(self.device)
-        if self.channels_last:
-            detector.to(memory_format=torch.channels_last)
-        # compile a bound forward, not the module, so state_dict keys stay unchanged
-        self.forward_features = torch.compile(detector.features) if r.train.compile else None
+        self.forward_features = self.accel.prepare(detector)
         method.to(self.device)
         if not self.resume and self.dist.is_main:
-            (self.run_dir / "recipe.toml").write_text(dump_recipe(r), encoding="utf-8")
-            env = environment(r, self.device_note)
-            atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
+            self.layout.recipe.write_text(dump_recipe(r), encoding="utf-8")
+            atomic_write_text(
+                self.layout.env, json.dumps(environment(r, self.device_note), indent=2)
+            )
         self.t_start = time.perf_counter()
-        handlers = self._install_signal_handlers()
+        self.loop = EpochLoop(
+            self.device, self.accel, self.dist, r.train.grad_clip, detector, self.log, self.stop,
+            self.run_dir, lambda opt, pos: self._checkpoint(detector, method, opt, pos), step,
+        )  # fmt: skip
         try:
-            with progress_bar(self.console) as progress:
+            with self.stop, progress_bar(self.console) as progress:
                 feats = self._run_phases(
-                    phases, position, saved_optimizer, detector, method,
-                    (train_aug, train_plain, val_ds), progress,
-                )  # fmt: skip
-                result = self._finish(detector, method, train_plain, progress, feats)
+                    phases, position, saved_optimizer, detector, method, datasets, progress
+                )
+                result = self._finish(detector, method, datasets, progress, feats)
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            self.log.close()
         result.resumed_from = resumed_from
         return result
 
-    def _install_signal_handlers(self) -> dict:
-        previous: dict = {}
+    def _restore(self, detector: Any, method: InferenceMethod) -> tuple[Position, dict | None, int]:
+        """Load the run's checkpoint: (position, optimiser state, steps done)."""
+        state, meta = load_checkpoint(self.run_dir, detector)
+        method.load_extra_state(state.get("method", {}))
+        method.load_extra_meta(meta.get("method_meta", {}))
+        if meta.get("complete"):
+            raise UsageError(f"{self.run_dir} is already complete; nothing to resume")
+        self.log.rows = list(meta["history"])
+        self.data.broken = dict(meta.get("broken", {}))
+        self.elapsed_before = meta["train_seconds"]
+        torch.set_rng_state(state["rng"]["torch"].to(torch.uint8))
+        # what the run was trained with (ImageNet's for a run from before it was recorded)
+        detector.normalisation = Normalisation.from_dict(meta.get("normalisation"))
+        return Position(**meta["position"]), state.get("optimizer") or None, int(meta["step"])
 
-        def on_signal(signum, frame) -> None:
-            self.stop_signal = signum
-            for sig, handler in previous.items():  # a second signal acts at once
-                signal.signal(sig, handler)
-
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread (e.g. inside a notebook worker)
-            previous.clear()
-        return previous
-
-    def _run_phases(self, phases, position, saved_optimizer, detector, method, datasets, progress):
-        r = self.recipe
-        train_aug, train_plain, val_ds = datasets
-        head_params = list(detector.head.parameters())
-        body_params = [*detector.backbone.parameters(), *detector.attention.parameters()]
-        start = phases.index(position.phase)
+    def _run_phases(
+        self,
+        phases: list[Phase],
+        position: Position,
+        saved_optimizer: dict | None,
+        detector: Any,
+        method: InferenceMethod,
+        ds: Datasets,
+        progress: Progress,
+    ) -> Features | None:
+        """Every phase from ``position`` on; returns the head phase's training features."""
+        assert self.loop is not None
+        names = [p.name for p in phases]
         feats = None
-        for phase in phases[start:]:
-            if phase != position.phase:
-                position, saved_optimizer = Position(phase), None
-            if phase in ("finetune", "finetune-map"):
-                joint = phase == "finetune"
-                learner = (
-                    method if joint else InferenceMethod(detector.head, num_train=len(train_aug))
-                )
-                body_lr = r.train.lr * r.train.backbone_lr_scale
-                optimizer = learner.configure_optimizer(
-                    [{"params": head_params}, {"params": body_params, "lr": body_lr}],
-                    optimizer=r.train.optimizer,
-                    lr=r.train.lr,
-                    weight_decay=r.train.weight_decay,
-                )
-                val_loader = self._loader(val_ds, r.eval.batch_size)
-
-                def image_batches(epoch: int, skip: int, _phase: str = phase) -> Iterator:
-                    bs = r.train.batch_size
-                    order = shard(epoch_order(len(train_aug), r.seed, _phase, epoch), self.dist)
-                    order = order[skip * bs :]
-                    for batch in self._loader(train_aug, bs, order.tolist()):
-                        self._note_broken(batch.broken)
-                        if len(batch):
-                            images = batch.images.to(self.device, non_blocking=True)
-                            if self.channels_last:
-                                images = images.contiguous(memory_format=torch.channels_last)
-                            yield images, batch.labels, batch.indices
-
-                def validate_images(
-                    _learner: InferenceMethod = learner, _loader: DataLoader = val_loader
-                ) -> dict[str, float]:
-                    feats_val = extract_features(detector, _loader, self.device)
-                    self._note_broken(feats_val.broken)
-                    return self._validate(_learner, feats_val)
-
-                per_rank = len(shard(torch.arange(len(train_aug)), self.dist))
-                steps = -(-per_rank // r.train.batch_size)
-                self._epochs(
-                    position, r.train.epochs, steps, image_batches, learner, optimizer,
-                    saved_optimizer, detector, method, progress,
-                    validate_images, train_body=True,
-                )  # fmt: skip
-                continue
-            # phase "head": the method on pooled features, extracted once (cached when frozen)
-            for p in body_params:
-                p.requires_grad_(False)
-            feats = self._features(detector, train_plain, "train", progress)
-            val_feats = self._features(detector, val_ds, "val", progress)
-            optimizer = method.configure_optimizer(
-                [{"params": head_params}],
-                optimizer=r.train.optimizer,
-                lr=r.train.lr,
-                weight_decay=r.train.weight_decay,
-            )
-            n, bs = feats.labels.shape[0], r.train.batch_size
-            n_rank = len(shard(torch.arange(n), self.dist))
-
-            def feature_batches(
-                epoch: int, skip: int, _f: Features = feats, _n: int = n, _bs: int = bs
-            ) -> Iterator:
-                order = shard(epoch_order(_n, r.seed, "head", epoch), self.dist)
-                for start_ in range(skip * _bs, order.numel(), _bs):
-                    idx = order[start_ : start_ + _bs]
-                    yield _f.features[idx].to(self.device), _f.labels[idx], _f.indices[idx]
-
-            # The head's ops are tiny: on a CPU, more than one thread only adds OpenMP hand-offs,
-            # which turn into 10-30x slowdowns when another process shares the cores.
+        for phase in phases[names.index(position.phase) :]:
+            if phase.name != position.phase:
+                position, saved_optimizer = Position(phase.name), None
+            if phase.trains_backbone:
+                run = self._backbone_phase(phase, detector, method, ds)
+            else:
+                feats, run = self._head_phase(phase, detector, method, ds, progress)
+            run.defer_last_validation = phase is phases[-1]
+            self._load_optimizer(run.optimizer, saved_optimizer)
+            # The head's ops are tiny: on a CPU, more than one thread only adds OpenMP
+            # hand-offs, which turn into 10-30x slowdowns when another process shares the cores.
             threads = torch.get_num_threads()
-            if self.device.type == "cpu":
+            if not phase.trains_backbone and self.device.type == "cpu":
                 torch.set_num_threads(1)
             try:
-                self._epochs(
-                    position, r.train.head_epochs or r.train.epochs, -(-n_rank // bs),
-                    feature_batches, method, optimizer, saved_optimizer, detector, method,
-                    progress, lambda _v=val_feats: self._validate(method, _v), train_body=False,
-                )  # fmt: skip
+                self.loop.run(run, position, progress)
             finally:
                 torch.set_num_threads(threads)
+            del run  # under torchrun: drops DDP and its gradient hooks before the next phase
         return feats
 
-    def _epochs(
-        self,
-        position: Position,
-        epochs: int,
-        steps_per_epoch: int,
-        batches: Callable[[int, int], Iterator],
-        learner: InferenceMethod,
-        optimizer: torch.optim.Optimizer,
-        saved_optimizer: dict | None,
-        detector,
-        method: InferenceMethod,
-        progress: Progress,
-        validate: Callable[[], dict[str, float]],
-        *,
-        train_body: bool,
-    ) -> None:
-        r = self.recipe
-        phase = position.phase
-        if saved_optimizer:
-            optimizer.load_state_dict(saved_optimizer)
-        # every parameter the optimiser updates (methods may add their own, e.g. ensemble members)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for epoch in range(position.epoch, epochs + 1):
-            t_epoch = time.perf_counter()
-            skip = position.step_in_epoch if epoch == position.epoch else 0
-            sums = position.sums if epoch == position.epoch else dict.fromkeys(SUM_KEYS, 0.0)
-            task = progress.add_task(
-                f"{phase} {epoch}/{epochs}", total=steps_per_epoch, completed=skip, stats=""
-            )
-            detector.train()
-            if not train_body:
-                detector.backbone.eval()
-                detector.attention.eval()
-            step_in_epoch = skip
-            for inputs, y, idx in batches(epoch, skip):
-                y = y.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                    if not train_body:
-                        features = inputs
-                    else:
-                        features = (self.forward_features or detector.features)(inputs)
-                    parts = learner.training_loss(features, y, idx.to(self.device))
-                if not torch.isfinite(parts.loss):
-                    raise BnnkitError(
-                        f"loss became {parts.loss.item()} in {phase} epoch {epoch}, step "
-                        f"{step_in_epoch + 1}; training stopped. The last good checkpoint is in "
-                        f"{self.run_dir}",
-                        hint="lower train.lr or set train.grad_clip (e.g. 1.0)",
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(parts.loss).backward()
-                self.scaler.unscale_(optimizer)
-                average_gradients(params, self.dist)
-                if r.train.grad_clip > 0 and learner.clip_gradients:
-                    torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-                self.step += 1
-                step_in_epoch += 1
-                learner.after_step(self.step)
-                n = y.shape[0]
-                sums["loss"] += parts.loss.item() * n
-                sums["nll"] += float(parts.nll) * n
-                sums["kl"] += float(parts.kl) * n
-                sums["correct"] += (parts.logits.argmax(-1) == y).sum().item()
-                sums["n"] += n
-                progress.update(task, advance=1, stats=epoch_stats(sums))
-                if self._should_stop():
-                    here = Position(phase, epoch, step_in_epoch, sums)
-                    self._checkpoint(detector, method, optimizer, here, tag=f"s{self.step}")
-                    self._interrupted(phase, epoch, step_in_epoch)
-            learner.after_epoch(epoch)
-            sums = sum_across(sums, self.dist, self.device)
-            m = max(sums["n"], 1)
-            row: dict[str, Any] = {
-                "phase": phase,
-                "epoch": epoch,
-                "loss": sums["loss"] / m,
-                "nll": sums["nll"] / m,
-                "kl": sums["kl"] / m,
-                "train_acc": sums["correct"] / m,
-            }
-            row.update(validate() if self.dist.is_main else {})
-            row["seconds"] = time.perf_counter() - t_epoch
-            self.history.append(row)
-            if self.dist.is_main:
-                progress.update(task, stats=f"{epoch_stats(sums)} val_acc {row['val_acc']:.3f}")
-                self._write_history()
-                if self.tensorboard is not None:
-                    for key, value in row.items():
-                        if key not in ("phase", "epoch"):
-                            self.tensorboard.add_scalar(f"{phase}/{key}", value, epoch)
-                    self.tensorboard.flush()
-            nxt = Position(phase, epoch + 1)
-            self._checkpoint(detector, method, optimizer, nxt, tag=f"s{self.step}")
-            if self._should_stop():
-                self._interrupted(phase, epoch + 1, 0)
-
-    def _should_stop(self) -> bool:
-        """A signal seen by any rank stops every rank at the same step."""
-        if not self.dist.enabled:
-            return self.stop_signal is not None
-        flag = torch.tensor([float(self.stop_signal or 0)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.stop_signal is None:
-            self.stop_signal = int(flag.item())
-        return bool(flag.item())
-
-    def _interrupted(self, phase: str, epoch: int, step: int) -> None:
-        name = signal.Signals(self.stop_signal).name
-        exc = TrainingInterrupted(
-            f"{name}: stopped after {phase} epoch {epoch} step {step}; checkpoint saved in "
-            f"{self.run_dir}",
-            hint=f"resume with: bnnkit train --resume {self.run_dir}",
+    def _optimizer(self, learner: InferenceMethod, groups: list[dict]) -> torch.optim.Optimizer:
+        t = self.recipe.train
+        return learner.configure_optimizer(
+            groups, optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay
         )
-        exc.exit_code = 128 + int(self.stop_signal)
-        raise exc
 
-    def _finish(self, detector, method, train_plain, progress, feats: Features | None = None):
+    def _backbone_phase(
+        self, phase: Phase, detector: Any, method: InferenceMethod, ds: Datasets
+    ) -> PhaseRun:
+        """``finetune`` (the method's loss) or ``finetune-map`` (MAP's): images in, the whole
+        detector learns; gradients averaged by DistributedDataParallel under torchrun."""
+        t = self.recipe.train
+        learner = (
+            method
+            if phase.uses_method_loss
+            else InferenceMethod(detector.head, num_train=len(ds.train_aug))
+        )
+        steps = self.data.steps_per_epoch(len(ds.train_aug))
+        method.begin_phase(phase.name, phase.epochs, steps)
+        body = [*detector.backbone.parameters(), *detector.attention.parameters()]
+        optimizer = self._optimizer(
+            learner,
+            [{"params": list(detector.head.parameters())},
+             {"params": body, "lr": t.lr * t.backbone_lr_scale}],
+        )  # fmt: skip
+        if self.dist.enabled:
+            params = [q for group in optimizer.param_groups for q in group["params"]]
+            loss: Any = data_parallel_loss(
+                detector, learner, self.forward_features, params, self.device
+            )
+        else:
+
+            def loss(images: Tensor, targets: Tensor, indices: Tensor) -> Any:
+                return learner.training_loss(self.forward_features(images), targets, indices)
+
+        val_loader = self.data.loader(ds.val, self.recipe.eval.batch_size)
+
+        def validate() -> dict[str, float]:
+            return self._validate(learner, self.data.plain_features(detector, val_loader))
+
+        return PhaseRun(
+            phase.name, phase.epochs, steps,
+            batches=lambda epoch, skip: self.data.image_batches(
+                ds.train_aug, phase.name, epoch, skip, self.accel
+            ),
+            loss=loss, learner=learner, optimizer=optimizer,
+            reduce_gradients=lambda params: None,  # DDP's backward did it (or one process)
+            validate=validate, train_body=True,
+        )  # fmt: skip
+
+    def _head_phase(
+        self, phase: Phase, detector: Any, method: InferenceMethod, ds: Datasets, progress: Progress
+    ) -> tuple[Features, PhaseRun]:
+        """The method on pooled features, extracted once (cached when the backbone is frozen);
+        gradients averaged by one explicit all-reduce (see :mod:`bnnkit.engine.distributed`)."""
+        for p in [*detector.backbone.parameters(), *detector.attention.parameters()]:
+            p.requires_grad_(False)
+        feats = self.data.features(detector, ds.train_plain, "train", progress)
+        val_feats = self._val_feats = self.data.features(detector, ds.val, "val", progress)
+        steps = self.data.steps_per_epoch(feats.labels.shape[0])
+        method.begin_phase(phase.name, phase.epochs, steps)
+        optimizer = self._optimizer(method, [{"params": list(detector.head.parameters())}])
+        return feats, PhaseRun(
+            phase.name, phase.epochs, steps,
+            batches=lambda epoch, skip: self.data.feature_batches(feats, epoch, skip),
+            loss=method.training_loss, learner=method, optimizer=optimizer,
+            reduce_gradients=lambda params: average_gradients(params, self.dist),
+            validate=lambda: self._validate(method, val_feats), train_body=False,
+        )  # fmt: skip
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, saved: dict | None) -> None:
+        if not saved:
+            return
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(
+                f"cannot resume {self.run_dir}: its saved optimiser state does not fit the "
+                f"optimiser this bnnkit builds for {self.recipe.inference.name} ({exc})",
+                hint="the run was saved by an older bnnkit whose optimiser had other parameter "
+                "groups (e.g. a bbb run from before blitz's duplicated parameters were fixed); "
+                "train it again instead of resuming",
+            ) from None
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _finish(
+        self,
+        detector: Any,
+        method: InferenceMethod,
+        ds: Datasets,
+        progress: Progress,
+        feats: Features | None,
+    ) -> TrainResult:
         if method.needs_train_features:
             if feats is None:
-                feats = self._features(detector, train_plain, "train", progress)
+                feats = self.data.features(detector, ds.train_plain, "train", progress)
             method.after_training(feats.features.to(self.device), feats.labels.to(self.device))
         else:
             method.after_training(None, None)
+        val = self._val_feats
+        if val is None and (self.dist.is_main or method.needs_val_features):
+            val = self.data.plain_features(
+                detector, self.data.loader(ds.val, self.recipe.eval.batch_size)
+            )
+        if method.needs_val_features:
+            assert val is not None
+            method.head.eval()
+            method.calibrate(val.features.to(self.device), val.labels.to(self.device))
+        if self.dist.is_main and val is not None and self.log.last is not None:
+            self.log.complete_last(self._validate(method, val))  # the posterior that is saved
         self._checkpoint(detector, method, None, Position("done"), tag="final", complete=True)
+        broken = self.data.broken
         if self.dist.enabled:
             gathered: list = [None] * self.dist.world
-            torch.distributed.all_gather_object(gathered, self.broken)
+            torch.distributed.all_gather_object(gathered, broken)
             for part in gathered:
-                self.broken.update(part)
-        broken = [{"path": p, "reason": why} for p, why in sorted(self.broken.items())]
-        if broken and self.dist.is_main:
-            atomic_write_text(self.run_dir / "broken_files.json", json.dumps(broken, indent=2))
+                broken.update(part)
+        listed = [{"path": p, "reason": why} for p, why in sorted(broken.items())]
+        if listed and self.dist.is_main:
+            atomic_write_text(self.layout.broken, json.dumps(listed, indent=2))
         seconds = self.elapsed_before + time.perf_counter() - self.t_start
-        return TrainResult(self.run_dir, self.history, seconds, broken)
+        return TrainResult(self.run_dir, self.log.rows, seconds, listed)
 
     @torch.no_grad()
     def _validate(self, method: InferenceMethod, feats: Features) -> dict[str, float]:
         if feats.labels.numel() == 0:
             return {"val_acc": float("nan"), "val_nll": float("nan")}
-        k = min(self.recipe.eval.samples, 16)
-        pred = mc_predictive(method, feats.features, k, self.device)
+        k = posterior_samples(self.recipe, "validate")
+        pred = predict_features(method, feats.features, k, self.device)
         y = feats.labels
         acc = ((pred.p_fake >= 0.5).long() == y).float().mean().item()
         p_true = torch.where(y == 1, pred.p_fake, 1 - pred.p_fake).clamp_min(1e-12)
         return {"val_acc": acc, "val_nll": (-p_true.log()).mean().item()}
 
-    def _write_history(self) -> None:
-        path = self.run_dir / "history.csv"
-        tmp = path.with_name(".history.csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-            writer.writeheader()
-            for row in self.history:
-                writer.writerow(
-                    {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
-                )
-        tmp.replace(path)
-
     def _checkpoint(
-        self, detector, method, optimizer, position: Position, *, tag: str, complete: bool = False
+        self,
+        detector: Any,
+        method: InferenceMethod,
+        optimizer: torch.optim.Optimizer | None,
+        position: Position,
+        *,
+        tag: str | None = None,
+        complete: bool = False,
     ) -> None:
         if not self.dist.is_main:  # rank 0 alone writes the run directory
             return
+        assert self.loop is not None
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             "method": method.extra_state(),
@@ -523,7 +335,7 @@ class Trainer:
         }
         meta = {
             "position": position.__dict__,
-            "step": self.step,
+            "step": self.loop.step,
             "complete": complete,
             "num_train": method.num_train,
             "feature_dim": detector.feature_dim,
@@ -531,8 +343,8 @@ class Trainer:
             "method": self.recipe.inference.name,
             "method_meta": method.extra_meta(),
             "train_seconds": self.elapsed_before + time.perf_counter() - self.t_start,
-            "history": self.history,
-            "broken": self.broken,
+            "history": self.log.rows,
+            "broken": self.data.broken,
             "bnnkit": __version__,
         }
-        save_checkpoint(self.run_dir, detector, state, meta, tag=tag)
+        save_checkpoint(self.run_dir, detector, state, meta, tag=tag or f"s{self.loop.step}")

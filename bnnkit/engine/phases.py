@@ -1,0 +1,52 @@
+"""The phase plan of a training run, from ``train.backbone`` and the method.
+
+- ``finetune`` backbone + a method with ``joint_finetune`` (MAP, BBB, LRT, MC-dropout): one
+  phase ``finetune``: backbone, attention and head learn together on the method's loss.
+- ``finetune`` backbone + a method without it (SG-MCMC, Laplace, head ensembles): phase
+  ``finetune-map`` (the detector fine-tuned with cross-entropy), then phase ``head``: the method
+  on the pooled features, extracted once.
+- ``frozen`` backbone: phase ``head`` only, on features cached on disk.
+
+The backbone phases last ``train.epochs`` epochs; the head phase ``train.head_epochs``
+(0 or unset: ``train.epochs``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: every phase name, in the order a run goes through them (also part of each epoch's data seed)
+PHASES = ("finetune", "finetune-map", "head")
+
+
+class Phase(NamedTuple):
+    """One phase of the plan: its name and number of epochs."""
+
+    name: str
+    #: its length; the head phase's is ``train.head_epochs`` or, when 0, ``train.epochs``
+    epochs: int
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Backbone and attention learn (on images); else the head learns on pooled features."""
+        return self.name != "head"
+
+    @property
+    def uses_method_loss(self) -> bool:
+        """The method's own loss and optimiser; False for ``finetune-map`` (MAP's)."""
+        return self.name != "finetune-map"
+
+
+def plan_phases(
+    backbone: str, joint_finetune: bool, epochs: int, head_epochs: int | None = None
+) -> list[Phase]:
+    """The phases of a run: ``backbone`` is ``train.backbone`` (``"finetune"`` or
+    ``"frozen"``), ``joint_finetune`` the method's flag of that name."""
+    if backbone not in ("finetune", "frozen"):
+        raise ValueError(f"train.backbone must be 'finetune' or 'frozen', got {backbone!r}")
+    head = Phase("head", head_epochs or epochs)
+    if backbone == "frozen":
+        return [head]
+    if joint_finetune:
+        return [Phase("finetune", epochs)]
+    return [Phase("finetune-map", epochs), head]

@@ -1,0 +1,135 @@
+"""The data of a training run: the (train, val) splits, their datasets and loaders, each epoch's
+batches (images for the backbone phases, pooled features for the head phase), and the record of
+unreadable files skipped on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform
+from bnnkit.data.genimage import index_split
+from bnnkit.engine.accel import Acceleration
+from bnnkit.engine.cache import cached_features
+from bnnkit.engine.distributed import DistInfo, barrier, shard
+from bnnkit.engine.loop import Features, extract_features, make_loader, worker_count
+from bnnkit.engine.run_state import epoch_order
+from bnnkit.errors import UsageError
+from bnnkit.recipe import Recipe
+
+#: one training batch: inputs (images or pooled features) on the device, labels, dataset indices
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class Datasets:
+    """Training images with augmentation, the same without (feature extraction), validation."""
+
+    train_aug: ImageDataset
+    train_plain: ImageDataset
+    val: ImageDataset
+
+
+@dataclass
+class TrainData:
+    recipe: Recipe
+    device: torch.device
+    dist: DistInfo
+    cache_dir: Path
+    #: unreadable files seen so far: path -> reason (saved in checkpoints, merged over ranks)
+    broken: dict[str, str] = field(default_factory=dict)
+
+    def splits(self) -> tuple[list, list]:
+        """(train, val) samples."""
+        d, r = self.recipe.data, self.recipe
+        gens = list(d.train_generators)
+        opts: dict[str, Any] = {"balance": d.balance, "seed": r.seed}
+        train = index_split(d.root, gens, "train", limit=d.train_limit, **opts)
+        val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
+        if not train:
+            raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
+        return train, val
+
+    def datasets(self, splits: tuple[list, list], norm: Normalisation) -> Datasets:
+        """The three datasets of ``splits``, normalised with ``norm``."""
+        d, (train, val) = self.recipe.data, splits
+        gens = list(d.train_generators)
+        eval_tf = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
+        train_tf = build_transform(d.image_size, d.preprocess, train=True, norm=norm)
+        return Datasets(
+            ImageDataset(train, train_tf, gens),
+            ImageDataset(train, eval_tf, gens),
+            ImageDataset(val, eval_tf, gens),
+        )
+
+    def note_broken(self, items: list) -> None:
+        for b in items:
+            self.broken[b.path] = b.reason
+
+    def loader(self, dataset: Any, batch_size: int, order: list[int] | None = None) -> DataLoader:
+        workers = worker_count(self.recipe.data.num_workers, self.device)
+        return make_loader(
+            dataset, batch_size, seed=self.recipe.seed, workers=workers, device=self.device,
+            order=order,
+        )  # fmt: skip
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Optimiser steps per epoch over ``n`` samples: this rank's shard in batches (every
+        rank takes the same number)."""
+        per_rank = len(shard(torch.arange(n), self.dist))
+        return -(-per_rank // self.recipe.train.batch_size)
+
+    def features(self, detector: Any, dataset: Any, split: str, progress: Progress) -> Features:
+        """Pooled features of ``dataset`` in dataset order (unreadable files dropped); cached on
+        disk with a frozen backbone (rank 0 fills the cache, the others then read it)."""
+        loader = self.loader(dataset, self.recipe.eval.batch_size)
+        if self.recipe.train.backbone == "frozen":
+            if not self.dist.is_main:
+                barrier(self.dist)
+            feats = cached_features(
+                detector, loader, self.device, self.recipe, split, self.cache_dir, progress
+            )
+            if self.dist.is_main:
+                barrier(self.dist)
+        else:
+            task = progress.add_task(f"features ({split})", total=len(dataset), stats="")
+            feats = extract_features(
+                detector, loader, self.device, lambda n: progress.advance(task, n)
+            )
+        self.note_broken(feats.broken)
+        return feats
+
+    def plain_features(self, detector: Any, loader: DataLoader) -> Features:
+        """Features of ``loader``'s images through the current detector (no bar, no cache)."""
+        feats = extract_features(detector, loader, self.device)
+        self.note_broken(feats.broken)
+        return feats
+
+    def image_batches(
+        self, dataset: ImageDataset, phase: str, epoch: int, skip: int, accel: Acceleration
+    ) -> Iterator[Batch]:
+        """This rank's image batches of ``epoch``, the first ``skip`` left out (a resume)."""
+        bs = self.recipe.train.batch_size
+        order = shard(epoch_order(len(dataset), self.recipe.seed, phase, epoch), self.dist)
+        for batch in self.loader(dataset, bs, order[skip * bs :].tolist()):
+            self.note_broken(batch.broken)
+            if len(batch):
+                images = accel.images(batch.images.to(self.device, non_blocking=True))
+                yield images, batch.labels, batch.indices
+
+    def feature_batches(self, feats: Features, epoch: int, skip: int) -> Iterator[Batch]:
+        """This rank's batches of pooled training features of ``epoch`` (phase ``head``)."""
+        bs = self.recipe.train.batch_size
+        order = shard(
+            epoch_order(feats.labels.shape[0], self.recipe.seed, "head", epoch), self.dist
+        )
+        for start in range(skip * bs, order.numel(), bs):
+            idx = order[start : start + bs]
+            yield feats.features[idx].to(self.device), feats.labels[idx], feats.indices[idx]
