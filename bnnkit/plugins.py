@@ -4,13 +4,17 @@ Every plugin, built-in or third-party, is a module named by an entry point in th
 Loading is done entry point by entry point (not with pluggy's all-or-nothing
 ``load_setuptools_entrypoints``) so that one plugin raising on import is recorded as broken and
 the rest of the CLI keeps working. ``BNNKIT_PLUGINS`` (comma-separated entry-point names) is an
-allow-list; ``BNNKIT_DISABLE_PLUGINS`` a deny-list.
+allow-list; ``BNNKIT_DISABLE_PLUGINS`` a deny-list. The essential built-ins (:data:`ESSENTIAL`:
+the timm backbone, ``map``, the ``linear`` head, ``none`` attention) load whatever the lists say,
+with a note in :attr:`Registry.notes`.
+
+Each entry knows its options' declaration (:mod:`bnnkit.options`), which recipe validation,
+``bnnkit plugins`` and the docs read.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import traceback
 from collections.abc import Callable, Iterable
@@ -24,6 +28,7 @@ import pluggy
 
 from bnnkit import hookspecs
 from bnnkit.errors import PluginError
+from bnnkit.options import NoOptions, OptionInfo, PluginOptions, describe, options_model
 
 ENTRY_POINT_GROUP = "bnnkit"
 KINDS: tuple[str, ...] = ("backbone", "attention", "head", "method")
@@ -33,6 +38,8 @@ HOOKS: dict[str, str] = {
     "head": "register_heads",
     "method": "register_methods",
 }
+#: entry points bnnkit cannot run without; BNNKIT_PLUGINS / BNNKIT_DISABLE_PLUGINS do not apply
+ESSENTIAL: tuple[str, ...] = ("timm", "method_map", "head_linear", "attention_none")
 
 
 @dataclass(frozen=True)
@@ -47,17 +54,20 @@ class PluginEntry:
     version: str
     summary: str = ""
     catalog: Callable[[], Iterable[str]] | None = None
+    options_model: type[PluginOptions] = NoOptions
+
+    @property
+    def owner(self) -> str:
+        """How messages name it: ``method 'bbb'``."""
+        return f"{self.kind} '{self.name}'"
 
     def options(self) -> dict[str, Any]:
         """Recipe options this entry accepts, with their defaults."""
-        if self.kind == "method":
-            return dict(getattr(self.obj, "options", {}))
-        params = inspect.signature(self.obj).parameters.values()
-        return {
-            p.name: p.default
-            for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-        }
+        return {o.name: o.default for o in self.option_info()}
+
+    def option_info(self) -> list[OptionInfo]:
+        """Each option's name, type (with its range or choices), default and help."""
+        return describe(self.options_model)
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class Registry:
     )
     broken: list[BrokenPlugin] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, entry: PluginEntry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
@@ -85,6 +96,24 @@ class Registry:
             )
             return
         self.entries[entry.kind][entry.name] = entry
+
+    def check_shadowing(self) -> None:
+        """Report a backbone registered under a name a family's catalogue already has (e.g. a
+        plugin's ``resnet18`` over timm's): recipes naming it get the plugin's, and
+        ``family/name`` still reaches the family's. Only computed when such a backbone exists."""
+        plain = [e for e in self.entries["backbone"].values() if e.catalog is None]
+        if not plain or not self._catalogs:
+            return
+        for entry in plain:
+            for family, names in self._catalogs.items():
+                if entry.name in names:
+                    owner = self.entries["backbone"][family].package
+                    self.conflicts.append(
+                        f"backbone '{entry.name}' from {entry.package} shadows {family}'s "
+                        f"catalogued model of that name (from {owner}); recipes naming "
+                        f"'{entry.name}' get {entry.package}'s, '{family}/{entry.name}' "
+                        f"gets {family}'s"
+                    )
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
@@ -161,13 +190,19 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, sources: dict[str, tu
                 *,
                 summary: str = "",
                 catalog: Callable[[], Iterable[str]] | None = None,
+                options: type[PluginOptions] | None = None,
                 _kind: str = kind,
                 _plugin: str = impl.plugin_name,
                 _package: str = package,
                 _version: str = version,
             ) -> None:
+                skip = ("pretrained",) if _kind == "backbone" else ()
+                model = options or options_model(obj, skip=skip)
+                summary = summary or getattr(obj, "summary", "")  # a class may carry its own
                 registry.add(
-                    PluginEntry(_kind, name, obj, _plugin, _package, _version, summary, catalog)
+                    PluginEntry(
+                        _kind, name, obj, _plugin, _package, _version, summary, catalog, model
+                    )
                 )
 
             try:
@@ -217,9 +252,18 @@ def _load() -> Registry:
     deny = _split_env("BNNKIT_DISABLE_PLUGINS") or set()
     sources: dict[str, tuple[str, str]] = {}
     for ep in _entry_points():
-        if (allow is not None and ep.name not in allow) or ep.name in deny:
-            continue
         package = ep.dist.name if ep.dist else "?"
+        if (allow is not None and ep.name not in allow) or ep.name in deny:
+            if not (package == "bnnkit" and ep.name in ESSENTIAL):
+                continue
+            registry.notes.append(
+                f"plugin '{ep.name}' is essential and loads although "
+                + (
+                    "BNNKIT_DISABLE_PLUGINS names it"
+                    if ep.name in deny
+                    else "BNNKIT_PLUGINS omits it"
+                )
+            )
         version = ep.dist.version if ep.dist else ""
         if pm.has_plugin(ep.name):
             continue
@@ -233,10 +277,11 @@ def _load() -> Registry:
             continue
         sources[ep.name] = (package, version)
     for name, plugin in _extra_plugins:
-        if pm.has_plugin(name):
+        if pm.has_plugin(name) or pm.is_registered(plugin):  # e.g. already loaded by entry point
             continue
         pm.register(plugin, name=name)
         mod = plugin if isinstance(plugin, ModuleType) else None
         sources[name] = (getattr(mod, "__name__", name), "")
     _collect(pm, registry, sources)
+    registry.check_shadowing()
     return registry

@@ -2,7 +2,9 @@
 
 Validation collects every problem at once, each with its key path, what was expected, and a
 close-match suggestion for misspelt keys and plugin names. Plugin options (e.g. ``[model.head]
-posterior_rho_init``) are checked against the keyword defaults that the plugin declares.
+posterior_rho_init``) are checked against the plugin's declaration (:mod:`bnnkit.options`).
+One path: the schema, then the semantic checks on whatever part of the raw recipe the schema
+accepted (:class:`_Raw`), so every problem is reported at once.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from bnnkit.data.layout import GENERATORS
 from bnnkit.errors import PluginError, RecipeError
-
-Scalar = bool | int | float | str
+from bnnkit.options import KIND_PATHS, describe_value
 
 
 class _Strict(BaseModel):
@@ -105,9 +107,8 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def head_name(self, registry: Any) -> str:
-        if self.model.head is not None:
-            return self.model.head.name
-        return registry.get("method", self.inference.name).obj.default_head
+        head = self.model.head.name if self.model.head is not None else None
+        return resolve_head(head, registry.get("method", self.inference.name))
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(self.model_dump(mode="json"))
@@ -165,26 +166,25 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise RecipeError([f"not valid TOML: {exc}"], source=str(path)) from None
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at a location in the schema (for did-you-mean on unknown keys)."""
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The schema model at a location (``("data",)`` -> DataConfig), or None."""
     model: Any = Recipe
     for part in loc:
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        field = model.model_fields.get(part) if model is not None else None
         if field is None:
-            return []
+            return None
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
         model = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
-        if model is None:
-            return []
+    return model
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at a location in the schema (for did-you-mean on unknown keys)."""
+    model = _model_at(loc)
     return list(model.model_fields) if model is not None else []
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _format_pydantic(exc: ValidationError) -> list[str]:
@@ -205,7 +205,7 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
         elif err["type"] == "missing":
             problems.append(f"{path}: required key is missing")
         else:
-            problems.append(f"{path}: {err['msg']} (got {_describe(err.get('input'))})")
+            problems.append(f"{path}: {err['msg']} (got {describe_value(err.get('input'))})")
     # a union failure reports once per member; keep the first message per path
     seen: set[str] = set()
     unique = []
@@ -218,44 +218,43 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "literal['auto']", "PluginRef", "none"}
+_MISSING: Any = object()
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(default, str):
-        # a string default like "auto" also admits a number (e.g. kl_weight = "auto" or 1e-4)
-        return isinstance(value, str) or (
-            isinstance(value, int | float) and not isinstance(value, bool)
-        )
-    return isinstance(value, type(default))
+class _Raw:
+    """A raw recipe read by key path where the schema accepted it: a path with a schema problem
+    at, above or below it reads as missing; a key left out reads as the schema's default."""
+
+    def __init__(self, raw: dict[str, Any], problems: list[str]) -> None:
+        self.raw = raw
+        self.bad = {p.split(":", 1)[0] for p in problems}
+
+    def _is_bad(self, path: str) -> bool:
+        return any(b == path or b.startswith(path + ".") or path.startswith(b + ".")
+                   for b in self.bad)  # fmt: skip
+
+    def get(self, path: str) -> Any:
+        if self._is_bad(path):
+            return _MISSING
+        node: Any = self.raw
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+                continue
+            model = _model_at(tuple(parts[:i]))
+            if not isinstance(node, dict) or model is None or part not in model.model_fields:
+                return _MISSING
+            default = model.model_fields[part].get_default(call_default_factory=True)
+            if default is PydanticUndefined:
+                return _MISSING
+            node = default.model_dump() if isinstance(default, BaseModel) else default
+        return node
 
 
-def _check_options(path: str, entry: Any, given: dict[str, Any]) -> list[str]:
-    problems = []
-    accepted = entry.options()
-    for key, value in given.items():
-        if key not in accepted:
-            close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
-            if close:
-                hint = f"; did you mean '{path}.{close[0]}'?"
-            elif accepted:
-                hint = f"; {entry.kind} '{entry.name}' accepts: {', '.join(sorted(accepted))}"
-            else:
-                hint = f"; {entry.kind} '{entry.name}' takes no options"
-            problems.append(f"{path}.{key}: unknown option{hint}")
-        elif not _type_ok(accepted[key], value):
-            expected = type(accepted[key]).__name__
-            problems.append(
-                f"{path}.{key}: expected {expected} like {accepted[key]!r}, got {_describe(value)}"
-            )
-    return problems
+def resolve_head(head: str | None, method: Any) -> str:
+    """The head a recipe uses: ``[model.head] name``, else the method entry's default."""
+    return head if head is not None else method.obj.default_head
 
 
 def _check_generators(path: str, names: list[str]) -> list[str]:
@@ -268,16 +267,38 @@ def _check_generators(path: str, names: list[str]) -> list[str]:
     return problems
 
 
-def _normalisation_problems(data: DataConfig) -> list[str]:
+def _data_problems(raw: _Raw) -> list[str]:
+    problems: list[str] = []
+    train, holdout = raw.get("data.train_generators"), raw.get("data.holdout")
+    if train is not _MISSING:
+        problems += _check_generators("data.train_generators", train)
+        if not train:
+            problems.append("data.train_generators: needs at least one generator")
+    if holdout is not _MISSING:
+        problems += _check_generators("data.holdout", holdout)
+    if train is not _MISSING and holdout is not _MISSING:
+        both = sorted(set(train) & set(holdout))
+        if both:
+            problems.append(
+                f"data.holdout: {', '.join(both)} also listed in data.train_generators; a "
+                "held-out generator must be unseen in training (remove it from one of the lists)"
+            )
+    mean, std = raw.get("data.mean"), raw.get("data.std")
+    if mean is not _MISSING and std is not _MISSING:
+        problems += _normalisation_problems(mean, std)
+    return problems
+
+
+def _normalisation_problems(mean: list[float] | None, std: list[float] | None) -> list[str]:
     """``data.mean``/``data.std``: both or neither, 3 values each, on the 0-1 pixel scale."""
     problems = []
-    if (data.mean is None) != (data.std is None):
-        given, missing = ("mean", "std") if data.std is None else ("std", "mean")
+    if (mean is None) != (std is None):
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
         problems.append(
             f"data.{given}: also give data.{missing} (both or neither; without them the "
             "backbone's own normalisation is used)"
         )
-    for key, values, low in (("mean", data.mean, 0.0), ("std", data.std, None)):
+    for key, values, low in (("mean", mean, 0.0), ("std", std, None)):
         if values is None:
             continue
         example = "[0.485, 0.456, 0.406]" if key == "mean" else "[0.229, 0.224, 0.225]"
@@ -295,109 +316,63 @@ def _normalisation_problems(data: DataConfig) -> list[str]:
     return problems
 
 
-def _semantic_problems(recipe: Recipe, registry: Any) -> list[str]:
-    problems = []
-    data = recipe.data
-    problems += _check_generators("data.train_generators", data.train_generators)
-    problems += _check_generators("data.holdout", data.holdout)
-    both = sorted(set(data.train_generators) & set(data.holdout))
-    if both:
-        problems.append(
-            f"data.holdout: {', '.join(both)} also listed in data.train_generators; a held-out "
-            "generator must be unseen in training (remove it from one of the two lists)"
-        )
-    if not data.train_generators:
-        problems.append("data.train_generators: needs at least one generator")
-    problems += _normalisation_problems(data)
+def _plugin_problems(raw: _Raw, registry: Any) -> list[str]:
+    """Plugin names, their options against each plugin's declaration, and the head/method
+    pairing."""
+    problems: list[str] = []
 
-    def lookup(kind: str, path: str, name: str) -> Any:
-        try:
-            return registry.get(kind, name)
-        except PluginError as exc:
-            problems.append(f"{path}: {exc.message}")
+    def lookup(kind: str) -> Any:
+        path = KIND_PATHS[kind]
+        name = raw.get(f"{path}.name")
+        if not isinstance(name, str):
             return None
+        try:
+            entry = registry.get(kind, name)
+        except PluginError as exc:
+            problems.append(f"{path}.name: {exc.message}")
+            return None
+        table = raw.get(path)
+        if isinstance(table, dict):
+            skip = {"name", "pretrained"} if kind == "backbone" else {"name"}
+            given = {k: v for k, v in table.items() if k not in skip}
+            problems.extend(entry.options_model.check(given, path, owner=entry.owner)[1])
+        return entry
 
-    bb = lookup("backbone", "model.backbone.name", recipe.model.backbone.name)
-    if bb is not None:
-        problems += _check_options("model.backbone", bb, recipe.model.backbone.options())
-    att = lookup("attention", "model.attention.name", recipe.model.attention.name)
-    if att is not None:
-        problems += _check_options("model.attention", att, recipe.model.attention.options())
-    method = lookup("method", "inference.name", recipe.inference.name)
-    if method is not None:
-        problems += _check_options("inference", method, recipe.inference.options())
-        head_name = recipe.head_name(registry)
-        accepted = method.obj.heads
-        if head_name not in accepted:
+    lookup("backbone")
+    lookup("attention")
+    method = lookup("method")
+    given_head = raw.get("model.head.name")
+    if method is not None and (given_head is _MISSING or isinstance(given_head, str)):
+        head = resolve_head(None if given_head is _MISSING else given_head, method)
+        if head not in method.obj.heads:
             problems.append(
-                f"model.head.name: {recipe.inference.name} needs a head in "
-                f"({', '.join(accepted)}); got {head_name}"
+                f"model.head.name: {method.name} needs a head in "
+                f"({', '.join(method.obj.heads)}); got {head}"
             )
-    head_name = recipe.model.head.name if recipe.model.head else None
-    if head_name is None and method is not None:
-        head_name = method.obj.default_head
-    if head_name is not None:
-        head = lookup("head", "model.head.name", head_name)
-        if head is not None and recipe.model.head is not None:
-            problems += _check_options("model.head", head, recipe.model.head.options())
+        if given_head is _MISSING:
+            try:
+                registry.get("head", head)
+            except PluginError as exc:
+                problems.append(f"model.head.name: {exc.message}")
+    if isinstance(given_head, str):
+        lookup("head")
     return problems
 
 
 def validate(raw: dict[str, Any], registry: Any, source: str = "recipe") -> Recipe:
-    """A :class:`Recipe` from a raw dict, or a :class:`RecipeError` listing every problem."""
+    """A :class:`Recipe` from a raw dict, or a :class:`RecipeError` listing every problem:
+    the schema's, then the semantic checks on every part the schema accepted."""
+    recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(raw)
+        problems: list[str] = []
     except ValidationError as exc:
         problems = _format_pydantic(exc)
-        # Still check plugin names/options where the structure allowed it, to report everything.
-        problems += _partial_semantic(raw, registry, problems)
-        raise RecipeError(problems, source=source) from None
-    problems = _semantic_problems(recipe, registry)
-    if problems:
+    checked = _Raw(raw, problems)
+    problems += _data_problems(checked) + _plugin_problems(checked, registry)
+    if problems or recipe is None:
         raise RecipeError(problems, source=source)
     return recipe
-
-
-def _partial_semantic(raw: dict[str, Any], registry: Any, already: list[str]) -> list[str]:
-    """Plugin-name and generator checks on a raw dict that failed schema validation."""
-    extra = []
-    bad_paths = {p.split(":", 1)[0] for p in already}
-
-    def name_at(*keys: str) -> str | None:
-        node: Any = raw
-        for k in keys:
-            if not isinstance(node, dict) or k not in node:
-                return None
-            node = node[k]
-        return node if isinstance(node, str) else None
-
-    for kind, keys in (
-        ("backbone", ("model", "backbone", "name")),
-        ("attention", ("model", "attention", "name")),
-        ("head", ("model", "head", "name")),
-        ("method", ("inference", "name")),
-    ):
-        path = ".".join(keys)
-        name = name_at(*keys)
-        if name is None or path in bad_paths:
-            continue
-        try:
-            registry.get(kind, name)
-        except PluginError as exc:
-            extra.append(f"{path}: {exc.message}")
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    for key in ("train_generators", "holdout"):
-        if isinstance(data.get(key), list) and f"data.{key}" not in bad_paths:
-            extra += _check_generators(f"data.{key}", [g for g in data[key] if isinstance(g, str)])
-    tg, ho = data.get("train_generators"), data.get("holdout")
-    if isinstance(tg, list) and isinstance(ho, list):
-        both = sorted(set(map(str, tg)) & set(map(str, ho)))
-        if both:
-            extra.append(
-                f"data.holdout: {', '.join(both)} also listed in data.train_generators; a "
-                "held-out generator must be unseen in training"
-            )
-    return extra
 
 
 def load_recipe(

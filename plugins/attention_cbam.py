@@ -6,10 +6,14 @@ spatial attention (the ``spatial`` plugin), whose mask ``predict --explain`` can
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
-from bnnkit_plugins.attention_spatial import SpatialAttention
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.options import Field, PluginOptions
+from bnnkit_plugins.attention_spatial import OddKernel, SpatialAttention
 
 
 class ChannelAttention(nn.Module):
@@ -26,10 +30,15 @@ class ChannelAttention(nn.Module):
 
 
 class CBAM(nn.Module):
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    class Options(PluginOptions):
+        reduction: int = Field(16, ge=1, description="channel MLP width = channels / reduction")
+        kernel_size: OddKernel = Field(7, description="odd size of the spatial mask's convolution")
+
+    def __init__(self, channels: int, **options: Any) -> None:
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention(channels, kernel_size)
+        o = self.Options.parse(options, "model.attention", owner="attention 'cbam'")
+        self.channel = ChannelAttention(channels, o.reduction)
+        self.spatial = SpatialAttention(channels, kernel_size=o.kernel_size)
 
     @property
     def last_map(self) -> Tensor | None:
@@ -39,12 +48,6 @@ class CBAM(nn.Module):
         return self.spatial(self.channel(x))
 
 
-def create_cbam(channels: int, *, reduction: int = 16, kernel_size: int = 7) -> nn.Module:
-    if reduction < 1 or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError("cbam needs reduction >= 1 and an odd kernel_size")
-    return CBAM(channels, reduction, kernel_size)
-
-
 @hookimpl
-def register_attention(register):
-    register("cbam", create_cbam, summary="CBAM: channel then spatial attention")
+def register_attention(register: RegisterPart) -> None:
+    register("cbam", CBAM, summary="CBAM: channel then spatial attention")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.options import NoOptions
 
 
 def create_none(channels: int) -> nn.Module:
@@ -12,5 +14,5 @@ def create_none(channels: int) -> nn.Module:
 
 
 @hookimpl
-def register_attention(register):
-    register("none", create_none, summary="identity: no attention")
+def register_attention(register: RegisterPart) -> None:
+    register("none", create_none, options=NoOptions, summary="identity: no attention")

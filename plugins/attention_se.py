@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.options import Field, PluginOptions
 
 
 class SqueezeExcitation(nn.Module):
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    class Options(PluginOptions):
+        reduction: int = Field(16, ge=1, description="hidden width = channels / reduction")
+
+    def __init__(self, channels: int, **options: Any) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 4)
+        o = self.Options.parse(options, "model.attention", owner="attention 'se'")
+        hidden = max(channels // o.reduction, 4)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
         )
@@ -20,12 +28,6 @@ class SqueezeExcitation(nn.Module):
         return x * weights[:, :, None, None]
 
 
-def create_se(channels: int, *, reduction: int = 16) -> nn.Module:
-    if reduction < 1:
-        raise ValueError("model.attention.reduction must be >= 1")
-    return SqueezeExcitation(channels, reduction)
-
-
 @hookimpl
-def register_attention(register):
-    register("se", create_se, summary="squeeze-and-excitation channel attention")
+def register_attention(register: RegisterPart) -> None:
+    register("se", SqueezeExcitation, summary="squeeze-and-excitation channel attention")

@@ -7,15 +7,35 @@ mask that reweights every location of the feature map. ``last_map`` keeps the la
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import torch
+from pydantic import AfterValidator
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.options import Field, PluginOptions
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be a positive odd integer")
+    return value
+
+
+#: a convolution's kernel size: odd, so the map keeps its size
+OddKernel = Annotated[int, Field(ge=1), AfterValidator(_odd)]
 
 
 class SpatialAttention(nn.Module):
-    def __init__(self, channels: int, kernel_size: int = 7) -> None:
+    class Options(PluginOptions):
+        kernel_size: OddKernel = Field(7, description="odd size of the mask's convolution")
+
+    def __init__(self, channels: int, **options: Any) -> None:
         super().__init__()
+        o = self.Options.parse(options, "model.attention", owner="attention 'spatial'")
+        kernel_size = o.kernel_size
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.last_map: Tensor | None = None
 
@@ -26,12 +46,8 @@ class SpatialAttention(nn.Module):
         return x * mask
 
 
-def create_spatial(channels: int, *, kernel_size: int = 7) -> nn.Module:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError("model.attention.kernel_size must be a positive odd integer")
-    return SpatialAttention(channels, kernel_size)
-
-
 @hookimpl
-def register_attention(register):
-    register("spatial", create_spatial, summary="CBAM spatial attention (mean/max -> conv -> mask)")
+def register_attention(register: RegisterPart) -> None:
+    register(
+        "spatial", SpatialAttention, summary="CBAM spatial attention (mean/max -> conv -> mask)"
+    )

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
 from bnnkit.errors import BnnkitError, UsageError
+from bnnkit.hookspecs import RegisterBackbone
+from bnnkit.options import Field, PluginOptions
 
 
 class TimmBackbone(nn.Module):
@@ -61,13 +64,24 @@ def _data_config(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])), interpolation
 
 
-def create_timm_backbone(name: str, *, pretrained: bool | str = False, drop_path_rate: float = 0.0):
+class TimmOptions(PluginOptions):
+    drop_path_rate: float = Field(
+        0.0, ge=0, lt=1, description="stochastic depth rate (for models that have it)"
+    )
+
+
+def create_timm_backbone(
+    name: str, *, pretrained: bool | str = False, **options: Any
+) -> TimmBackbone:
+    """``pretrained``: false, true (hub weights) or a local weights file; ``options``:
+    :class:`TimmOptions`."""
     import timm
 
+    opts = TimmOptions.parse(options, "model.backbone", owner="backbone 'timm'")
     name = name.split("/", 1)[1] if name.startswith("timm/") else name
     kwargs: dict = {"num_classes": 0, "global_pool": ""}
-    if drop_path_rate:
-        kwargs["drop_path_rate"] = drop_path_rate
+    if opts.drop_path_rate:
+        kwargs["drop_path_rate"] = opts.drop_path_rate
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -102,10 +116,11 @@ def _catalog() -> list[str]:
 
 
 @hookimpl
-def register_backbones(register):
+def register_backbones(register: RegisterBackbone) -> None:
     register(
         "timm",
         create_timm_backbone,
         catalog=_catalog,
+        options=TimmOptions,
         summary="any timm model by name (feature map before pooling)",
     )

@@ -43,6 +43,7 @@ instead of ``k`` forwards.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +52,12 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Laplace, MixtureSameFamily, Normal
 
 from bnnkit import hookimpl
-from bnnkit.errors import UsageError
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.model.heads import Head
+from bnnkit.options import Field, PluginOptions
 
-PRIORS = ("gaussian", "scale_mixture", "laplace")
+Prior = Literal["gaussian", "scale_mixture", "laplace"]
+PRIORS: tuple[str, ...] = get_args(Prior)
 
 
 class ExactPrior(nn.Module):
@@ -67,15 +70,8 @@ class ExactPrior(nn.Module):
 
     def __init__(self, kind: str, *, sigma_1: float, sigma_2: float, pi: float, b: float) -> None:
         super().__init__()
-        if kind not in PRIORS:
-            raise UsageError(
-                f"model.head.prior: unknown prior '{kind}'", hint=f"choose one of {PRIORS}"
-            )
-        for name, value in (("prior_sigma_1", sigma_1), ("prior_sigma_2", sigma_2), ("prior_b", b)):
-            if value <= 0:
-                raise UsageError(f"model.head.{name} must be > 0, got {value}")
-        if not 0.0 <= pi <= 1.0:
-            raise UsageError(f"model.head.prior_pi must be in [0, 1], got {pi}")
+        if kind not in PRIORS:  # the values themselves are checked by BBBHead.Options
+            raise ValueError(f"unknown prior {kind!r}; choose one of {PRIORS}")
         self.kind, self.sigma_1, self.sigma_2, self.pi, self.b = kind, sigma_1, sigma_2, pi, b
 
     def distribution(
@@ -114,29 +110,31 @@ class ExactPrior(nn.Module):
 class BBBHead(Head):
     deterministic = False
 
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        *,
-        prior: str = "gaussian",
-        prior_sigma_1: float = 0.1,
-        prior_sigma_2: float = 0.0005,
-        prior_pi: float = 0.75,
-        prior_b: float = 0.1,
-        posterior_rho_init: float = -4.0,
-    ) -> None:
+    class Options(PluginOptions):
+        prior: Prior = Field("gaussian", description="prior on every weight and bias")
+        prior_sigma_1: float = Field(
+            0.1, gt=0, description="gaussian sd; scale_mixture's first component sd"
+        )
+        prior_sigma_2: float = Field(0.0005, gt=0, description="scale_mixture's second sd")
+        prior_pi: float = Field(0.75, ge=0, le=1, description="scale_mixture's first weight")
+        prior_b: float = Field(0.1, gt=0, description="laplace prior's scale b")
+        posterior_rho_init: float = Field(
+            -4.0, description="initial rho of q; sigma = softplus(rho) (-4: sigma ~ 0.018)"
+        )
+
+    def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes)
+        o = self.Options.parse(options, "model.head", owner="head 'bbb'")
         self.prior = ExactPrior(
-            prior, sigma_1=prior_sigma_1, sigma_2=prior_sigma_2, pi=prior_pi, b=prior_b
+            o.prior, sigma_1=o.prior_sigma_1, sigma_2=o.prior_sigma_2, pi=o.prior_pi, b=o.prior_b
         )
         self.layer = BayesianLinear(
             in_features,
             num_classes,
-            prior_sigma_1=prior_sigma_1,
-            prior_sigma_2=prior_sigma_2,
-            prior_pi=prior_pi,
-            posterior_rho_init=posterior_rho_init,
+            prior_sigma_1=o.prior_sigma_1,
+            prior_sigma_2=o.prior_sigma_2,
+            prior_pi=o.prior_pi,
+            posterior_rho_init=o.posterior_rho_init,
         )
         # Exact priors in place of blitz's floored ones (see the module docstring). Plain
         # attribute swap of parameter-free modules: the state dict is unchanged.
@@ -224,33 +222,10 @@ class BBBHead(Head):
         return torch.einsum("bi,koi->kbo", features, weights) + biases[:, None, :]
 
 
-def create_bbb(
-    in_features: int,
-    num_classes: int,
-    *,
-    prior: str = "gaussian",
-    prior_sigma_1: float = 0.1,
-    prior_sigma_2: float = 0.0005,
-    prior_pi: float = 0.75,
-    prior_b: float = 0.1,
-    posterior_rho_init: float = -4.0,
-) -> Head:
-    return BBBHead(
-        in_features,
-        num_classes,
-        prior=prior,
-        prior_sigma_1=prior_sigma_1,
-        prior_sigma_2=prior_sigma_2,
-        prior_pi=prior_pi,
-        prior_b=prior_b,
-        posterior_rho_init=posterior_rho_init,
-    )
-
-
 @hookimpl
-def register_heads(register):
+def register_heads(register: RegisterPart) -> None:
     register(
         "bbb",
-        create_bbb,
+        BBBHead,
         summary="Bayes-by-Backprop linear layer (blitz); prior gaussian | scale_mixture | laplace",
     )

@@ -5,22 +5,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.model.heads import Head
+from bnnkit.options import Field, PluginOptions
 
 
 class DropoutHead(Head):
     deterministic = False
 
-    def __init__(self, in_features: int, num_classes: int, p: float = 0.5) -> None:
+    class Options(PluginOptions):
+        p: float = Field(0.5, ge=0, lt=1, description="dropout rate before the linear layer")
+
+    def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes)
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout rate p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = float(self.Options.parse(options, "model.head", owner="head 'dropout'").p)
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -36,10 +41,6 @@ class DropoutHead(Head):
         return self.linear(features.unsqueeze(0) * masks / keep)
 
 
-def create_dropout(in_features: int, num_classes: int, *, p: float = 0.5) -> Head:
-    return DropoutHead(in_features, num_classes, p)
-
-
 @hookimpl
-def register_heads(register):
-    register("dropout", create_dropout, summary="dropout + linear; dropout stays on to sample")
+def register_heads(register: RegisterPart) -> None:
+    register("dropout", DropoutHead, summary="dropout + linear; dropout stays on to sample")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.model.heads import Head
+from bnnkit.options import NoOptions
 
 
 class LinearHead(Head):
     deterministic = True
+    Options = NoOptions
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__(in_features, num_classes)
@@ -19,10 +22,6 @@ class LinearHead(Head):
         return self.linear(features)
 
 
-def create_linear(in_features: int, num_classes: int) -> Head:
-    return LinearHead(in_features, num_classes)
-
-
 @hookimpl
-def register_heads(register):
-    register("linear", create_linear, summary="deterministic linear layer")
+def register_heads(register: RegisterPart) -> None:
+    register("linear", LinearHead, summary="deterministic linear layer")

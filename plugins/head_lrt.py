@@ -27,31 +27,32 @@ predictive probability and its uncertainty decomposition use.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
-from bnnkit.errors import UsageError
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.model.heads import Head
+from bnnkit.options import Field, PluginOptions
 
 
 class LRTHead(Head):
     deterministic = False
 
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        *,
-        prior_sigma: float = 0.1,
-        posterior_rho_init: float = -4.0,
-    ) -> None:
+    class Options(PluginOptions):
+        prior_sigma: float = Field(0.1, gt=0, description="sd of the Gaussian prior N(0, s^2)")
+        posterior_rho_init: float = Field(
+            -4.0, description="initial rho of q; sigma = softplus(rho)"
+        )
+
+    def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes)
-        if prior_sigma <= 0:
-            raise UsageError(f"model.head.prior_sigma must be > 0, got {prior_sigma}")
-        self.prior_sigma = float(prior_sigma)
+        o = self.Options.parse(options, "model.head", owner="head 'lrt'")
+        self.prior_sigma = float(o.prior_sigma)
+        posterior_rho_init = o.posterior_rho_init
         bound = 1.0 / math.sqrt(in_features)
         self.weight_mu = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-bound, bound))
         self.bias_mu = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
@@ -97,22 +98,10 @@ class LRTHead(Head):
         return total
 
 
-def create_lrt(
-    in_features: int,
-    num_classes: int,
-    *,
-    prior_sigma: float = 0.1,
-    posterior_rho_init: float = -4.0,
-) -> Head:
-    return LRTHead(
-        in_features, num_classes, prior_sigma=prior_sigma, posterior_rho_init=posterior_rho_init
-    )
-
-
 @hookimpl
-def register_heads(register):
+def register_heads(register: RegisterPart) -> None:
     register(
         "lrt",
-        create_lrt,
+        LRTHead,
         summary="variational Gaussian linear layer, local reparameterisation, closed-form KL",
     )

@@ -9,31 +9,34 @@ this loss. The head's variational parameters get no weight decay (see ``configur
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod, LossParts
+from bnnkit.options import Field, PluginOptions
 
 
 class BayesByBackprop(InferenceMethod):
     heads = ("bbb",)
     default_head = "bbb"
-    options = {"kl_weight": "auto", "elbo_samples": 1}
     summary = "Bayes by Backprop: variational Gaussian head, ELBO with KL weight 1/N"
+
+    class Options(PluginOptions):
+        kl_weight: Literal["auto"] | Annotated[float, Field(ge=0)] = Field(
+            "auto", description="weight of KL(q || prior) in the loss; 'auto' = 1/N"
+        )
+        elbo_samples: int = Field(1, ge=1, description="posterior draws averaged per step")
 
     def __init__(self, head, *, num_train: int, **options) -> None:
         super().__init__(head, num_train=num_train, **options)
-        weight = self.config["kl_weight"]
-        if weight == "auto":
-            weight = 1.0 / self.num_train
-        elif isinstance(weight, str) or float(weight) < 0:
-            raise ValueError(f"inference.kl_weight must be 'auto' or >= 0, got {weight!r}")
-        self.kl_weight = float(weight)
-        self.elbo_samples = int(self.config["elbo_samples"])
-        if self.elbo_samples < 1:
-            raise ValueError("inference.elbo_samples must be >= 1")
+        weight = self.opts.kl_weight
+        self.kl_weight = 1.0 / self.num_train if weight == "auto" else float(weight)
+        self.elbo_samples = int(self.opts.elbo_samples)
 
     def training_loss(
         self, features: Tensor, targets: Tensor, indices: Tensor | None = None
@@ -55,6 +58,6 @@ class BayesByBackprop(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("bbb", BayesByBackprop, summary=BayesByBackprop.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("bbb", BayesByBackprop)
     register("vi", BayesByBackprop, summary="alias of bbb")

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod, LossParts
 from bnnkit.model.heads import Head
+from bnnkit.options import Field, PluginOptions
 
 
 def bootstrap_counts(num_members: int, n: int, generator: torch.Generator) -> Tensor:
@@ -77,16 +79,19 @@ class LinearEnsemble(nn.Module):
 class BootstrapEnsemble(InferenceMethod):
     heads = ("linear",)
     default_head = "linear"
-    options = {"members": 5, "bootstrap": True}
     joint_finetune = False
     summary = "bootstrap ensemble of M MAP linear heads, trained at once (vectorised)"
 
+    class Options(PluginOptions):
+        members: int = Field(5, ge=1, description="number of heads M")
+        bootstrap: bool = Field(
+            True, description="each member sees a bootstrap resample (false: init noise only)"
+        )
+
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
         super().__init__(head, num_train=num_train, **options)
-        members = self.config["members"]
-        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-            raise ValueError(f"inference.members must be an integer >= 1, got {members!r}")
-        self.bootstrap = bool(self.config["bootstrap"])
+        members = int(self.opts.members)
+        self.bootstrap = bool(self.opts.bootstrap)
         # drawn from the global RNG, which the trainer seeds with the recipe's seed
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
         generator = torch.Generator().manual_seed(self.seed)
@@ -189,5 +194,5 @@ class BootstrapEnsemble(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("ensemble", BootstrapEnsemble, summary=BootstrapEnsemble.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("ensemble", BootstrapEnsemble)

@@ -39,15 +39,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.model.heads import Head
+from bnnkit.options import Field, PluginOptions
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _linear_of(head: Head) -> nn.Linear:
@@ -158,21 +162,19 @@ class KronPosterior:
 class KFLaplace(InferenceMethod):
     heads = ("linear",)
     default_head = "linear"
-    options = {"prior_precision": "marglik"}
     joint_finetune = False
     needs_train_features = True
     summary = "last-layer KFAC Laplace (laplace-torch), prior precision by marginal likelihood"
 
+    class Options(PluginOptions):
+        prior_precision: Literal["marglik"] | PositiveFinite = Field(
+            "marglik", description="prior precision; 'marglik' = tuned by marginal likelihood"
+        )
+
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
         super().__init__(head, num_train=num_train, **options)
         self.linear = _linear_of(head)
-        prior = self.config["prior_precision"]
-        if prior != "marglik" and (
-            isinstance(prior, str | bool) or not float(prior) > 0 or not math.isfinite(prior)
-        ):
-            raise ValueError(
-                f"inference.prior_precision must be 'marglik' or a positive number, got {prior!r}"
-            )
+        prior = self.opts.prior_precision
         self.prior_override: float | None = None if prior == "marglik" else float(prior)
         self.posterior: KronPosterior | None = None
         self.facts: dict[str, Any] = {}
@@ -298,5 +300,5 @@ class KFLaplace(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("kflaplace", KFLaplace, summary=KFLaplace.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("kflaplace", KFLaplace)

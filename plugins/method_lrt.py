@@ -10,16 +10,16 @@ than a one-sample estimate. The backbone may fine-tune jointly with this loss.
 from __future__ import annotations
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit_plugins.method_bbb import BayesByBackprop
 
 
 class LocalReparameterisation(BayesByBackprop):
     heads = ("lrt",)
     default_head = "lrt"
-    options = {"kl_weight": "auto", "elbo_samples": 1}
     summary = "variational Gaussian head with local reparameterisation; closed-form KL, weight 1/N"
 
 
 @hookimpl
-def register_methods(register):
-    register("lrt", LocalReparameterisation, summary=LocalReparameterisation.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("lrt", LocalReparameterisation)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod
 
 
@@ -30,5 +31,5 @@ class MAP(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("map", MAP, summary=MAP.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("map", MAP)

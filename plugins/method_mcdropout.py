@@ -8,6 +8,7 @@ Trained like MAP with dropout before the head's linear layer; at prediction drop
 from __future__ import annotations
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod
 
 
@@ -18,5 +19,5 @@ class MCDropout(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("mcdropout", MCDropout, summary=MCDropout.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("mcdropout", MCDropout)

@@ -29,12 +29,14 @@ the chain runs on frozen pooled features for ``train.head_epochs``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.sgmcmc import SGHMC, SGMCMCMethod
+from bnnkit.options import Field
 
 DEFAULT_EPSILON = 0.01  # the reference's; the cap of the calibrated step
 
@@ -42,29 +44,27 @@ DEFAULT_EPSILON = 0.01  # the reference's; the cap of the calibrated step
 class StochasticGradientHMC(SGMCMCMethod):
     summary = "SGHMC with scale-adapted burn-in (Chen 2014; Springenberg 2016)"
     sampler_name = "sghmc"
-    options = {
-        **SGMCMCMethod.options,
-        "noise_fraction": 0.5,
-        "friction": 0.05,
-        "resample_momentum": 50,
-        "adaptation": "ema",
-    }
+
+    class Options(SGMCMCMethod.Options):
+        noise_fraction: float = Field(
+            0.5, gt=0, lt=1, description="max minibatch-noise share of the momentum noise (lr = 0)"
+        )
+        burn_in_epochs: float = Field(
+            0.5, gt=0, description="burn-in epochs (> 0: the preconditioner and step adapt then)"
+        )
+        friction: float = Field(0.05, gt=0, lt=1, description="momentum decay per step C")
+        resample_momentum: int = Field(
+            50, ge=0, description="redraw the momentum every this many steps; 0 = never"
+        )
+        adaptation: Literal["ema", "window"] = Field(
+            "ema", description="burn-in gradient-scale estimate: moving average or adaptive window"
+        )
 
     def __init__(self, head, *, num_train: int, **options) -> None:
         super().__init__(head, num_train=num_train, **options)
-        self.friction = float(self.config["friction"])
-        self.resample_every = self.config["resample_momentum"]
-        if not 0.0 < self.friction < 1.0:
-            raise ValueError(f"inference.friction must be in (0, 1), got {self.friction}")
-        if not isinstance(self.resample_every, int) or self.resample_every < 0:
-            raise ValueError("inference.resample_momentum must be an integer >= 0")
-        self.adaptation = str(self.config["adaptation"])
-        if self.adaptation not in SGHMC.ADAPTATIONS:
-            raise ValueError(
-                f"inference.adaptation must be one of {SGHMC.ADAPTATIONS}, got {self.adaptation!r}"
-            )
-        if self.burn_in_epochs <= 0:
-            raise ValueError("inference.burn_in_epochs must be > 0 for sghmc (it adapts then)")
+        self.friction = float(self.opts.friction)
+        self.resample_every = int(self.opts.resample_momentum)
+        self.adaptation = str(self.opts.adaptation)
 
     def default_step_size(self, train_lr: float) -> float:
         return DEFAULT_EPSILON  # unit-free (the preconditioner normalises the gradient)
@@ -83,5 +83,5 @@ class StochasticGradientHMC(SGMCMCMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("sghmc", StochasticGradientHMC, summary=StochasticGradientHMC.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("sghmc", StochasticGradientHMC)

@@ -24,7 +24,9 @@ from typing import Any
 from torch import Tensor
 
 from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.sgmcmc import PSGLD, SGLD, SGMCMCMethod
+from bnnkit.options import Field
 
 
 class StochasticGradientLangevin(SGMCMCMethod):
@@ -38,22 +40,21 @@ class StochasticGradientLangevin(SGMCMCMethod):
 class PreconditionedLangevin(SGMCMCMethod):
     summary = "pSGLD: SGLD with an RMSprop preconditioner (Li et al., 2016)"
     sampler_name = "psgld"
-    options = {**SGMCMCMethod.options, "alpha": 0.99, "eps": 1e-5}
+
+    class Options(SGMCMCMethod.Options):
+        alpha: float = Field(0.99, ge=0, lt=1, description="RMSprop decay of the preconditioner")
+        eps: float = Field(1e-5, gt=0, description="RMSprop damping of the preconditioner")
 
     def __init__(self, head, *, num_train: int, **options) -> None:
         super().__init__(head, num_train=num_train, **options)
-        self.alpha = float(self.config["alpha"])
-        self.eps = float(self.config["eps"])
-        if not 0.0 <= self.alpha < 1.0:
-            raise ValueError(f"inference.alpha must be in [0, 1), got {self.alpha}")
-        if self.eps <= 0:
-            raise ValueError(f"inference.eps must be > 0, got {self.eps}")
+        self.alpha = float(self.opts.alpha)
+        self.eps = float(self.opts.eps)
 
     def make_sampler(self, params: list[Tensor], **common: Any) -> PSGLD:
         return PSGLD(params, alpha=self.alpha, eps=self.eps, **common)
 
 
 @hookimpl
-def register_methods(register):
-    register("sgld", StochasticGradientLangevin, summary=StochasticGradientLangevin.summary)
-    register("psgld", PreconditionedLangevin, summary=PreconditionedLangevin.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("sgld", StochasticGradientLangevin)
+    register("psgld", PreconditionedLangevin)

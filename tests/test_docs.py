@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import os
 import re
 import types
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bnnkit import hookspecs  # noqa: E402
 from bnnkit.methods.base import InferenceMethod, LossParts  # noqa: E402
@@ -68,7 +65,7 @@ def test_every_hookspec_is_documented_with_its_signature() -> None:
     assert specs, "no hookspecs found in bnnkit.hookspecs"
     blocks = code_blocks(GUIDE)
     # The reference lines: a bare `def register_x(...)` line (no body), one per hook.
-    spec_line = re.compile(r"^def (register_\w+)(\(.*\))$", re.M)
+    spec_line = re.compile(r"^def (register_\w+)(\(.*\)(?: -> [^:\n]+)?)$", re.M)
     documented = {m.group(1): m.group(2) for b in blocks for m in spec_line.finditer(b)}
     missing = sorted(set(specs) - set(documented))
     assert not missing, (
@@ -197,13 +194,28 @@ def test_guide_example_plugins_build_train_and_sample() -> None:
             remove_plugin(name)
 
 
-# -- CLI reference ---------------------------------------------------------------------------------
-def load_gen_cli() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_cli", ROOT / "docs" / "gen_cli.py")
+# -- the built-ins' options tables ----------------------------------------------------------------
+def load_docs_script(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_plugin_options_tables_are_up_to_date() -> None:
+    """docs/plugins.md's options tables are the built-ins' declarations, regenerated."""
+    gen = load_docs_script("gen_plugin_options")
+    block = gen.current(GUIDE.read_text(encoding="utf-8"))
+    assert block is not None, "docs/plugins.md lost its plugin-options markers"
+    assert block == gen.render(), (
+        "docs/plugins.md's options tables are stale; python docs/gen_plugin_options.py"
+    )
+
+
+# -- CLI reference ---------------------------------------------------------------------------------
+def load_gen_cli() -> types.ModuleType:
+    return load_docs_script("gen_cli")
 
 
 def test_cli_reference_is_up_to_date() -> None:

@@ -7,7 +7,7 @@ import types
 from importlib import metadata
 
 import pytest
-from conftest import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides
 from torch import nn
 
 from bnnkit import hookimpl, plugins

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 from bnnkit.cli import main
 from bnnkit.errors import RecipeError

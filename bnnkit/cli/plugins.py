@@ -19,9 +19,13 @@ def command(as_json: bool, kind: str | None) -> None:
     (and version) that provides it. Plugins that failed to load are listed as broken with
     their error; the rest of bnnkit keeps working.
 
+    With --kind, each plugin's options follow: type (with its range or choices), default
+    and help, as the plugin declares them.
+
     \b
     Examples:
       bnnkit plugins
+      bnnkit plugins --kind method
       bnnkit plugins --kind method --json
     """
     from bnnkit.plugins import KINDS, get_registry
@@ -39,30 +43,56 @@ def command(as_json: bool, kind: str | None) -> None:
                 "version": e.version,
                 "plugin": e.plugin,
                 "summary": e.summary,
-                "options": {o: v for o, v in e.options().items()},
+                "options": e.options(),
+                "option_info": [o.to_dict() for o in e.option_info()],
             }
             if k == "method":
                 row["heads"] = list(e.obj.heads)
             rows.append(row)
     broken = [b.__dict__ for b in registry.broken]
     if as_json:
-        print_json({"plugins": rows, "broken": broken, "conflicts": registry.conflicts})
+        print_json(
+            {
+                "plugins": rows,
+                "broken": broken,
+                "conflicts": registry.conflicts,
+                "notes": registry.notes,
+            }
+        )
         return
     from rich.table import Table
 
     table = Table(title="bnnkit plugins", title_justify="left")
-    for col in ("kind", "name", "package", "summary"):
+    for col in ("kind", "name", "package", "summary", "options"):
         table.add_column(col)
     for r in rows:
         pkg = f"{r['package']} {r['version']}".strip()
         summary = r["summary"] + (
             f"  [dim](heads: {', '.join(r['heads'])})[/]" if "heads" in r else ""
         )
-        table.add_row(r["kind"], r["name"], pkg, summary)
+        table.add_row(r["kind"], r["name"], pkg, summary, ", ".join(r["options"]) or "-")
     console().print(table)
+    if kind:  # one kind: every plugin's options in full
+        _print_options(rows)
+    for note in registry.notes:
+        console().print(f"[dim]note:[/] {note}")
     for b in registry.broken:
         console().print(
             f"[bold red]broken:[/] plugin '{b.plugin}' from {b.package} {b.version}: {b.error}"
         )
     for c in registry.conflicts:
         console().print(f"[yellow]conflict:[/] {c}")
+
+
+def _print_options(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    for r in rows:
+        if not r["option_info"]:
+            continue
+        table = Table(title=f"{r['kind']} '{r['name']}' options", title_justify="left")
+        for col in ("option", "type", "default", "help"):
+            table.add_column(col)
+        for o in r["option_info"]:
+            table.add_row(o["name"], o["type"], repr(o["default"]), o["help"])
+        console().print(table)

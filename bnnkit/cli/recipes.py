@@ -63,10 +63,15 @@ def show(name: str) -> None:
 @click.option("--resolved", is_flag=True, help="Print the recipe with every default filled in.")
 def validate(recipe: str, overrides: tuple[str, ...], resolved: bool) -> None:
     """Check RECIPE (file or bundled name): every problem is listed at once, with its key path
-    and a suggestion. Exit code 2 when there is any problem."""
+    and a suggestion. A valid recipe's plugins are then constructed (the backbone on the meta
+    device, never fetching weights), so values only construction rejects are caught here too.
+    Exit code 2 when there is any problem."""
+    from bnnkit.engine.check_build import check_build
+    from bnnkit.plugins import get_registry
     from bnnkit.recipe import dump_recipe, load_recipe
 
     r = load_recipe(recipe, list(overrides))
+    check_build(r, get_registry(), source=recipe)
     if resolved:
         click.echo(dump_recipe(r), nl=False)
     else:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnnkit.model.heads import Head
+from bnnkit.options import NoOptions, PluginOptions, options_model
 
 
 @dataclass
@@ -60,11 +61,14 @@ class InferenceMethod:
     Class attributes a subclass sets:
 
     - ``heads``: names of the head plugins it accepts; ``default_head`` when a recipe names none.
-    - ``options``: recipe options (``[inference]`` keys besides ``name``) with their defaults.
+    - ``Options``: the declaration of the recipe options (``[inference]`` keys besides
+      ``name``): a :class:`bnnkit.options.PluginOptions` subclass (type, default, range, help).
     - ``joint_finetune``: True when the backbone can learn jointly with this method's loss
       (``train.backbone = "finetune"``). False means: fine-tune with MAP first, then run the
       method on frozen features (SG-MCMC, Laplace, head ensembles).
     - ``needs_train_features``: ``after_training`` receives the training set's features.
+    - ``needs_val_features``: :meth:`calibrate` receives the validation set's features (a
+      post-hoc fit, e.g. temperature scaling, on data the method did not train on).
     - ``clip_gradients``: whether ``train.grad_clip`` applies (False for SG-MCMC samplers).
 
     With ``train.backbone = "frozen"`` every method trains on cached pooled features.
@@ -73,20 +77,20 @@ class InferenceMethod:
 
     heads: ClassVar[tuple[str, ...]] = ("linear",)
     default_head: ClassVar[str] = "linear"
-    options: ClassVar[dict[str, Any]] = {}
+    Options: ClassVar[type[PluginOptions]] = NoOptions
     joint_finetune: ClassVar[bool] = True
     needs_train_features: ClassVar[bool] = False
+    needs_val_features: ClassVar[bool] = False
     #: False for samplers, whose dynamics ``train.grad_clip`` would bias.
     clip_gradients: ClassVar[bool] = True
     summary: ClassVar[str] = ""
 
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown options {sorted(unknown)}")
+        # validated against the one declaration (raises OptionsError, a ValueError)
+        self.opts = options_model(type(self)).parse(options, "inference", owner=type(self).__name__)
         self.head = head
         self.num_train = max(int(num_train), 1)
-        self.config = {**self.options, **options}
+        self.config = self.opts.model_dump()
 
     # -- training -------------------------------------------------------------------------------
     def training_loss(
@@ -114,6 +118,15 @@ class InferenceMethod:
             return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
 
+    def begin_phase(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        """Called when a training phase starts (again after a resume, mid-phase included).
+
+        ``phase`` is ``"finetune"`` (the backbone learns on this method's loss),
+        ``"finetune-map"`` (the backbone is fine-tuned with MAP; this method's
+        ``training_loss`` is not used then) or ``"head"`` (this method on pooled features);
+        ``epochs`` is the phase's length and ``steps_per_epoch`` its optimiser steps per epoch,
+        the same on every torchrun rank (each step then averages all ranks' batches)."""
+
     def after_step(self, step: int) -> None:
         """Called after every optimiser step (e.g. to keep an SG-MCMC sample)."""
 
@@ -121,7 +134,26 @@ class InferenceMethod:
         """Called at the end of every epoch."""
 
     def after_training(self, features: Tensor | None, targets: Tensor | None) -> None:
-        """Called once training ends; gets training features when ``needs_train_features``."""
+        """Called once training ends; gets the training set when ``needs_train_features``
+        (else ``None, None``).
+
+        ``features[N, D]``: pooled features of the final detector, without augmentation, on the
+        training device, detached (no graph to the backbone); row ``i`` is training image ``i``
+        (the order of the training split, the ``indices`` ``training_loss`` saw; unreadable
+        files are left out). ``targets[N]``: labels, 1 = fake, 0 = real. Called with autograd
+        enabled, on every torchrun rank with the full training set."""
+
+    def calibrate(self, features: Tensor, targets: Tensor) -> None:
+        """A post-hoc fit on the validation set, when ``needs_val_features``: called once,
+        after :meth:`after_training`, before the final validation, checkpoint and summary.
+
+        ``features[N, D]``: pooled validation features of the final detector (no augmentation),
+        on the training device, detached; rows in the order of the validation split
+        (``data.val_limit`` and ``data.balance`` applied, unreadable files left out).
+        ``targets[N]``: labels, 1 = fake, 0 = real. Autograd is enabled (e.g. to fit a
+        temperature with an optimiser) and the head is in eval mode. Called on every torchrun
+        rank with the same data; what it sets must be saved by :meth:`extra_state` /
+        :meth:`extra_meta` to reach the run directory."""
 
     def to(self, device: torch.device) -> InferenceMethod:
         """Move tensors held outside the head (e.g. kept samples) to ``device``."""

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from bnnkit.methods.base import InferenceMethod, LossParts
 from bnnkit.methods.sampler_base import _Sampler
 from bnnkit.methods.samplers import PSGLD, SGHMC, SGLD
+from bnnkit.options import Field, PluginOptions
 
 __all__ = [
     "PSGLD",
@@ -163,38 +164,30 @@ class SGMCMCMethod(InferenceMethod):
     joint_finetune: ClassVar[bool] = False
     # clipping the gradient would bias the Langevin dynamics' stationary distribution
     clip_gradients: ClassVar[bool] = False
-    options: ClassVar[dict[str, Any]] = {
-        "prior_sigma": 1.0,
-        "lr": 0.0,
-        "noise_fraction": 0.25,
-        "burn_in_epochs": 0.5,
-        "thin": 1,
-        "max_samples": 100,
-    }
     sampler_name: ClassVar[str] = ""
+
+    class Options(PluginOptions):
+        prior_sigma: float = Field(
+            1.0, gt=0, description="sd of the Gaussian prior on the head (replaces weight decay)"
+        )
+        lr: float = Field(0.0, ge=0, description="step size; 0 = calibrated during burn-in")
+        noise_fraction: float = Field(
+            0.25, gt=0, lt=1, description="max minibatch-noise share of the injected noise (lr = 0)"
+        )
+        burn_in_epochs: float = Field(
+            0.5, ge=0, description="burn-in length in epochs of the sampling phase"
+        )
+        thin: int = Field(1, ge=1, description="keep every thin-th step after burn-in")
+        max_samples: int = Field(100, ge=1, description="kept samples prediction uses")
 
     def __init__(self, head, *, num_train: int, **options: Any) -> None:
         super().__init__(head, num_train=num_train, **options)
-        c = self.config
-        self.prior_sigma = float(c["prior_sigma"])
-        self.lr_option = float(c["lr"])
-        self.noise_fraction = float(c["noise_fraction"])
-        self.burn_in_epochs = float(c["burn_in_epochs"])
-        thin, max_samples = c["thin"], c["max_samples"]
-        if self.prior_sigma <= 0:
-            raise ValueError(f"inference.prior_sigma must be > 0, got {self.prior_sigma}")
-        if self.lr_option < 0:
-            raise ValueError(f"inference.lr must be >= 0 (0 = default), got {self.lr_option}")
-        if not 0 < self.noise_fraction < 1:
-            raise ValueError(
-                f"inference.noise_fraction must be in (0, 1), got {self.noise_fraction}"
-            )
-        if self.burn_in_epochs < 0:
-            raise ValueError(f"inference.burn_in_epochs must be >= 0, got {self.burn_in_epochs}")
-        if not isinstance(thin, int) or thin < 1:
-            raise ValueError(f"inference.thin must be an integer >= 1, got {thin!r}")
-        if not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"inference.max_samples must be an integer >= 1, got {max_samples!r}")
+        o = self.opts
+        self.prior_sigma = float(o.prior_sigma)
+        self.lr_option = float(o.lr)
+        self.noise_fraction = float(o.noise_fraction)
+        self.burn_in_epochs = float(o.burn_in_epochs)
+        thin, max_samples = int(o.thin), int(o.max_samples)
         self.store = SampleStore(burn_in=0, thin=thin, max_samples=max_samples)
         self.chain_seed = 0
         self.world_size = 1

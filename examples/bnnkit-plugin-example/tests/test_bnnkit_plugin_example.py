@@ -1,24 +1,22 @@
-"""How a plugin author tests plugins: register them in-process with ``bnnkit.plugins.add_plugin``
-(no install needed), look them up in the registry, and exercise them on small tensors."""
+"""How a plugin author tests plugins with ``bnnkit.testing``: register them in-process (installed
+or not), look them up in the registry, exercise them on small tensors, run the method
+conformance check, and train + evaluate a tiny run through the CLI."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from bnnkit_plugin_example import attention_eca, method_swag
 
 from bnnkit.errors import RecipeError, UsageError
-from bnnkit.plugins import add_plugin, get_registry, remove_plugin
 from bnnkit.recipe import validate
+from bnnkit.testing import check_method, registry_fixture, train_and_evaluate
 
+EXAMPLE = Path(__file__).resolve().parents[1]
 
-@pytest.fixture
-def registry():
-    add_plugin("test_eca", attention_eca)
-    add_plugin("test_swag", method_swag)
-    yield get_registry()
-    remove_plugin("test_eca")
-    remove_plugin("test_swag")
+registry = registry_fixture(attention_eca, method_swag)
 
 
 def make_swag(registry, num_train=64, **options):
@@ -98,6 +96,8 @@ def test_sample_draws_different_heads_and_scale_zero_is_swa(registry):
     assert probs.shape == (7, 3, 2)
     torch.testing.assert_close(probs.sum(-1), torch.ones(7, 3))
     assert probs.std(0).max() > 1e-3  # posterior spread -> epistemic uncertainty
+    # shapes, probabilities, seeded sampling, state round-trip (bnnkit.testing's check)
+    check_method(swag, feats, fresh=lambda: make_swag(registry))
     # the head holds the SWA mean after training; scale 0 samples it exactly
     swag.config["scale"] = 0.0
     swa = torch.softmax(swag.head(feats), -1)
@@ -130,3 +130,11 @@ def test_swag_optimises_with_constant_rate_sgd(registry):
     assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["momentum"] == 0.5
     with pytest.raises(UsageError, match="swa_lr"):
         make_swag(registry, swa_lr=-1.0)
+
+
+def test_recipe_trains_and_evaluates(registry, tmp_path):
+    sets = {"train.head_epochs": 1, "data.train_limit": 4}  # 56 images, 4 SWAG snapshots
+    result = train_and_evaluate(EXAMPLE / "swag_eca.toml", tmp_path, sets=sets)
+    assert result.meta["method"] == "swag" and result.meta["method_meta"]["n_snapshots"] == 4
+    assert result.metrics["method"] == "swag"
+    assert result.metrics["seen"]["epistemic_uncertainty"] > 0  # SWAG samples differ

@@ -25,15 +25,15 @@ starts from scratch on cached features: give it ``burn_in_epochs`` to reach the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 from torch.nn.utils import parameters_to_vector
 
-from bnnkit import hookimpl
-from bnnkit.errors import UsageError
+from bnnkit import Field, PluginOptions, hookimpl
+from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod
 
 VAR_CLAMP = 1e-30  # as in the reference implementation: var = max(E[x^2] - E[x]^2, 1e-30)
@@ -42,30 +42,22 @@ VAR_CLAMP = 1e-30  # as in the reference implementation: var = max(E[x^2] - E[x]
 class DiagonalSWAG(InferenceMethod):
     heads = ("linear",)
     default_head = "linear"
-    options = {
-        "swa_lr": "auto",
-        "momentum": 0.9,
-        "burn_in_epochs": 0,
-        "collect_every": 1,
-        "scale": 1.0,
-    }
     joint_finetune = False
     needs_train_features = False
     summary = "diagonal SWAG: Gaussian fitted to constant-rate SGD iterates of the head"
 
+    class Options(PluginOptions):
+        swa_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+            "auto", description="constant SGD rate; 'auto' = train.lr"
+        )
+        momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+        burn_in_epochs: int = Field(0, ge=0, description="head epochs before collecting")
+        collect_every: int = Field(1, ge=1, description="optimiser steps between snapshots")
+        scale: float = Field(1.0, ge=0, description="variance scale of the samples")
+
     def __init__(self, head, *, num_train: int, **options: Any) -> None:
+        # validates the options against Options (an OptionsError is a UsageError)
         super().__init__(head, num_train=num_train, **options)
-        c = self.config
-        if c["swa_lr"] != "auto" and (isinstance(c["swa_lr"], str) or float(c["swa_lr"]) <= 0):
-            raise UsageError(f"inference.swa_lr must be 'auto' or > 0, got {c['swa_lr']!r}")
-        if not 0 <= float(c["momentum"]) < 1:
-            raise UsageError(f"inference.momentum must be in [0, 1), got {c['momentum']}")
-        if int(c["burn_in_epochs"]) < 0:
-            raise UsageError("inference.burn_in_epochs must be >= 0")
-        if int(c["collect_every"]) < 1:
-            raise UsageError("inference.collect_every must be >= 1")
-        if float(c["scale"]) < 0:
-            raise UsageError("inference.scale must be >= 0")
         # Hand-written because torch.optim.swa_utils.AveragedModel keeps only the first moment
         # (its first update copies the raw parameters, so it cannot track E[theta^2]).
         n_params = sum(p.numel() for p in head.parameters())
@@ -168,5 +160,5 @@ class DiagonalSWAG(InferenceMethod):
 
 
 @hookimpl
-def register_methods(register):
-    register("swag", DiagonalSWAG, summary=DiagonalSWAG.summary)
+def register_methods(register: RegisterPart) -> None:
+    register("swag", DiagonalSWAG)
