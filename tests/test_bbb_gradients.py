@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from blitz.modules import BayesianLinear
 from torch import Tensor, nn
 
-from bnnkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from bnnkit.run.checkpoint import load_checkpoint, save_checkpoint
 from bnnkit_plugins.head_bbb import BBBHead
 from bnnkit_plugins.method_bbb import BayesByBackprop
 

@@ -3,37 +3,24 @@ one-sample KL, selection from the recipe, and a CLI train + evaluate with a non-
 
 from __future__ import annotations
 
-import os
+import math
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import pytest
+import torch
+from blitz.modules.weight_sampler import PriorWeightDistribution
+from helpers import QUICKSTART, recipe, train_and_evaluate
+from torch.distributions import Laplace, Normal
 
-import json  # noqa: E402
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+from bnnkit.errors import UsageError
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit_plugins.head_bbb import BBBHead, ExactPrior
+from bnnkit_plugins.method_bbb import BayesByBackprop
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from blitz.modules.weight_sampler import PriorWeightDistribution  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from torch.distributions import Laplace, Normal  # noqa: E402
-
-from bnnkit.errors import UsageError  # noqa: E402
-from bnnkit.metrics.uncertainty import decompose  # noqa: E402
-from bnnkit_plugins.head_bbb import BBBHead, ExactPrior, create_bbb  # noqa: E402
-from bnnkit_plugins.method_bbb import BayesByBackprop  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 PRIORS = ("gaussian", "scale_mixture", "laplace")
 OPTS = {"sigma_1": 0.3, "sigma_2": 0.02, "pi": 0.6, "b": 0.2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems: one thread avoids thread-pool overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 def _formula(kind: str, w: list[float]) -> list[float]:
@@ -159,7 +146,7 @@ def test_priors_give_different_kl_for_the_same_posterior():
 )
 def test_bad_prior_options_are_usage_errors(opts, match):
     with pytest.raises(UsageError, match=match):
-        create_bbb(4, 2, **opts)
+        BBBHead(4, 2, **opts)
 
 
 @pytest.mark.parametrize("kind", PRIORS)
@@ -167,7 +154,7 @@ def test_prior_is_selectable_in_the_recipe(kind):
     from bnnkit.engine.build import build
     from bnnkit.recipe import load_recipe
 
-    recipe = load_recipe(REPO / "recipes" / "quickstart.toml", [f'model.head.prior="{kind}"'])
+    recipe = load_recipe(QUICKSTART, [f'model.head.prior="{kind}"'])
     detector, method = build(recipe, num_train=100)
     assert detector.head.prior.kind == kind
     assert method.kl_weight == 1 / 100
@@ -186,29 +173,15 @@ def test_bbb_samples_decompose(kind):
     assert unc["epistemic"].max() > 0
 
 
-def test_cli_train_and_evaluate_with_laplace_prior(tmp_path, monkeypatch):
-    from bnnkit.cli import main
-    from bnnkit.data.synth import synthesize
-
-    synth = tmp_path / "synth"
-    synthesize(synth, seed=0, train_per_class=6, val_per_class=3, size=32)
+def test_cli_train_and_evaluate_with_laplace_prior(synth_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sets = {
-        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
-        "model.backbone.pretrained": "false", "train.epochs": 1, "train.batch_size": 16,
         "train.backbone": '"frozen"', "model.head.prior": '"laplace"', "model.head.prior_b": 0.1,
-        "eval.samples": 8, "eval.batch_size": 64,
+        "eval.batch_size": 64,
     }  # fmt: skip
-    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    runner = CliRunner()
-    runs = tmp_path / "runs"
-    recipe = str(REPO / "recipes" / "resnet50_bbb.toml")
-    result = runner.invoke(main, ["train", recipe, "--runs-dir", str(runs), "-q", *args])
-    assert result.exit_code == 0, result.output
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    result = train_and_evaluate(recipe("resnet50_bbb"), tmp_path, data=synth_root, sets=sets)
+    run = result.run
     assert 'prior = "laplace"' in (run / "recipe.toml").read_text()
-    result = runner.invoke(main, ["evaluate", str(run), "--no-plots"])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = result.metrics
     assert metrics["seen"]["epistemic_uncertainty"] > 0
     assert "midjourney" in metrics["ood"]

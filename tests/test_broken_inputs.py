@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides
 from PIL import Image
 
 from bnnkit.cli import main
@@ -115,7 +115,7 @@ def test_train_evaluate_predict_complete_and_report(runner, odd_tree, tmp_path):
 def test_run_dirs_never_collide(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
 
-    from bnnkit.engine.runs import create_run_dir
+    from bnnkit.run import create_run_dir
 
     with ProcessPoolExecutor(max_workers=2) as pool:
         dirs = list(pool.map(create_run_dir, [tmp_path] * 8, ["same"] * 8))
@@ -123,7 +123,7 @@ def test_run_dirs_never_collide(tmp_path):
 
 
 def test_recipe_name_cannot_escape_runs_dir(tmp_path):
-    from bnnkit.engine.runs import create_run_dir
+    from bnnkit.run import create_run_dir
 
     run = create_run_dir(tmp_path / "runs", "../../../etc/evil")
     assert run.parent == tmp_path / "runs"

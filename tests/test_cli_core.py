@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import click
-from conftest import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides
 
 from bnnkit import __version__
 from bnnkit.cli import main

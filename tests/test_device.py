@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
+from click.testing import CliRunner
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from bnnkit.cli import main  # noqa: E402
-from bnnkit.engine.device import cuda_free_memory, select_device  # noqa: E402
-from bnnkit.errors import UsageError  # noqa: E402
+from bnnkit.cli import main
+from bnnkit.engine.device import cuda_free_memory, select_device
+from bnnkit.errors import UsageError
 
 GIB = 2**30
 

@@ -10,34 +10,32 @@ import csv
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import QUICKSTART, tiny_overrides  # noqa: E402
+from helpers import QUICKSTART, tiny_overrides  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bnnkit.cli import main  # noqa: E402
-from bnnkit.engine.evaluation import (  # noqa: E402
-    SCHEMA_VERSION,
-    ConditionData,
+from bnnkit.engine.evaluation import SCHEMA_VERSION  # noqa: E402
+from bnnkit.metrics.protocol import (  # noqa: E402
     abstention_metrics,
     calibrate_thresholds,
     condition_metrics,
     selective_report,
 )
+from bnnkit.metrics.records import Predictions  # noqa: E402
 from bnnkit.report import PLOT_FILES  # noqa: E402
 
 SEEN = ["adm", "biggan", "sdv4", "sdv5", "vqdm", "wukong"]
 UNSEEN = ["midjourney", "glide"]
 
 
-def _data(p, labels, gens, total=None, epistemic=None) -> ConditionData:
+def _data(p, labels, gens, total=None, epistemic=None) -> Predictions:
     p = torch.tensor(p, dtype=torch.float64)
     n = p.numel()
     total = torch.tensor(total if total is not None else [0.5] * n, dtype=torch.float64)
     epi = torch.tensor(epistemic if epistemic is not None else [0.0] * n, dtype=torch.float64)
-    return ConditionData(
+    return Predictions(
         p_fake=p,
         total=total,
         aleatoric=total - epi,

@@ -96,3 +96,21 @@ def test_crop_pads_small_images_and_resize_scales(tree):
         for train in (True, False):
             ds = ImageDataset(small, build_transform(64, preprocess, train), ["adm"])
             assert ds[0][0].shape == (3, 64, 64)
+
+
+def test_inventory_counts_and_broken_files(tree):
+    from bnnkit.data.inventory import take_inventory
+
+    seen: list[tuple[int, int]] = []
+    inv = take_inventory(tree, progress=lambda done, total: seen.append((done, total)))
+    assert list(inv.generators) == ["adm", "sdv4"] and "midjourney" in inv.missing
+    assert inv.counts["adm"]["train"]["nature"].cell() == "5"
+    sd = inv.counts["sdv4"]["train"]["ai"]
+    assert (sd.files, sd.readable, sd.cell()) == (3, 2, "2/3")  # .DS_Store is not an image
+    assert [Path(b.path).name for b in inv.broken] == ["broken_sdv4.png"]
+    assert inv.total == 3 + 5 + 1 + 1 + 3 + 2 and seen[-1] == (inv.total, inv.total)
+    counted = take_inventory(tree, decode=False)
+    assert not counted.broken and counted.counts["sdv4"]["train"]["ai"].cell() == "3"
+    assert counted.to_json()["decoded"] is False
+    with pytest.raises(UsageError, match="no GenImage generator folders"):
+        take_inventory(tree / "imagenet_ai_0508_adm" / "train")

@@ -3,46 +3,30 @@ differ, sampling, persistence, and a CLI train + evaluate + compare on synthetic
 
 from __future__ import annotations
 
-import os
+import json
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import invoke, recipe, train_and_evaluate, two_blobs
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit_plugins.head_linear import LinearHead
+from bnnkit_plugins.method_ensemble import BootstrapEnsemble, bootstrap_counts
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from bnnkit.metrics.uncertainty import decompose  # noqa: E402
-from bnnkit_plugins.head_linear import create_linear  # noqa: E402
-from bnnkit_plugins.method_ensemble import BootstrapEnsemble, bootstrap_counts  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 N, D, C, M = 200, 6, 2, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids thread-pool overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(N) % 2
-    x = torch.randn(N, D, generator=g)
-    x[:, 0] += 1.5 * (2 * y - 1)
-    return x, y
+    return two_blobs(N, D, seed)
 
 
 def _method(seed: int = 0, **options) -> BootstrapEnsemble:
     torch.manual_seed(seed)  # the trainer seeds the global RNG with the recipe's seed
-    return BootstrapEnsemble(create_linear(D, C), num_train=N, **{"members": M, **options})
+    return BootstrapEnsemble(LinearHead(D, C), num_train=N, **{"members": M, **options})
 
 
 def _train(method: BootstrapEnsemble, epochs: int = 60) -> BootstrapEnsemble:
@@ -159,7 +143,7 @@ def test_predictive_is_the_equal_weight_mixture_whatever_k(trained, k):
     """Through the engine's own reduction (validation, evaluate and predict all use it): p(fake)
     is the plain mean of the M members and epistemic their equal-weight mutual information,
     also when M does not divide K (the trainer's K = 16, the recipe's K = 32) or K < M."""
-    from bnnkit.engine.loop import mc_predictive
+    from bnnkit.engine.loop import predict_features
 
     x, _ = _data()
     points = torch.cat([x[:40], 20 * x[40:80]])  # on and far off the data: members disagree
@@ -169,7 +153,7 @@ def test_predictive_is_the_equal_weight_mixture_whatever_k(trained, k):
     entropy = lambda q: -torch.xlogy(q, q).sum(-1)  # noqa: E731
     mutual_info = entropy(mean) - entropy(p).mean(0)
     assert float(mutual_info.max()) > 1e-2  # the check below has something to see
-    pred = mc_predictive(trained, points, k, torch.device("cpu"))
+    pred = predict_features(trained, points, k, torch.device("cpu"))
     torch.testing.assert_close(pred.p_fake.double(), mean[:, 1], atol=1e-6, rtol=0)
     torch.testing.assert_close(pred.epistemic.double(), mutual_info, atol=1e-6, rtol=0)
     torch.testing.assert_close(pred.total.double(), entropy(mean), atol=1e-6, rtol=0)
@@ -202,51 +186,27 @@ def test_extra_state_roundtrip(trained):
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True])
 def test_bad_members_option(bad):
     with pytest.raises(ValueError, match="members"):
-        BootstrapEnsemble(create_linear(D, C), num_train=N, members=bad)
+        BootstrapEnsemble(LinearHead(D, C), num_train=N, members=bad)
 
 
 # -- through the CLI -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from bnnkit.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth_ens")
-    synthesize(root, seed=0, train_per_class=8, val_per_class=4, size=32)
-    return root
-
-
 @pytest.mark.parametrize("backbone", ["finetune", "frozen"])
-def test_cli_train_evaluate_compare(synth, tmp_path, monkeypatch, backbone):
-    from bnnkit.cli import main
-
-    monkeypatch.chdir(tmp_path)  # the feature cache stays in tmp
-    runner = CliRunner()
-    sets: list[str] = []
-    for key, value in {
-        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
-        "model.backbone.pretrained": "false", "train.epochs": 1, "train.head_epochs": 2,
-        "train.batch_size": 16, "train.backbone": f'"{backbone}"', "inference.members": 3,
+def test_cli_train_evaluate_compare(synth_root, tmp_path, monkeypatch, backbone):
+    monkeypatch.chdir(tmp_path)
+    sets = {
+        "train.head_epochs": 2, "train.backbone": f'"{backbone}"', "inference.members": 3,
         "eval.samples": 6, "eval.batch_size": 64,
-    }.items():  # fmt: skip
-        sets += ["--set", f"{key}={value}"]
-    recipe = str(REPO / "recipes" / "resnet50_ensemble.toml")
-    runs = tmp_path / "runs"
-    result = runner.invoke(
-        main, ["train", recipe, "--runs-dir", str(runs), "-q", *sets], catch_exceptions=False
+    }  # fmt: skip
+    result = train_and_evaluate(
+        recipe("resnet50_ensemble"), tmp_path, data=synth_root, sets=sets, evaluate_args=()
     )
-    assert result.exit_code == 0, result.output
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    meta = json.loads((run / "checkpoint.json").read_text())
+    run, meta = result.run, result.meta
     assert meta["method"] == "ensemble" and meta["method_meta"]["members"] == 3
-    result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "unseen generator: midjourney" in result.output
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert "unseen generator: midjourney" in result.evaluate_output
+    metrics = result.metrics
     assert metrics["seen"]["epistemic_uncertainty"] > 0  # the 3 heads disagree
 
-    result = runner.invoke(main, ["compare", str(run), "--format", "json"])
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)
+    (row,) = json.loads(invoke(["compare", str(run), "--format", "json"]))
     assert row["method"] == "ensemble"
     assert row["id_accuracy"] == metrics["seen"]["accuracy"]
     assert row["epistemic_auroc"] == metrics["ood"]["midjourney"]["epistemic"]["auroc"]

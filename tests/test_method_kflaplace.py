@@ -3,42 +3,31 @@ time, the predictive off the data, persistence, and a CLI train + evaluate on sy
 
 from __future__ import annotations
 
-import os
+import json
+import re
+import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import pytest
+import torch
+from helpers import invoke, recipe, train_and_evaluate, two_blobs
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-import json  # noqa: E402
-import re  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit_plugins.head_linear import LinearHead
+from bnnkit_plugins.method_kflaplace import KFLaplace
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from bnnkit.metrics.uncertainty import decompose  # noqa: E402
-from bnnkit_plugins.head_linear import create_linear  # noqa: E402
-from bnnkit_plugins.method_kflaplace import KFLaplace  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 N, D, C = 240, 4, 2
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two overlapping Gaussian blobs in D dimensions (so the MAP is finite and uncertain)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(N) % 2
-    x = torch.randn(N, D, generator=g)
-    x[:, 0] += 1.5 * (2 * y - 1)
-    return x, y
+    return two_blobs(N, D, seed)
 
 
 def _map_method(**options) -> tuple[KFLaplace, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x, y = _data()
-    method = KFLaplace(create_linear(D, C), num_train=N, **options)
+    method = KFLaplace(LinearHead(D, C), num_train=N, **options)
     opt = method.configure_optimizer(
         [{"params": list(method.head.parameters())}], optimizer="adam", lr=0.05, weight_decay=0.0
     )
@@ -49,13 +38,7 @@ def _map_method(**options) -> tuple[KFLaplace, torch.Tensor, torch.Tensor]:
     return method, x, y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids thread-pool overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -215,57 +198,31 @@ def test_fixed_prior_from_recipe_skips_marglik():
 @pytest.mark.parametrize("bad", ["auto", -1.0, 0.0, True])
 def test_bad_prior_option(bad):
     with pytest.raises(ValueError, match="prior_precision"):
-        KFLaplace(create_linear(D, C), num_train=N, prior_precision=bad)
+        KFLaplace(LinearHead(D, C), num_train=N, prior_precision=bad)
 
 
 def test_bad_state_is_refused(fitted):
     method, _, _ = fitted
-    fresh = KFLaplace(create_linear(D + 1, C), num_train=N)
+    fresh = KFLaplace(LinearHead(D + 1, C), num_train=N)
     with pytest.raises(ValueError, match="do not fit"):
         fresh.load_extra_state(method.extra_state())
 
 
 # -- through the CLI -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from bnnkit.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth_kfl")
-    synthesize(root, seed=0, train_per_class=8, val_per_class=4, size=32)
-    return root
-
-
-def _sets(**values: object) -> list[str]:
-    out: list[str] = []
-    for key, value in values.items():
-        out += ["--set", f"{key}={value}"]
-    return out
-
-
-def test_cli_train_evaluate_and_change_prior(synth, tmp_path, monkeypatch):
-    from bnnkit.cli import main
-
-    monkeypatch.chdir(tmp_path)  # the feature cache and anything relative stay in tmp
-    runner = CliRunner()
-    sets = _sets(**{
-        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
-        "model.backbone.pretrained": "false", "train.epochs": 1, "train.batch_size": 16,
-        "eval.samples": 8, "eval.batch_size": 64,
-    })  # fmt: skip
-    recipe = str(REPO / "recipes" / "resnet50_kflaplace.toml")
-    runs = tmp_path / "runs"
-    result = runner.invoke(
-        main, ["train", recipe, "--runs-dir", str(runs), "-q", *sets], catch_exceptions=False
+def test_cli_train_evaluate_and_change_prior(synth_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything relative stays in tmp
+    result = train_and_evaluate(
+        recipe("resnet50_kflaplace"),
+        tmp_path,
+        data=synth_root,
+        sets={"eval.batch_size": 64},
+        evaluate_args=(),
     )
-    assert result.exit_code == 0, result.output
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    meta = json.loads((run / "checkpoint.json").read_text())
+    run, meta = result.run, result.meta
     assert meta["method"] == "kflaplace"
     assert meta["method_meta"]["prior_precision_source"] == "marglik"
-    result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "unseen generator: midjourney" in result.output
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert "unseen generator: midjourney" in result.evaluate_output
+    metrics = result.metrics
     assert metrics["method"] == "kflaplace"
     first = metrics["seen"]["epistemic_uncertainty"]
     assert first > 0
@@ -275,7 +232,6 @@ def test_cli_train_evaluate_and_change_prior(synth, tmp_path, monkeypatch):
     text, n = re.subn(r'prior_precision = "marglik"', "prior_precision = 0.001", text)
     assert n == 1
     (run / "recipe.toml").write_text(text)
-    result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    invoke(["evaluate", str(run)])
     second = json.loads((run / "metrics.json").read_text())["seen"]["epistemic_uncertainty"]
     assert second > first  # a weaker prior, a wider posterior

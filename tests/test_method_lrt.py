@@ -3,35 +3,20 @@ the closed-form KL against a Monte Carlo estimate, the ELBO, and a CLI train + e
 
 from __future__ import annotations
 
-import os
+import math
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import recipe, train_and_evaluate
+from torch.distributions import Normal
 
-import json  # noqa: E402
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+from bnnkit.errors import UsageError
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit_plugins.head_lrt import LRTHead
+from bnnkit_plugins.method_lrt import LocalReparameterisation
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from torch.distributions import Normal  # noqa: E402
-
-from bnnkit.errors import UsageError  # noqa: E402
-from bnnkit.metrics.uncertainty import decompose  # noqa: E402
-from bnnkit_plugins.head_lrt import LRTHead, create_lrt  # noqa: E402
-from bnnkit_plugins.method_lrt import LocalReparameterisation  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems: one thread avoids thread-pool overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 def _head(d: int = 5, c: int = 3, seed: int = 0, prior_sigma: float = 0.5) -> LRTHead:
@@ -134,7 +119,7 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
 
 def test_bad_prior_sigma_is_a_usage_error():
     with pytest.raises(UsageError, match="prior_sigma"):
-        create_lrt(4, 2, prior_sigma=0.0)
+        LRTHead(4, 2, prior_sigma=0.0)
 
 
 def test_elbo_is_nll_plus_kl_over_n():
@@ -179,37 +164,15 @@ def test_lrt_learns_and_its_samples_decompose():
     assert F.softplus(head.weight_rho).mean() < 0.1
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from bnnkit.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth_lrt")
-    synthesize(root, seed=0, train_per_class=6, val_per_class=3, size=32)
-    return root
-
-
-def test_cli_train_and_evaluate_lrt(synth, tmp_path, monkeypatch):
-    from bnnkit.cli import main
-
+def test_cli_train_and_evaluate_lrt(synth_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sets = {
-        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
-        "model.backbone.pretrained": "false", "train.epochs": 1, "train.batch_size": 16,
-        "eval.samples": 8, "eval.batch_size": 64,
-    }  # fmt: skip
-    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    runner = CliRunner()
-    runs = tmp_path / "runs"
-    recipe = str(REPO / "recipes" / "resnet50_lrt.toml")
-    result = runner.invoke(main, ["train", recipe, "--runs-dir", str(runs), "-q", *args])
-    assert result.exit_code == 0, result.output
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    meta = json.loads((run / "checkpoint.json").read_text())
+    result = train_and_evaluate(
+        recipe("resnet50_lrt"), tmp_path, data=synth_root, sets={"eval.batch_size": 64}
+    )
+    meta = result.meta
     assert meta["method"] == "lrt" and meta["complete"] is True
-    result = runner.invoke(main, ["evaluate", str(run), "--no-plots"])
-    assert result.exit_code == 0, result.output
-    assert "midjourney" in result.output
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert "midjourney" in result.evaluate_output
+    metrics = result.metrics
     seen = metrics["seen"]
     assert seen["epistemic_uncertainty"] > 0
     assert "midjourney" in metrics["ood"]

@@ -5,21 +5,16 @@ one chain under torchrun in test_sgmcmc_distributed.py."""
 
 from __future__ import annotations
 
-import os
+import copy
+import json
+import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import pytest
+import torch
+from helpers import recipe, train_and_evaluate
 
-import copy  # noqa: E402
-import json  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from bnnkit.engine.build import load_run  # noqa: E402
-from bnnkit.methods.sgmcmc import (  # noqa: E402
+from bnnkit.engine.build import load_run
+from bnnkit.methods.sgmcmc import (
     PSGLD,
     SGHMC,
     SGLD,
@@ -27,12 +22,11 @@ from bnnkit.methods.sgmcmc import (  # noqa: E402
     batched_logits,
     pick,
 )
-from bnnkit.metrics.uncertainty import decompose  # noqa: E402
-from bnnkit_plugins.head_linear import create_linear  # noqa: E402
-from bnnkit_plugins.method_sghmc import StochasticGradientHMC  # noqa: E402
-from bnnkit_plugins.method_sgld import PreconditionedLangevin, StochasticGradientLangevin  # noqa: E402
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit_plugins.head_linear import LinearHead
+from bnnkit_plugins.method_sghmc import StochasticGradientHMC
+from bnnkit_plugins.method_sgld import PreconditionedLangevin, StochasticGradientLangevin
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "sgld": StochasticGradientLangevin,
     "psgld": PreconditionedLangevin,
@@ -40,13 +34,7 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems: one thread avoids thread-pool overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 # -- a conjugate problem: Bayesian linear regression with known noise ---------------------------
@@ -188,7 +176,7 @@ def test_pick_is_even_or_cycling():
 
 def test_batched_logits_match_a_loop_over_samples():
     torch.manual_seed(0)
-    head = create_linear(5, 2)
+    head = LinearHead(5, 2)
     samples = torch.randn(6, 5 * 2 + 2)
     x = torch.randn(4, 5)
     out = batched_logits(head, samples, x)
@@ -215,7 +203,7 @@ def _train(name: str, epochs: int = 6, batch: int = 20, train_lr: float = 0.05, 
     x, y = _blobs()
     if name == "sghmc":  # the reference's epsilon (0.01) barely leaves a random init in 36 steps
         options.setdefault("lr", 0.1)
-    method = METHODS[name](create_linear(x.shape[1], 2), num_train=len(y), **options)
+    method = METHODS[name](LinearHead(x.shape[1], 2), num_train=len(y), **options)
     opt = method.configure_optimizer(
         [{"params": list(method.head.parameters())}],
         optimizer="adamw",
@@ -263,7 +251,7 @@ def test_samples_roundtrip_through_extra_state(name):
     method, x, _ = _train(name, burn_in_epochs=1.0, max_samples=8)
     state, meta = method.extra_state(), json.loads(json.dumps(method.extra_meta()))
     assert meta["kept"] == 8 and state["samples"].shape[0] >= 8
-    fresh = METHODS[name](create_linear(x.shape[1], 2), num_train=120, max_samples=8)
+    fresh = METHODS[name](LinearHead(x.shape[1], 2), num_train=120, max_samples=8)
     fresh.load_extra_state(state)
     fresh.load_extra_meta(meta)
     fresh.to(torch.device("cpu"))
@@ -284,7 +272,7 @@ def test_resuming_mid_chain_is_exact(name):
 
     def fresh():
         torch.manual_seed(0)
-        method = METHODS[name](create_linear(4, 2), num_train=120, **opts)
+        method = METHODS[name](LinearHead(4, 2), num_train=120, **opts)
         opt = method.configure_optimizer(
             [{"params": list(method.head.parameters())}],
             optimizer="adamw",
@@ -429,7 +417,7 @@ def test_run_within_burn_in_warns_and_falls_back_to_the_head():
 def test_sampling_during_burn_in_is_silent():
     torch.manual_seed(0)
     x, _ = _blobs()
-    method = StochasticGradientLangevin(create_linear(4, 2), num_train=120)
+    method = StochasticGradientLangevin(LinearHead(4, 2), num_train=120)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert method.sample(x, 3).shape == (3, 120, 2)  # e.g. the trainer's validation
@@ -447,7 +435,7 @@ def test_sampling_during_burn_in_is_silent():
 )
 def test_bad_options(name, options, match):
     with pytest.raises(ValueError, match=match):
-        METHODS[name](create_linear(4, 2), num_train=10, **options)
+        METHODS[name](LinearHead(4, 2), num_train=10, **options)
 
 
 def test_sghmc_adapts_only_during_burn_in():
@@ -458,35 +446,13 @@ def test_sghmc_adapts_only_during_burn_in():
 
 
 # -- through the CLI -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from bnnkit.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth_sgmcmc")
-    synthesize(root, seed=0, train_per_class=6, val_per_class=3, size=32)
-    return root
-
-
 @pytest.mark.parametrize(("name", "backbone"), [("sgld", "finetune"), ("psgld", "frozen"),
                                                 ("sghmc", "frozen")])  # fmt: skip
-def test_cli_train_and_evaluate(name, backbone, synth, tmp_path, monkeypatch):
-    from bnnkit.cli import main
-
-    monkeypatch.chdir(tmp_path)  # the feature cache stays in tmp
-    sets = {
-        "data.root": f'"{synth}"', "data.image_size": 32, "model.backbone.name": "test_resnet",
-        "model.backbone.pretrained": "false", "train.epochs": 1, "train.head_epochs": 4,
-        "train.batch_size": 16, "train.backbone": f'"{backbone}"', "eval.samples": 8,
-        "eval.batch_size": 64,
-    }  # fmt: skip
-    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    runner = CliRunner()
-    runs = tmp_path / "runs"
-    recipe = str(REPO / "recipes" / f"resnet50_{name}.toml")
-    result = runner.invoke(main, ["train", recipe, "--runs-dir", str(runs), "-q", *args])
-    assert result.exit_code == 0, result.output
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    meta = json.loads((run / "checkpoint.json").read_text())
+def test_cli_train_and_evaluate(name, backbone, synth_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sets = {"train.head_epochs": 4, "train.backbone": f'"{backbone}"', "eval.batch_size": 64}
+    result = train_and_evaluate(recipe(f"resnet50_{name}"), tmp_path, data=synth_root, sets=sets)
+    run, meta = result.run, result.meta
     assert meta["method"] == name and meta["complete"] is True
     mm = meta["method_meta"]
     assert mm["sampler"] == name and mm["kept"] > 0 and mm["burn_in_steps"] < mm["steps"]
@@ -495,9 +461,7 @@ def test_cli_train_and_evaluate(name, backbone, synth, tmp_path, monkeypatch):
     phases = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
     assert phases.count("head") == 4
     assert ("finetune-map" in phases) == (backbone == "finetune")
-    result = runner.invoke(main, ["evaluate", str(run), "--no-plots"])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = result.metrics
     seen = metrics["seen"]
     assert seen["epistemic_uncertainty"] > 0
     assert "midjourney" in metrics["ood"]

@@ -13,16 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import QUICKSTART, tiny_overrides  # noqa: E402
+from helpers import QUICKSTART, tiny_overrides  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     accuracy_score,
     average_precision_score,
@@ -34,7 +31,8 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from bnnkit.cli import main  # noqa: E402
-from bnnkit.engine.evaluation import ConditionData, _clean, condition_metrics  # noqa: E402
+from bnnkit.metrics.protocol import clean_json, condition_metrics  # noqa: E402
+from bnnkit.metrics.records import Predictions  # noqa: E402
 
 TOL = 1e-6
 NLL_FLOOR = 1e-12  # bnnkit clamps p(true label) at 1e-12; sklearn would clip at float eps
@@ -135,9 +133,9 @@ def test_condition_metrics_match_sklearn_with_ties_and_saturation():
     p[30:34] = 14 / 15  # an exact ECE bin edge
     epi = (torch.rand(gens.numel(), generator=g) * 4).floor().double() / 100 + 0.05 * (gens == 2)
     total = torch.rand(gens.numel(), generator=g, dtype=torch.float64).round(decimals=1) + epi
-    data = ConditionData(p, total, total - epi, epi, labels, gens, torch.arange(gens.numel()))
+    data = Predictions(p, total, total - epi, epi, labels, gens, torch.arange(gens.numel()))
     names = ["adm", "biggan", "midjourney"]
-    metrics = _clean(condition_metrics(data, names, n_seen=2))
+    metrics = clean_json(condition_metrics(data, names, n_seen=2))
     cols = {
         "p_fake": p.numpy(),
         "label": labels.numpy(),

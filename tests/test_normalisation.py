@@ -4,22 +4,18 @@ load as ImageNet; the frozen-feature cache keys on it."""
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub are imported
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2 as T
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision.transforms import v2 as T  # noqa: E402
-
-from bnnkit.data.dataset import (  # noqa: E402
+from bnnkit.data.dataset import (
     IMAGENET,
     FileDataset,
     ImageDataset,

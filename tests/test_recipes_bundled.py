@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from bnnkit.cli import main  # noqa: E402
-from bnnkit.recipe import load_recipe  # noqa: E402
-from bnnkit.recipes_bundled import bundled  # noqa: E402
+from bnnkit.cli import main
+from bnnkit.recipe import load_recipe
+from bnnkit.recipes_bundled import bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = bundled()

@@ -5,44 +5,31 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import recipe, run_in_session, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("sgmcmc_dist_worker.py")
 HEAD_EPOCHS, BURN_IN_EPOCHS = 3, 1.0
 
 
 def _train_args(synth_root: Path, runs: Path, batch: int) -> list[str]:
     sets = {
-        "data.root": f'"{synth_root}"', "data.image_size": 32,
-        "model.backbone.name": "test_resnet", "model.backbone.pretrained": "false",
+        "model.backbone.name": '"test_resnet"', "model.backbone.pretrained": "false",
         "train.backbone": '"frozen"', "train.head_epochs": HEAD_EPOCHS,
         "train.batch_size": batch, "eval.samples": 4, "eval.batch_size": 64,
         "inference.burn_in_epochs": BURN_IN_EPOCHS,
     }  # fmt: skip
-    args = ["train", str(REPO / "recipes" / "resnet50_sgld.toml"), "--runs-dir", str(runs), "-q"]
-    return args + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    args = ["train", str(recipe("resnet50_sgld")), "--runs-dir", str(runs), "-q"]
+    return args + tiny_overrides(synth_root, **sets)
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stdout + stderr
+    run_in_session(cmd, cwd=cwd, pythonpath=[WORKER.parent])
 
 
 def _meta(runs: Path) -> dict:

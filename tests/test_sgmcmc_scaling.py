@@ -31,12 +31,7 @@ W_TRUE = torch.tensor([1.0, -0.7, 0.3], dtype=torch.float64)
 BATCH, CHAINS, TRAIN_LR = 64, 64, 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one torch thread
 
 
 def _data(n: int) -> tuple[torch.Tensor, torch.Tensor]:

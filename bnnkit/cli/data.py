@@ -128,60 +128,24 @@ def check(root: Path, as_json: bool, no_decode: bool) -> None:
     from rich.progress import Progress
     from rich.table import Table
 
-    from bnnkit.data.genimage import find_generators
-    from bnnkit.data.images import UnreadableImage, list_images, open_rgb
-    from bnnkit.data.layout import CLASS_FOLDERS, GENERATORS, SPLITS
-    from bnnkit.errors import UsageError
+    from bnnkit.data.inventory import take_inventory
+    from bnnkit.data.layout import CLASS_FOLDERS, SPLITS
 
-    found = find_generators(root)
-    if not found:
-        from bnnkit.data.genimage import MISSING_ROOT_HINT
+    progress = Progress(console=console(), disable=as_json)
+    task = progress.add_task("decoding", total=None)
 
-        raise UsageError(f"no GenImage generator folders under '{root}'", hint=MISSING_ROOT_HINT)
-    files = {
-        (g, s, c): (list_images(found[g] / s / c) if (found[g] / s / c).is_dir() else [])
-        for g in found
-        for s in SPLITS
-        for c in CLASS_FOLDERS
-    }
-    broken: list[dict[str, str]] = []
-    total = sum(len(v) for v in files.values())
-    if not no_decode:
-        with Progress(console=console(), disable=as_json) as progress:
-            task = progress.add_task("decoding", total=total)
-            for paths in files.values():
-                for p in paths:
-                    try:
-                        open_rgb(p)
-                    except UnreadableImage as exc:
-                        broken.append({"path": str(p), "reason": exc.reason})
-                    progress.advance(task)
-    bad = {b["path"] for b in broken}
-    counts = {
-        g: {
-            s: {
-                c: {
-                    "files": len(files[(g, s, c)]),
-                    "readable": sum(str(p) not in bad for p in files[(g, s, c)]),
-                }
-                for c in CLASS_FOLDERS
-            }
-            for s in SPLITS
-        }
-        for g in found
-    }
-    missing = [g for g in GENERATORS if g not in found]
+    def advance(done: int, total: int) -> None:
+        if done == 1:  # shown once the tree is found and decoding starts
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        inv = take_inventory(root, decode=not no_decode, progress=advance)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if as_json:
-        print_json(
-            {
-                "root": str(root),
-                "generators": {g: str(p) for g, p in found.items()},
-                "missing": missing,
-                "counts": counts,
-                "broken": broken,
-                "decoded": not no_decode,
-            }
-        )
+        print_json(inv.to_json())
         return
     table = Table(title=f"GenImage check: {root}", title_justify="left")
     table.add_column("generator")
@@ -189,25 +153,17 @@ def check(root: Path, as_json: bool, no_decode: bool) -> None:
     for s in SPLITS:
         for c in CLASS_FOLDERS:
             table.add_column(f"{s}/{c}", justify="right")
-    for g in found:
-        cells = []
-        for s in SPLITS:
-            for c in CLASS_FOLDERS:
-                n = counts[g][s][c]
-                cells.append(
-                    str(n["files"])
-                    if n["files"] == n["readable"]
-                    else f"{n['readable']}/{n['files']}"
-                )
-        table.add_row(g, str(found[g].relative_to(root)), *cells)
+    for g, folder in inv.generators.items():
+        cells = [inv.counts[g][s][c].cell() for s in SPLITS for c in CLASS_FOLDERS]
+        table.add_row(g, str(folder.relative_to(root)), *cells)
     console().print(table)
-    if missing:
-        console().print(f"[yellow]missing generators:[/] {', '.join(missing)}")
-    if broken:
+    if inv.missing:
+        console().print(f"[yellow]missing generators:[/] {', '.join(inv.missing)}")
+    if inv.broken:
         console().print(
-            f"[bold red]{len(broken)} unreadable file(s)[/] (skipped by train/evaluate):"
+            f"[bold red]{len(inv.broken)} unreadable file(s)[/] (skipped by train/evaluate):"
         )
-        for b in broken:
-            console().print(f"  {b['path']}: {b['reason']}")
+        for b in inv.broken:
+            console().print(f"  {b.path}: {b.reason}")
     elif not no_decode:
-        console().print(f"all {total} images decode.")
+        console().print(f"all {inv.total} images decode.")
