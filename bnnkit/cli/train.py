@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import console, device_option, fmt
+from bnnkit.cli._common import console, device_option, fmt, path_option
+from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
 
 
 @click.command("train")
@@ -24,20 +24,8 @@ from bnnkit.cli._common import console, device_option, fmt
     metavar="KEY=VALUE",
     help="Override a recipe key; VALUE is parsed as TOML (repeatable).",
 )
-@click.option(
-    "--runs-dir",
-    default="runs",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="Where run directories are created.",
-)
-@click.option(
-    "--cache-dir",
-    default=".bnnkit-cache",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help='Feature cache for train.backbone = "frozen".',
-)
+@path_option("--runs-dir", DEFAULT_RUNS_ROOT, "Where run directories are created.")
+@path_option("--cache-dir", ".bnnkit-cache", 'Feature cache for train.backbone = "frozen".')
 @device_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(
@@ -67,52 +55,28 @@ def command(
     """
     from rich.console import Console
 
-    from bnnkit.engine.device import select_device
-    from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
-    from bnnkit.engine.runs import create_run_dir
-    from bnnkit.engine.trainer import Trainer
-    from bnnkit.errors import UsageError
-    from bnnkit.recipe import load_recipe
+    from bnnkit.api import train
+    from bnnkit.run import RunLayout
 
-    if resume is not None:
-        if recipe is not None or overrides:
-            raise UsageError("--resume takes the run's own recipe: give no RECIPE and no --set")
-        if not (resume / "recipe.toml").is_file():
-            raise UsageError(f"{resume} is not a bnnkit run directory (no recipe.toml)")
-        r = load_recipe(resume / "recipe.toml")
-        run_dir = resume
-    elif recipe is None:
-        raise UsageError(
-            "give a RECIPE (file or bundled name) or --resume RUN", hint="bnnkit recipes list"
+    shown, main_rank = console(), [True]
+
+    def header(run_dir, r, note, info) -> None:
+        main_rank[0] = info.is_main  # only rank 0 prints under torchrun
+        out = shown if info.is_main else Console(quiet=True)
+        out.print(
+            f"[bold]bnnkit train[/] {r.name}: {r.model.backbone.name} + "
+            f"{r.model.attention.name} attention + {r.inference.name} ({r.train.backbone} backbone)"
         )
-    else:
-        r = load_recipe(recipe, list(overrides))
-        run_dir = None
-    dev, note = select_device(device if device != "auto" else r.train.device)
-    info = init_distributed(dev)
-    out = console() if info.is_main else Console(quiet=True)
-    if run_dir is None:
-        run_dir = broadcast(create_run_dir(runs_dir, r.name) if info.is_main else None, info)
-    if info.enabled:
-        note += f"; rank {info.rank} of {info.world}"
-    out.print(
-        f"[bold]bnnkit train[/] {r.name}: {r.model.backbone.name} + {r.model.attention.name} "
-        f"attention + {r.inference.name} ({r.train.backbone} backbone)"
-    )
-    out.print(f"device: {note}")
-    out.print(f"run:    {run_dir}" + ("  (resuming)" if resume else ""))
-    try:
-        result = Trainer(
-            r, run_dir, dev, note, console=None if quiet or not info.is_main else out,
-            cache_dir=cache_dir, resume=resume is not None, dist=info,
-        ).run()  # fmt: skip
-    except UsageError:
-        # a configuration problem found while building: leave no empty run directory behind
-        if resume is None and info.is_main and not (run_dir / "checkpoint.json").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        shutdown(info)
+        out.print(f"device: {note}")
+        out.print(f"run:    {run_dir}" + ("  (resuming)" if resume else ""))
+
+    run = train(
+        recipe, list(overrides), resume=resume, runs_dir=runs_dir, cache_dir=cache_dir,
+        device=device, console=None if quiet else shown, on_start=header,
+    )  # fmt: skip
+    if not main_rank[0]:
+        return
+    out, result, run_dir = shown, run.result, run.path
     if result.resumed_from:
         out.print(f"resumed from {result.resumed_from}")
     last = result.history[-1] if result.history else {}
@@ -123,6 +87,6 @@ def command(
     if result.broken:
         out.print(
             f"[yellow]{len(result.broken)} unreadable file(s) skipped[/] "
-            f"(listed in {run_dir / 'broken_files.json'})"
+            f"(listed in {RunLayout(run_dir).broken})"
         )
     out.print(f"next:   bnnkit evaluate {run_dir}")

@@ -1,0 +1,204 @@
+"""The Python API the command line is built on: train a recipe, load a run, evaluate, predict.
+
+For notebooks and scripts, as timm and laplace-torch are libraries first::
+
+    import bnnkit
+
+    run = bnnkit.train("quickstart", ["data.root=data/synth", "train.epochs=1"])
+    metrics = run.evaluate(ood=["midjourney"])          # what metrics.json holds
+    records = run.predict(["photo.jpg", "folder/"])     # one dict per image, as `--format json`
+    run = bnnkit.Run.load("runs/quickstart-20261121-101500")   # or Run.latest()
+
+Every ``bnnkit train | evaluate | predict`` call goes through these functions, so the API and the
+CLI give the same numbers for the same run (``tests/test_api.py`` checks it). Heavy imports
+(torch, timm) happen on first use, so ``import bnnkit`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnnkit.errors import UsageError
+from bnnkit.run.dirs import DEFAULT_RUNS_ROOT, latest_run, resolve_run
+from bnnkit.run.layout import RECIPE_FILE, RunLayout
+
+DEFAULT_CACHE = Path(".bnnkit-cache")
+
+
+def _device(device: Any, recipe_device: str = "auto") -> tuple[Any, str]:
+    import torch
+
+    from bnnkit.engine.device import select_device
+
+    if isinstance(device, torch.device):
+        return device, str(device)
+    requested = str(device) if device not in (None, "auto") else recipe_device
+    return select_device(requested)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory (``runs/<recipe>-<timestamp>/``): everything needed to evaluate, predict
+    and resume. Cheap to create; files are read when asked for. ``result`` is the
+    :class:`bnnkit.engine.run_state.TrainResult` when the run comes from :func:`train`."""
+
+    path: Path
+    result: Any = field(default=None, compare=False, repr=False)
+
+    # -- finding runs ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, runs_dir: str | Path = DEFAULT_RUNS_ROOT) -> Run:
+        """The run at ``path``; ``None`` means the newest run under ``runs_dir``."""
+        return cls(resolve_run(path, runs_dir))
+
+    @classmethod
+    def latest(cls, runs_dir: str | Path = DEFAULT_RUNS_ROOT) -> Run:
+        return cls(latest_run(runs_dir))
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.path)
+
+    # -- what it holds ---------------------------------------------------------------------------
+    @property
+    def recipe(self):
+        """The resolved recipe (:class:`bnnkit.recipe.Recipe`) the run was trained with."""
+        from bnnkit.recipe import load_recipe
+
+        return load_recipe(self.layout.recipe)
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """The last evaluation's ``metrics.json`` (``None`` before the first evaluation)."""
+        f = self.layout.metrics
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """``history.csv`` as a list of rows (one per epoch and phase)."""
+        from bnnkit.report import read_history
+
+        return read_history(self.path)
+
+    # -- work ------------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        ood: Sequence[str] | None = None,
+        *,
+        samples: int | None = None,
+        device: Any = "auto",
+        console: Any = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Evaluate on the recipe's generators (and ``ood``, unseen ones); writes metrics.json,
+        predictions.csv, threshold.json, plots and report.md into the run and returns the
+        metrics. ``options`` are :func:`bnnkit.engine.evaluation.evaluate_run`'s (``data_root``,
+        ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``)."""
+        from bnnkit.engine.evaluation import evaluate_run
+
+        dev, _ = _device(device)
+        return evaluate_run(
+            self.path, ood=list(ood) if ood else None, samples=samples, device=dev,
+            console=console, **options,
+        )  # fmt: skip
+
+    def predict(
+        self,
+        inputs: Sequence[str | Path] | str | Path,
+        *,
+        samples: int | None = None,
+        device: Any = "auto",
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Judge image files and folders: one record per image (``path``, ``verdict`` real |
+        fake | uncertain, ``p_fake``, ``total``, ``aleatoric``, ``epistemic``, ``error``), the
+        same as ``bnnkit predict --format json``. ``options`` are
+        :func:`bnnkit.engine.predict.predict_run`'s (``batch_size``, ``p_threshold``,
+        ``abstain``, ``max_uncertainty``, ``explain``, ``explain_dir``)."""
+        return self.predict_result(inputs, samples=samples, device=device, **options).rows
+
+    def predict_result(
+        self,
+        inputs: Sequence[str | Path] | str | Path,
+        *,
+        samples: int | None = None,
+        device: Any = "auto",
+        **options: Any,
+    ):
+        """:meth:`predict` with everything the CLI shows: rows, K, the abstention rule, the
+        explain folder and warnings (:class:`bnnkit.engine.predict.PredictResult`)."""
+        from bnnkit.engine.predict import predict_run
+
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        dev, _ = _device(device)
+        paths = [Path(p) for p in inputs]
+        return predict_run(self.path, paths, device=dev, samples=samples, **options)
+
+    def resume(self, **options: Any) -> Run:
+        """Continue training from the last checkpoint (see :func:`train`'s options)."""
+        return train(resume=self.path, **options)
+
+
+def train(
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    resume: str | Path | None = None,
+    runs_dir: str | Path = DEFAULT_RUNS_ROOT,
+    cache_dir: str | Path = DEFAULT_CACHE,
+    device: Any = "auto",
+    console: Any = None,
+    on_start: Any = None,
+):
+    """Train ``recipe`` (a TOML file or a bundled recipe's name) with ``--set``-style
+    ``overrides`` (``"train.epochs=3"``), or continue the run ``resume``; return the
+    :class:`Run`. ``console`` (a rich Console) shows progress bars; ``None`` is quiet.
+    ``on_start(run_dir, recipe, device_note, dist)`` is called once the run directory exists
+    (the CLI prints its header there). Under ``torchrun`` every rank calls this; rank 0 writes.
+    The trainer's summary (history, seconds, skipped files) is ``run.result``."""
+    from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
+    from bnnkit.engine.trainer import Trainer
+    from bnnkit.recipe import load_recipe
+    from bnnkit.run.dirs import create_run_dir
+
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise UsageError("--resume takes the run's own recipe: give no RECIPE and no --set")
+        resume = Path(resume)
+        if not RunLayout(resume).recipe.is_file():
+            raise UsageError(f"{resume} is not a bnnkit run directory (no {RECIPE_FILE})")
+        r = load_recipe(RunLayout(resume).recipe)
+    elif recipe is None:
+        raise UsageError(
+            "give a RECIPE (file or bundled name) or --resume RUN", hint="bnnkit recipes list"
+        )
+    else:
+        r = load_recipe(recipe, list(overrides))
+    dev, note = _device(device, r.train.device)
+    info = init_distributed(dev)
+    run_dir = resume
+    if run_dir is None:
+        run_dir = broadcast(create_run_dir(runs_dir, r.name) if info.is_main else None, info)
+    if info.enabled:
+        note += f"; rank {info.rank} of {info.world}"
+    if on_start is not None:
+        on_start(run_dir, r, note, info)
+    try:
+        result = Trainer(
+            r, run_dir, dev, note, console=console if info.is_main else None,
+            cache_dir=Path(cache_dir), resume=resume is not None, dist=info,
+        ).run()  # fmt: skip
+    except UsageError:
+        # a configuration problem found while building: leave no empty run directory behind
+        if resume is None and info.is_main and not RunLayout(run_dir).checkpoint.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        shutdown(info)
+    return Run(Path(run_dir), result)
