@@ -201,7 +201,7 @@ def test_fingerprints_are_distinct_and_detectable(tmp_path: Path) -> None:
 
 def test_fingerprint_test_is_meaningful(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control: with the fingerprints switched off, the same measures fall to chance."""
-    monkeypatch.setattr(synth, "_fingerprint", lambda generator, img, rng: img)
+    monkeypatch.setattr(synth, "_fingerprint", lambda generator, img, rng, strength=1.0: img)
     synthesize(tmp_path, seed=0, size=FP_SIZE, **FP_COUNTS)
     ident, fake_real = _fingerprint_scores(tmp_path)
     print(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import console, print_json
+from bnnkit.cli._common import console, path_option, print_json
 
 SYNTH_MARKER = "bnnkit-synth.json"
 
@@ -72,7 +72,7 @@ def synth(
     """
     from rich.progress import Progress
 
-    from bnnkit.data.synth import synthesize
+    from bnnkit.data.synth import SYNTH_VERSION, synthesize
 
     params = {
         "seed": seed,
@@ -81,6 +81,7 @@ def synth(
         "size": size,
         "strength": strength,
         "generators": sorted(generators) or "all",
+        "version": SYNTH_VERSION,  # a tree written by another version is rewritten
     }
     marker = root / SYNTH_MARKER
     if exist_ok and marker.is_file():
@@ -113,12 +114,15 @@ def synth(
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--no-decode", is_flag=True, help="Count files only; skip decoding every image.")
-def check(root: Path, as_json: bool, no_decode: bool) -> None:
+@path_option("--cache-dir", ".bnnkit-cache", "Where the dataset index is kept.")
+@click.option("--rescan", is_flag=True, help="Stat every file, even in unchanged folders.")
+def check(root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: bool) -> None:
     """Count images per generator, split and class, and list files that cannot be read.
 
     Every image is fully decoded (truncated, empty, non-image, oversized files are caught);
     --no-decode only counts. Exit code 0 even when broken files are found: they are reported
-    and skipped by train/evaluate.
+    and skipped by train/evaluate. Non-image files are counted by extension. The file list
+    and results are kept in an index under --cache-dir: a second check only reads what changed.
 
     \b
     Example:
@@ -140,7 +144,9 @@ def check(root: Path, as_json: bool, no_decode: bool) -> None:
         progress.update(task, completed=done, total=total)
 
     try:
-        inv = take_inventory(root, decode=not no_decode, progress=advance)
+        inv = take_inventory(
+            root, decode=not no_decode, progress=advance, cache_dir=cache_dir, rescan=rescan
+        )
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -167,3 +173,6 @@ def check(root: Path, as_json: bool, no_decode: bool) -> None:
             console().print(f"  {b.path}: {b.reason}")
     elif not no_decode:
         console().print(f"all {inv.total} images decode.")
+    if inv.skipped:
+        parts = ", ".join(f"{n} {ext}" for ext, n in inv.skipped.items())
+        console().print(f"skipped {sum(inv.skipped.values())} non-image file(s): {parts}")

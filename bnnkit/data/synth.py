@@ -16,29 +16,27 @@ Reals (``nature``) are base pictures of varying size (``size`` to ~1.5 * ``size`
 as JPEG quality 96 and named like ImageNet (``n01440764_1003.JPEG`` in train,
 ``ILSVRC2012_val_00000001.JPEG`` in val).
 
-Fakes (``ai``) are base pictures of a fixed size per generator plus a generator-specific
-*fingerprint*, saved as PNG. The fingerprints are small (a few grey levels) next to the image
-content, but distinct in the Fourier spectrum of the high-pass residual, which is where real
-detectors find generation artifacts:
+Fakes (``ai``) are base pictures of a fixed size per generator (``size``; ``midjourney`` twice
+that, as its 1024 px are the largest in GenImage) plus a generator-specific *fingerprint*, saved
+as PNG. Fingerprints come in **families** (:data:`FAMILIES`, defined and argued in
+:mod:`bnnkit.data.fingerprints`) so that cross-generator transfer has GenImage's shape:
 
-- ``adm``: period-2 upsampling artifacts: a checkerboard plus column alternation (peaks at the
-  Nyquist frequencies).
-- ``biggan``: a period-4 grid (transposed-convolution artifact) and a slight red/blue colour shift;
-  the smallest images (``size``), as BigGAN's 128 px are the smallest in GenImage.
-- ``glide``: Gaussian smoothing (loss of fine detail) plus a period-8 vertical ripple.
-- ``midjourney``: strong unsharp-mask sharpening plus a period-3 high-frequency texture; twice
-  the size of the others. Deliberately unlike the rest, as Midjourney is the usual held-out
-  generator and the hardest to transfer to.
-- ``sdv4`` / ``sdv5``: latent-decoder structure: a fixed 8x8 tile repeated over the image, with
-  a different tile and amplitude for each (they share a VAE in reality, so they are related).
-- ``vqdm``: vector-quantisation blockiness (blend with 4x4 patch means) and colour quantisation
-  (levels in steps of 8).
-- ``wukong``: a green/red colour shift and period-8 peaks on the diagonal (an orientation no other
-  generator uses).
+- ``latent`` (``sdv4``, ``sdv5``, ``wukong``): a shared period-8 VAE-decoder tile (sdv4 and sdv5
+  the same decoder, wukong a related one plus its own tile and a colour cast);
+- ``gan`` (``biggan``): transposed-convolution checkerboard and period-4 grid;
+- ``pixel-diffusion`` (``adm``, ``glide``): no periodic pattern; denoising smoothing plus an
+  aperiodic noise residual, of different spectra (ADM fine and light, GLIDE smooth with a weak
+  mid-band residual);
+- ``vector-quantised`` (``vqdm``): 4x4 patch blockiness and a quantised colour palette;
+- ``upscaler`` (``midjourney``): half-resolution content interpolated 2x (bicubic) and sharpened.
 
-Fingerprint amplitudes vary a little per image (x0.8 to x1.2). They are tuned for the default
-64 px: there a nearest-centroid classifier on residual autocorrelations tells the eight apart
-(~98 %) and fakes from reals; at 32 px the period-8 ones (``sdv4``, ``wukong``) get harder.
+A detector trained on ``sdv4`` then detects ``sdv5`` and ``wukong`` and calls the other families'
+fakes real (about 50 % accuracy, as GenImage's ResNet-50 gets 52-62 % there), and a detector
+trained on seven generators misses the held-out one's fakes instead of finding it easier than
+the seen ones. ``tests/test_synth_families.py`` checks the families without a network (matched
+filter on the residual folded modulo 8). The fingerprints are small next to the image content
+(``strength`` 1: a few grey levels; ``bnnkit data synth`` uses 3, which a tiny CNN learns from
+cropped pixels in about a hundred optimiser steps).
 
 Quirks of real copies are reproduced so that the loader is exercised: ``sdv4`` is nested under an
 extra folder (``stable_diffusion_v_1_4/imagenet_ai_0419_sdv4``); ``adm`` fakes have an upper-case
@@ -50,7 +48,9 @@ Determinism: every file is drawn from its own ``numpy.random.default_rng`` seede
 ``(seed, generator index, split index, class index, i)``, so the same arguments give byte-identical
 files and changing one count or the generator subset does not reshuffle the other files. The
 fingerprint constants (the 8x8 tiles) do not depend on ``seed``: a generator keeps its fingerprint
-across seeds, as a real model would.
+across seeds, as a real model would. :data:`SYNTH_VERSION` changes whenever the same arguments
+would write different images (``bnnkit data synth --exist-ok`` rewrites a tree of another
+version).
 """
 
 from __future__ import annotations
@@ -64,30 +64,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bnnkit.data.fingerprints import FAMILIES, FINGERPRINTS, family_of
+from bnnkit.data.fingerprints import fingerprint as _fingerprint
 from bnnkit.data.layout import GENERATOR_FOLDERS, GENERATORS, SPLITS
 from bnnkit.errors import UsageError
 
-__all__ = ["FINGERPRINTS", "SynthSummary", "generator_dir", "synthesize"]
+__all__ = [
+    "FAMILIES",
+    "FINGERPRINTS",
+    "SYNTH_VERSION",
+    "SynthSummary",
+    "family_of",
+    "generator_dir",
+    "synthesize",
+]
 
-# Short description of each generator's fingerprint (for help texts and reports).
-FINGERPRINTS: dict[str, str] = {
-    "adm": "period-2 checkerboard upsampling peaks",
-    "biggan": "period-4 grid + red/blue colour shift",
-    "glide": "Gaussian smoothing + period-8 vertical ripple",
-    "midjourney": "strong sharpening + period-3 texture, 2x size",
-    "sdv4": "8x8 latent-decoder tile (weak)",
-    "sdv5": "8x8 latent-decoder tile (other tile, stronger)",
-    "vqdm": "4x4 patch blockiness + colour quantisation",
-    "wukong": "green/red colour shift + diagonal period-8 peaks",
-}
+#: Version of the images :func:`synthesize` writes for given arguments (2: fingerprint families).
+SYNTH_VERSION = 2
 
 # Generators written under an extra folder, as some real copies do.
 _NESTED: dict[str, str] = {"sdv4": "stable_diffusion_v_1_4"}
 # Order of the class folders in the seed (independent of layout.CLASS_FOLDERS' dict order).
 _CLASSES: tuple[str, str] = ("ai", "nature")
 _JPEG_QUALITY = 96
-# Seed namespace of the fingerprint constants (fixed, independent of the user's seed).
-_FINGERPRINT_SEED = 20231108
 
 _Array = np.ndarray
 
@@ -200,65 +199,7 @@ def _base_image(rng: np.random.Generator, h: int, w: int, size: int) -> _Array:
     return img
 
 
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _blur(img: _Array, sigma: float) -> _Array:
-    """Separable Gaussian blur with reflected borders."""
-    radius = max(1, int(np.ceil(3.0 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    h, w = img.shape[:2]
-    pad = np.pad(img, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
-    rows = sum(k[i] * pad[i : i + h] for i in range(k.size))
-    return sum(k[i] * rows[:, i : i + w] for i in range(k.size))
-
-
-def _grid(h: int, w: int) -> tuple[_Array, _Array]:
-    return np.arange(h, dtype=np.float64)[:, None], np.arange(w, dtype=np.float64)[None, :]
-
-
-def _tile(generator_index: int) -> _Array:
-    t = np.random.default_rng([_FINGERPRINT_SEED, generator_index]).standard_normal((8, 8))
-    t -= t.mean()
-    return t / t.std()
-
-
-def _fingerprint(generator: str, img: _Array, rng: np.random.Generator) -> _Array:
-    """Apply ``generator``'s artifact fingerprint to a base image (float, (h, w, 3))."""
-    h, w = img.shape[:2]
-    yy, xx = _grid(h, w)
-    a = rng.uniform(0.8, 1.2)
-    if generator == "adm":
-        pattern = 2.5 * (-1.0) ** (yy + xx) + 1.5 * (-1.0) ** xx
-        return img + a * pattern[:, :, None]
-    if generator == "biggan":
-        pattern = 4.0 * (np.cos(np.pi * yy / 2.0) + np.cos(np.pi * xx / 2.0))
-        return img + a * pattern[:, :, None] + np.array([6.0, 0.0, -6.0])
-    if generator == "glide":
-        img = _blur(img, 0.9)
-        ripple = 4.0 * np.cos(2.0 * np.pi * xx / 8.0 + rng.uniform(0.0, 2.0 * np.pi))
-        return img + a * np.broadcast_to(ripple, (h, w))[:, :, None]
-    if generator == "midjourney":
-        img = img + 1.5 * (img - _blur(img, 1.0))
-        texture = 4.0 * np.cos(2.0 * np.pi * yy / 3.0) * np.cos(2.0 * np.pi * xx / 3.0)
-        return img + a * texture[:, :, None]
-    if generator in ("sdv4", "sdv5"):
-        tile = _tile(GENERATORS.index(generator))
-        amp = 2.5 if generator == "sdv4" else 4.0
-        pattern = np.tile(tile, (h // 8 + 1, w // 8 + 1))[:h, :w]
-        return img + a * amp * pattern[:, :, None]
-    if generator == "vqdm":
-        hb, wb = -(-h // 4) * 4, -(-w // 4) * 4
-        pad = np.pad(img, ((0, hb - h), (0, wb - w), (0, 0)), mode="edge")
-        means = pad.reshape(hb // 4, 4, wb // 4, 4, 3).mean(axis=(1, 3))
-        blocks = np.repeat(np.repeat(means, 4, axis=0), 4, axis=1)[:h, :w]
-        img = (1.0 - 0.75 * a) * img + 0.75 * a * blocks
-        return np.round(img / 8.0) * 8.0
-    if generator == "wukong":
-        pattern = 5.0 * np.cos(2.0 * np.pi * (yy + xx) / 8.0)
-        return img + a * pattern[:, :, None] + np.array([-5.0, 5.0, 0.0])
-    raise KeyError(generator)  # pragma: no cover - guarded by _resolve_generators
+# --------------------------------------------------------------------------- writing
 
 
 def _to_image(img: _Array) -> Image.Image:
@@ -325,9 +266,7 @@ def _make_file(
         name = _fake_name(rng, generator, i)
         side = _fake_size(generator, size)
         base = _base_image(rng, side, side, size)
-        marked = _fingerprint(generator, base, rng)
-        # ``strength`` scales the artifact residual (works for additive and filtering prints)
-        image = _to_image(base + strength * (marked - base))
+        image = _to_image(_fingerprint(generator, base, rng, strength))
         fmt = "JPEG" if _is_jpeg_in_disguise(generator, i) else "PNG"
     path = folder / name
     _write_one(path, image, fmt)
@@ -349,8 +288,9 @@ def synthesize(
 
     ``generators`` takes short names (``"adm"``, ...) or official folder names; ``None`` means all
     eight. ``progress(done, total)`` is called after each file. ``strength`` multiplies every
-    fingerprint's residual: 1 is subtle (a few grey levels); the default 3 lets a tiny CNN learn
-    the artifacts from cropped pixels in a one-minute CPU demo (at 1 it stays at chance).
+    fingerprint's additive amplitude (1 is subtle: a few grey levels) and blends in its filtering
+    parts (smoothing, blocks, resampling: in full from 3); the default 3 lets a tiny CNN learn the
+    artifacts from cropped pixels in a CPU demo.
     Existing files with the same names are overwritten; other files under ``root`` are left
     alone.
     """
