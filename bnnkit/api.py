@@ -202,3 +202,31 @@ def train(
     finally:
         shutdown(info)
     return Run(Path(run_dir), result)
+
+
+def run_protocol(
+    protocol: str,
+    recipes: Sequence[str | Path] | str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    out: str | Path | None = None,
+    **options: Any,
+):
+    """Run the GenImage protocol ``protocol`` (``"sdv4"``, ``"cross"`` or ``"loo"``) for each
+    recipe, every cell an ordinary run under ``out`` (default ``protocols/<name>-<timestamp>``);
+    write ``protocol.json``, ``table.md|tex|csv`` and ``heatmap.png`` there and return the
+    :class:`bnnkit.engine.protocol.ProtocolResult`. Calling it again with the same ``out``
+    skips the done cells and resumes an interrupted one. ``options`` are
+    :func:`bnnkit.engine.protocol.run_protocol`'s (``generators``, ``cache_dir``, ``score``,
+    ``abstain_on``, ``device``, ``plots``, ``launcher``, ``jobs``, ``slurm``, ``on_cell``)::
+
+        result = bnnkit.api.run_protocol("sdv4", "quickstart", ["data.root='data/synth'"])
+        result.rows[-1]["accuracy"]["midjourney"]
+    """
+    from bnnkit.engine.protocol import new_protocol_dir
+    from bnnkit.engine.protocol import run_protocol as _run
+
+    if isinstance(recipes, str | Path):
+        recipes = [recipes]
+    folder = Path(out) if out is not None else new_protocol_dir(protocol)
+    return _run(protocol, [str(r) for r in recipes], list(overrides), out=folder, **options)

@@ -1,0 +1,146 @@
+"""``bnnkit protocol``: a GenImage protocol (sdv4, cross, loo) as a set of runs and one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bnnkit.cli._common import choice_option, console, device_option, overrides_option
+
+
+@click.command("protocol")
+@click.argument("name", type=click.Choice(["sdv4", "cross", "loo"]))
+@click.option(
+    "--recipe",
+    "recipes",
+    multiple=True,
+    required=True,
+    metavar="RECIPE",
+    help="A recipe file or bundled name (repeatable: one block of rows per recipe).",
+)
+@overrides_option(
+    "KEY=VALUE", "Override a recipe key in every cell; VALUE is parsed as TOML (repeatable)."
+)
+@click.option(
+    "--generators",
+    metavar="A,B,...",
+    help="Only these generators (comma-separated short names; default all eight).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Protocol folder (default protocols/<name>-<timestamp>). Give an existing one to "
+    "finish it: done cells are skipped, an interrupted one resumes.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help='Feature cache shared by every cell (train.backbone = "frozen"); default OUT/cache.',
+)
+@choice_option(
+    "--score",
+    ["epistemic", "total", "max_prob"],
+    "Uncertainty whose OOD AUROC (unseen generators' fakes vs seen images) is tabled.",
+)
+@choice_option(
+    "--abstain-on",
+    ["total", "epistemic"],
+    "Uncertainty of the abstention threshold whose caught unseen errors are tabled.",
+)
+@click.option("--plots", is_flag=True, help="Also write each cell's evaluation plots.")
+@device_option
+@choice_option(
+    "--launcher",
+    ["local", "slurm"],
+    "local: in this process (or --jobs processes); slurm: one submitit job per cell.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cells run at once (local processes, or SLURM array parallelism).",
+)
+@click.option("--partition", help="SLURM partition (--launcher slurm).")
+@click.option("--gpus", type=click.IntRange(min=0), default=1, show_default=True,
+              help="GPUs per SLURM job.")  # fmt: skip
+@click.option("--time", "time_min", type=click.IntRange(min=1), default=240, show_default=True,
+              help="Time limit per SLURM job, minutes.")  # fmt: skip
+@click.option("--mem", type=click.FloatRange(min=0), help="Memory per SLURM job, GB.")
+@click.option("--cpus", type=click.IntRange(min=1), help="CPUs per SLURM job.")
+def command(
+    name: str,
+    recipes: tuple[str, ...],
+    overrides: tuple[str, ...],
+    generators: str | None,
+    out: Path | None,
+    cache_dir: Path | None,
+    score: str,
+    abstain_on: str,
+    plots: bool,
+    device: str,
+    launcher: str,
+    jobs: int,
+    partition: str | None,
+    gpus: int,
+    time_min: int,
+    mem: float | None,
+    cpus: int | None,
+) -> None:
+    """Run the GenImage protocol NAME for each --recipe and write one table.
+
+    \b
+    sdv4   train on sdv4 (SD1.4), test on all eight: GenImage Table 3, with the published
+           ResNet-50 and Swin-T rows beside ours
+    cross  train on each generator, test on each: the 8 x 8 matrix
+    loo    leave one out: train on seven, test on the eighth, for each
+
+    Every cell is an ordinary run under OUT/cells/<recipe>/<cell>/ (evaluate or predict with
+    it as with any run). OUT gets protocol.json (each cell's run, metrics and summary, and the
+    table), table.md, table.tex, table.csv (accuracies in [0, 1], one column per generator)
+    and heatmap.png. Stopping and rerunning with the same --out finishes the remaining cells.
+
+    \b
+    Examples:
+      bnnkit protocol sdv4 --recipe quickstart --set data.root=data/synth
+      bnnkit protocol cross --recipe quickstart --set 'train.backbone="frozen"' --jobs 2
+      bnnkit protocol sdv4 --recipe genimage_sdv4_map --recipe genimage_sdv4_bbb \\
+          --set data.root=/data/genimage --launcher slurm --partition gpu --gpus 1
+    """
+    from bnnkit.api import run_protocol
+    from bnnkit.report.protocol import protocol_table
+    from bnnkit.report.tables import render_rich
+
+    shown = console()
+    gens = [g for g in generators.split(",") if g.strip()] if generators else None
+    slurm = {"partition": partition, "gpus": gpus, "time": time_min, "mem": mem, "cpus": cpus}
+
+    def on_cell(cell, info) -> None:
+        seconds = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
+        shown.print(f"  {cell.block} {cell.key}: {info['status']}{seconds}")
+
+    from bnnkit.engine.protocol import new_protocol_dir
+
+    folder = out or new_protocol_dir(name)
+    shown.print(f"[bold]bnnkit protocol[/] {name}: {', '.join(recipes)}")
+    shown.print(f"out:    {folder}  (rerun with --out {folder} to finish an interrupted run)")
+    result = run_protocol(
+        name, list(recipes), list(overrides), out=folder, generators=gens, cache_dir=cache_dir,
+        score=score, abstain_on=abstain_on, device=device, plots=plots, launcher=launcher,
+        jobs=jobs, slurm=slurm, on_cell=on_cell,
+    )  # fmt: skip
+    blocks = [result.rows]  # sdv4: one table, a row per recipe; cross, loo: one per recipe
+    if name != "sdv4":
+        names = list(dict.fromkeys(r["block"] for r in result.rows))
+        blocks = [[r for r in result.rows if r["block"] == b] for b in names]
+    for rows in blocks:
+        title = f"bnnkit protocol {name}" + ("" if name == "sdv4" else f": {rows[0]['block']}")
+        table = protocol_table(
+            rows, result.record["generators"], protocol=name, score=score,
+            abstain_on=abstain_on, title=title,
+        )  # fmt: skip
+        shown.print(render_rich(table), width=max(shown.width, 120))
+    shown.print(f"[green]done[/] in {result.record['seconds']:.1f} s")
+    for path in result.files.values():
+        shown.print(f"  {path}")
