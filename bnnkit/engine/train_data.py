@@ -14,7 +14,7 @@ from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform
+from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform, draft_size
 from bnnkit.data.genimage import index_split
 from bnnkit.engine.accel import Acceleration
 from bnnkit.engine.cache import cached_features
@@ -50,7 +50,7 @@ class TrainData:
         """(train, val) samples."""
         d, r = self.recipe.data, self.recipe
         gens = list(d.train_generators)
-        opts: dict[str, Any] = {"balance": d.balance, "seed": r.seed}
+        opts: dict[str, Any] = {"balance": d.balance, "seed": r.seed, "cache_dir": self.cache_dir}
         train = index_split(d.root, gens, "train", limit=d.train_limit, **opts)
         val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
         if not train:
@@ -63,10 +63,11 @@ class TrainData:
         gens = list(d.train_generators)
         eval_tf = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
         train_tf = build_transform(d.image_size, d.preprocess, train=True, norm=norm)
+        draft = draft_size(d.preprocess, d.image_size, d.jpeg_draft)
         return Datasets(
-            ImageDataset(train, train_tf, gens),
-            ImageDataset(train, eval_tf, gens),
-            ImageDataset(val, eval_tf, gens),
+            ImageDataset(train, train_tf, gens, draft=draft),
+            ImageDataset(train, eval_tf, gens, draft=draft),
+            ImageDataset(val, eval_tf, gens, draft=draft),
         )
 
     def note_broken(self, items: list) -> None:
@@ -88,17 +89,20 @@ class TrainData:
 
     def features(self, detector: Any, dataset: Any, split: str, progress: Progress) -> Features:
         """Pooled features of ``dataset`` in dataset order (unreadable files dropped); cached on
-        disk with a frozen backbone (rank 0 fills the cache, the others then read it)."""
-        loader = self.loader(dataset, self.recipe.eval.batch_size)
+        disk per generator folder with a frozen backbone and then read lazily from the
+        memory-mapped shards (rank 0 fills the cache, the others then read it)."""
         if self.recipe.train.backbone == "frozen":
             if not self.dist.is_main:
                 barrier(self.dist)
+            workers = worker_count(self.recipe.data.num_workers, self.device)
             feats = cached_features(
-                detector, loader, self.device, self.recipe, split, self.cache_dir, progress
-            )
+                detector, dataset, self.device, self.recipe, split, self.cache_dir, progress,
+                workers=workers,
+            )  # fmt: skip
             if self.dist.is_main:
                 barrier(self.dist)
         else:
+            loader = self.loader(dataset, self.recipe.eval.batch_size)
             task = progress.add_task(f"features ({split})", total=len(dataset), stats="")
             feats = extract_features(
                 detector, loader, self.device, lambda n: progress.advance(task, n)
