@@ -86,3 +86,46 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
     assert result["details"]["sweep"]["feature_dim"] > 0
     assert set(result["meets_targets"]) == set(result["targets"])
     assert result["settings"]["mode"] == "quick"
+
+
+SCALE = REPO / "benchmarks" / "scale.py"
+
+
+def _scale(tmp_path: Path, *args: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCALE), *args, "--workdir", str(tmp_path / "work")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def test_scale_benchmark_data_check_figures(tmp_path):
+    """``benchmarks/scale.py`` on two tiny trees, data check only: cold and warm figures, the
+    targets map, nothing written outside its work folder."""
+    result = _scale(tmp_path, "--sizes", "40,80", "--only", "check")
+    assert set(result["sizes"]) == {"40", "80"}
+    for figures in result["sizes"].values():
+        for stage in ("check_cold", "check_warm"):
+            assert _positive(figures[stage]["seconds"]) and _positive(figures[stage]["peak_rss"])
+    assert set(result["meets_targets"]) == {
+        "seconds_per_image_flat.check_cold", "warm_check_speedup",
+    }  # fmt: skip
+    assert all(isinstance(v, bool) for v in result["meets_targets"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+@pytest.mark.slow
+def test_scale_benchmark_every_stage(tmp_path):
+    result = _scale(
+        tmp_path, "--sizes", "40", "--methods", "map", "--decode-files", "20",
+        "--decode-files-256", "10", "--draft-files", "4",
+    )  # fmt: skip
+    figures = result["sizes"]["40"]
+    for stage in ("extract", "sweep", "evaluate"):
+        assert _positive(figures[stage]["seconds_per_image"]), stage
+        assert _positive(figures[stage]["peak_rss"]), stage
+    assert _positive(result["decode"]["ratio"])
+    assert result["jpeg_draft"]["max_abs_pixel_difference"] >= 0
+    assert set(result["meets_targets"]) == set(result["figures"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUICKSTART
 from PIL import Image
 
 from bnnkit.data.dataset import ImageDataset, build_transform, collate
@@ -114,3 +115,50 @@ def test_inventory_counts_and_broken_files(tree):
     assert counted.to_json()["decoded"] is False
     with pytest.raises(UsageError, match="no GenImage generator folders"):
         take_inventory(tree / "imagenet_ai_0508_adm" / "train")
+
+
+def test_jpeg_draft_only_for_resize_never_below_target(tmp_path):
+    from torchvision.transforms import v2 as T
+
+    from bnnkit.data.dataset import draft_size
+    from bnnkit.data.images import open_rgb
+
+    path = tmp_path / "big.jpg"
+    Image.effect_noise((400, 300), 40).convert("RGB").save(path, format="JPEG", quality=90)
+    assert draft_size("crop", 64) is None and draft_size("resize", 64) == (64, 64)
+    full, drafted = open_rgb(path), open_rgb(path, draft=draft_size("resize", 64))
+    assert full.size == (400, 300) and drafted.size == (100, 75)  # 1/4 scale, still >= 64
+    resize = T.Compose([T.ToImage(), T.Resize((64, 64), antialias=True)])
+    diff = (resize(full).int() - resize(drafted).int()).abs()
+    assert diff.float().mean() < 8  # what the recipe asks for, within a few levels
+    png = tmp_path / "p.png"
+    Image.new("RGB", (400, 300)).save(png)
+    assert open_rgb(png, draft=(64, 64)).size == (400, 300)  # only JPEGs have a draft mode
+    ds = ImageDataset([], build_transform(64, "resize", False), ["adm"], draft=(64, 64))
+    assert ds.draft == (64, 64)
+
+
+def test_loader_settings_follow_the_device():
+    from bnnkit.engine.loop import loader_settings, usable_cpus, worker_count
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert loader_settings(0, cpu) == {"pin_memory": False}
+    assert loader_settings(3, cuda) == {"pin_memory": True, "prefetch_factor": 4}
+    assert worker_count("auto", cpu) == 0 and worker_count(2, cpu) == 2
+    assert worker_count("auto", cuda) == max(0, min(16, usable_cpus() - 1))
+
+
+def test_recipe_jpeg_draft_reaches_the_datasets_and_the_cache_key(synth_root):
+    from bnnkit.data.dataset import draft_size
+    from bnnkit.engine.build import build
+    from bnnkit.engine.cache import model_digest
+    from bnnkit.recipe import load_recipe
+
+    sets = [f"data.root='{synth_root}'", "data.preprocess='resize'", "data.image_size=32",
+            "model.backbone.name='test_resnet'", "model.backbone.pretrained=false"]  # fmt: skip
+    plain = load_recipe(QUICKSTART, sets)
+    drafted = load_recipe(QUICKSTART, [*sets, "data.jpeg_draft=true"])
+    assert plain.data.jpeg_draft is False and drafted.data.jpeg_draft is True
+    assert draft_size("resize", 32, False) is None and draft_size("resize", 32, True) == (32, 32)
+    detector, _ = build(plain, num_train=10)
+    assert model_digest(detector, plain) != model_digest(detector, drafted)

@@ -128,11 +128,32 @@ class Broken:
     reason: str
 
 
+def draft_size(preprocess: str, image_size: int, enabled: bool = True) -> tuple[int, int] | None:
+    """The JPEG draft size for ``ImageDataset(draft=...)``: only ``resize`` scales the whole
+    image, so only it may decode a JPEG at reduced scale (never below ``image_size``, so the
+    resize still produces the recipe's size from at least as many pixels). None for ``crop``,
+    which must see native-resolution pixels."""
+    return (image_size, image_size) if enabled and preprocess == "resize" else None
+
+
 class ImageDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: T.Compose, generators: Sequence[str]):
+    """Labelled samples through ``transform``. ``draft`` (see :func:`draft_size`) decodes JPEGs
+    at the smallest 1/2^k scale still at least that size: faster for large photos, pixels
+    within a few levels of a full decode after the resize (measured by benchmarks/scale.py);
+    off by default."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: T.Compose,
+        generators: Sequence[str],
+        *,
+        draft: tuple[int, int] | None = None,
+    ):
         self.samples = list(samples)
         self.transform = transform
         self.generators = list(generators)
+        self.draft = draft
         self._gen_index = {g: i for i, g in enumerate(self.generators)}
 
     def __len__(self) -> int:
@@ -141,25 +162,28 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         s = self.samples[index]
         try:
-            image = open_rgb(s.path)
+            image = open_rgb(s.path, draft=self.draft)
         except UnreadableImage as exc:
             return Broken(str(s.path), exc.reason)
         return self.transform(image), s.label, self._gen_index[s.generator], index
 
 
 class FileDataset(Dataset):
-    """Unlabelled files for ``bnnkit predict``."""
+    """Unlabelled files for ``bnnkit predict`` (``draft`` as :class:`ImageDataset`'s)."""
 
-    def __init__(self, paths: Sequence[Path], transform: T.Compose):
+    def __init__(
+        self, paths: Sequence[Path], transform: T.Compose, draft: tuple[int, int] | None = None
+    ):
         self.paths = list(paths)
         self.transform = transform
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            image = open_rgb(self.paths[index])
+            image = open_rgb(self.paths[index], draft=self.draft)
         except UnreadableImage as exc:
             return Broken(str(self.paths[index]), exc.reason)
         return self.transform(image), -1, -1, index

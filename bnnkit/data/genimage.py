@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnnkit.data.images import list_images
@@ -27,6 +27,9 @@ class Sample:
     path: Path
     label: int  # 0 real, 1 fake
     generator: str
+    # From the dataset index, when the sample came through it (saves a stat for cache keys).
+    size: int | None = field(default=None, compare=False)
+    mtime_ns: int | None = field(default=None, compare=False)
 
 
 def _generator_of(folder_name: str) -> str | None:
@@ -80,6 +83,42 @@ def check_generator_name(name: str) -> str:
     raise UsageError(f"unknown generator '{name}'; {hint}")
 
 
+def class_folders(
+    folders: dict[str, Path], splits: tuple[str, ...] | list[str] = SPLITS
+) -> dict[tuple[str, str, str], Path]:
+    """(generator, split, class folder name) -> the class folder, for those that exist."""
+    return {
+        (g, s, c): folders[g] / s / c
+        for g in folders
+        for s in splits
+        for c in CLASS_FOLDERS
+        if (folders[g] / s / c).is_dir()
+    }
+
+
+def _listing(
+    root: str | Path, tops: dict[tuple[str, str, str], Path], cache_dir: str | Path | None
+) -> dict[tuple[str, str, str], list[Sample]]:
+    """Samples per class folder: from the dataset index under ``cache_dir`` (refreshed), or a
+    plain walk of each folder when ``cache_dir`` is None."""
+    if cache_dir is None:
+        return {
+            key: [Sample(p, CLASS_FOLDERS[key[2]], key[0]) for p in list_images(folder)]
+            for key, folder in tops.items()
+        }
+    from bnnkit.data.index import DatasetIndex
+
+    with DatasetIndex(root, cache_dir) as index:
+        index.refresh(tops, CLASS_FOLDERS)
+        return {
+            key: [
+                Sample(e.path, CLASS_FOLDERS[key[2]], key[0], e.size, e.mtime_ns)
+                for e in index.entries(folder)
+            ]
+            for key, folder in tops.items()
+        }
+
+
 def index_split(
     root: str | Path,
     generators: list[str],
@@ -88,24 +127,27 @@ def index_split(
     limit: int = 0,
     balance: bool = True,
     seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> list[Sample]:
     """Samples of ``split`` for ``generators``: per generator, both classes, balanced (the larger
     class subsampled to the smaller) and capped at ``limit`` per class when ``limit > 0``.
-    Subsampling is seeded, so the same recipe always sees the same files."""
+    Subsampling is seeded, so the same recipe always sees the same files. With ``cache_dir``
+    the file list comes from the dataset index there (:mod:`bnnkit.data.index`), refreshed
+    first, instead of a walk of the folders; the samples are the same either way."""
     folders = require_generators(root, generators)
+    listed = _listing(root, class_folders({g: folders[g] for g in generators}, [split]), cache_dir)
     samples: list[Sample] = []
     for gen in generators:
-        per_class: dict[int, list[Path]] = {}
-        for cls_name, label in CLASS_FOLDERS.items():
-            folder = folders[gen] / split / cls_name
-            per_class[label] = list_images(folder) if folder.is_dir() else []
+        per_class = {
+            label: listed.get((gen, split, name), []) for name, label in CLASS_FOLDERS.items()
+        }
         n = min(len(v) for v in per_class.values()) if balance else None
-        for label, paths in per_class.items():
-            keep = len(paths) if n is None else n
+        for label, items in per_class.items():
+            keep = len(items) if n is None else n
             if limit:
                 keep = min(keep, limit)
-            if keep < len(paths):
+            if keep < len(items):
                 rng = random.Random(f"{seed}/{gen}/{split}/{label}")
-                paths = sorted(rng.sample(paths, keep))
-            samples.extend(Sample(p, label, gen) for p in paths)
+                items = sorted(rng.sample(items, keep), key=lambda s: s.path)
+            samples.extend(items)
     return samples

@@ -244,7 +244,7 @@ def _decode_reason(fmt: str, exc: Exception, *, opened: bool) -> str:
     return f"corrupt {fmt} data ({type(exc).__name__}: {message[:120]})"
 
 
-def _read(path: Path, max_pixels: int) -> Image.Image:
+def _read(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
     try:
         fh = path.open("rb")
     except PermissionError:
@@ -287,6 +287,8 @@ def _read(path: Path, max_pixels: int) -> Image.Image:
                 # Pillow's parsed size (covers TIFF, and GIF frames larger than the screen).
                 if reason := _too_large(width, height, max_pixels):
                     raise UnreadableImage(path, reason)
+                if draft is not None and fmt == "JPEG":
+                    im.draft(im.mode, draft)  # DCT-domain downscale, never below ``draft``
                 im.load()  # full decode now: truncation must fail here, not later
                 oriented = apply_orientation(im)
                 rgb = to_rgb(oriented)
@@ -305,7 +307,12 @@ def _read(path: Path, max_pixels: int) -> Image.Image:
             raise UnreadableImage(path, reason) from None
 
 
-def open_rgb(path: os.PathLike[str] | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_rgb(
+    path: os.PathLike[str] | str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
     """Open an image file as a fully decoded 8-bit RGB image, or raise :class:`UnreadableImage`.
 
     The format is taken from the content, not the extension. EXIF orientation is applied; an
@@ -313,9 +320,11 @@ def open_rgb(path: os.PathLike[str] | str, *, max_pixels: int = DEFAULT_MAX_PIXE
     images are scaled (not clipped) to 8 bit. Images whose header claims more than ``max_pixels``
     pixels are refused before decoding (Pillow's own limit, ``PIL.Image.MAX_IMAGE_PIXELS``, still
     applies on top: raise it yourself to accept more than twice its value). The file is closed
-    when this returns; the image holds no file handle.
+    when this returns; the image holds no file handle. ``draft=(w, h)`` lets a JPEG decode at
+    1/2, 1/4 or 1/8 scale while staying at least ``w`` x ``h`` (for a resize that follows; off
+    by default, as the pixels then differ slightly from a full decode's).
     """
     p = Path(path)
     if reason := _stat_reason(p):
         raise UnreadableImage(p, reason)
-    return _read(p, max_pixels)
+    return _read(p, max_pixels, draft)

@@ -19,12 +19,36 @@ from bnnkit.metrics.records import Predictions
 from bnnkit.model.detector import Detector
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share), split
+    between the processes of a ``torchrun`` on this node."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cpus // max(1, local))
+
+
 def worker_count(setting: int | str, device: torch.device) -> int:
+    """DataLoader workers for ``data.num_workers``: ``auto`` is 0 on the CPU (decoding in the
+    training process beats worker start-up there, the cores are busy with the model), else one
+    per usable core but one (kept for the training process), at most 16."""
     if setting != "auto":
         return int(setting)
     if device.type == "cpu":
-        return 0  # decoding small images in-process beats worker start-up on a CPU run
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+        return 0
+    return max(0, min(16, usable_cpus() - 1))
+
+
+def loader_settings(workers: int, device: torch.device) -> dict[str, Any]:
+    """Pinned memory on CUDA (asynchronous host-to-device copies with ``non_blocking``), and
+    with workers, 4 batches prefetched per worker on an accelerator (2, PyTorch's default, on
+    the CPU) so decoding runs ahead of the GPU."""
+    settings: dict[str, Any] = {"pin_memory": device.type == "cuda"}
+    if workers > 0:
+        settings["prefetch_factor"] = 2 if device.type == "cpu" else 4
+    return settings
 
 
 def make_loader(
@@ -36,9 +60,11 @@ def make_loader(
     workers: int,
     device: torch.device,
     order: list[int] | None = None,
+    collate_fn: Callable[[list], Any] = collate,
 ) -> DataLoader:
     """The DataLoader every loop uses (skips unreadable files via ``collate``). ``order`` fixes
-    the sample order explicitly (the trainer's per-epoch permutations); else ``shuffle``."""
+    the sample order explicitly (the trainer's per-epoch permutations); else ``shuffle``.
+    ``collate_fn``: another collate (tiled images, :mod:`bnnkit.engine.tiles`)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -46,13 +72,15 @@ def make_loader(
         sampler=order,
         generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
+        **loader_settings(workers, device),
     )
 
 
 @dataclass
 class Features:
+    #: ``N x dim`` rows; from the frozen cache a lazy ``feature_store.FeatureRows`` (``[idx]``
+    #: gathers rows from memory-mapped shards, ``.to(device)`` materialises them all)
     features: Tensor
     labels: Tensor
     generators: Tensor
