@@ -41,3 +41,13 @@ class UnsafeFileError(BnnkitError):
     """A file that would execute code when loaded (e.g. a pickle) was refused."""
 
     exit_code = 2
+
+
+class DiskFullError(BnnkitError):
+    """No space left on the device while writing; the files written before are intact."""
+
+    exit_code = 1
+
+
+class CheckpointWarning(UserWarning):
+    """The latest checkpoint of a run is unusable and the previous good one is used instead."""

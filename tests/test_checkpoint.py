@@ -69,3 +69,97 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path, trained_run, 
     assert result.exit_code == 2
     assert "refusing to load" in result.output and "Traceback" not in result.output
     assert not marker.exists()
+
+
+def _save(run, step: int) -> None:
+    save_checkpoint(run, torch.nn.Linear(3, 2), {"step": torch.tensor([step])}, {"epoch": step},
+                    tag=f"s{step}")  # fmt: skip
+
+
+def test_previous_checkpoint_is_kept_and_used_when_the_latest_is_corrupt(tmp_path):
+    from bnnkit.errors import CheckpointWarning, UsageError
+    from bnnkit.run import RunLayout, find_checkpoint, read_meta
+
+    layout = RunLayout(tmp_path)
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    assert {p.name for p in layout.tensor_files()} == {
+        "model-s3.safetensors",
+        "state-s3.safetensors",
+    }
+    assert sorted(p.name for p in layout.previous.iterdir()) == [
+        "checkpoint.json", "model-s2.safetensors", "state-s2.safetensors"
+    ]  # fmt: skip
+    model = tmp_path / "model-s3.safetensors"
+    intact = model.read_bytes()
+    for damage in (
+        lambda: model.write_bytes(intact[:-7]),  # truncated
+        lambda: model.write_bytes(intact + b"\0"),  # longer than its header says
+        lambda: layout.checkpoint.write_text("{not json"),
+        lambda: (tmp_path / "state-s3.safetensors").rename(tmp_path / "aside"),
+    ):
+        backup = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        damage()
+        with pytest.warns(CheckpointWarning, match="using the previous one"):
+            state, meta = load_checkpoint(tmp_path, torch.nn.Linear(3, 2))
+        assert meta["epoch"] == 2 and state["step"].tolist() == [2]
+        assert read_meta(tmp_path)["epoch"] == 2
+        for p in list(tmp_path.iterdir()):
+            if p.is_file():
+                p.unlink()
+        for p, data in backup.items():
+            p.write_bytes(data)
+    # a new checkpoint over a corrupt one keeps the good previous checkpoint, not the corrupt one
+    model.write_bytes(intact[:100])
+    _save(tmp_path, 4)
+    assert read_meta(layout.previous)["epoch"] == 2 and read_meta(tmp_path)["epoch"] == 4
+    model_prev = layout.previous / "model-s2.safetensors"
+    model_prev.write_bytes(model_prev.read_bytes()[:50])
+    layout.checkpoint.write_text("")
+    with pytest.raises(UsageError, match="checkpoint.json is unreadable.*model-s2.safetensors is"):
+        find_checkpoint(tmp_path)
+
+
+def test_disk_full_while_saving_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    import errno
+
+    import bnnkit.run.checkpoint as ckpt
+    from bnnkit.errors import DiskFullError
+    from bnnkit.run import RunLayout
+
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real_save_file = ckpt.save_file
+
+    def half_then_full(tensors, path, *args, **kwargs):  # what safetensors raises on ENOSPC
+        real_save_file(tensors, path, *args, **kwargs)
+        with open(path, "r+b") as fh:
+            fh.truncate(10)
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    for name, fails in (("save_file", half_then_full), ("atomic_write_text", full)):
+        with monkeypatch.context() as m:
+            m.setattr(ckpt, name, fails)
+            with pytest.raises(DiskFullError, match=r"needs about [\d.]+ (B|KiB)") as info:
+                _save(tmp_path, 3)
+        assert f"bnnkit train --resume {tmp_path}" in str(info.value)
+        after = {
+            p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+        }
+        assert after == before  # no partial file left, both kept checkpoints untouched
+    _save(tmp_path, 3)  # space is back
+    assert ckpt.read_meta(tmp_path)["epoch"] == 3
+    assert ckpt.read_meta(RunLayout(tmp_path).previous)["epoch"] == 2
+
+
+def test_a_repeated_tag_does_not_overwrite_the_current_files(tmp_path):
+    from bnnkit.run import RunLayout, read_meta
+
+    _save(tmp_path, 5)
+    _save(tmp_path, 5)  # e.g. a signal right after an epoch's checkpoint, at the same step
+    assert read_meta(tmp_path)["files"]["model"] == "model-s5-2.safetensors"
+    assert read_meta(RunLayout(tmp_path).previous)["files"]["model"] == "model-s5.safetensors"

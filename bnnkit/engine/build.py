@@ -13,7 +13,7 @@ from bnnkit.methods.base import InferenceMethod
 from bnnkit.model.detector import Detector, build_detector
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, read_toml, validate
-from bnnkit.run.checkpoint import load_checkpoint, read_meta
+from bnnkit.run.checkpoint import find_checkpoint, load_checkpoint, warn_fallback
 from bnnkit.run.layout import RunLayout
 
 
@@ -66,15 +66,26 @@ def load_run(
     """Everything needed to evaluate or predict, from a run directory alone. The detector's
     input normalisation is the one the checkpoint recorded; a run from before it was recorded
     gets ImageNet's, which it was trained with. ``inference``: method options that override the
-    run's recipe (evaluation-time options, e.g. kflaplace's ``prior_precision``)."""
+    run's recipe (evaluation-time options, e.g. kflaplace's ``prior_precision``).
+
+    A corrupt latest checkpoint falls back to the previous one (with a warning) only when that
+    one is of the finished run too; otherwise the error says how to finish the run from it."""
     recipe_file = RunLayout(run_dir).recipe
     raw = read_toml(recipe_file)
     if inference:
         raw.setdefault("inference", {}).update(inference)
     recipe = validate(raw, get_registry(), source=str(recipe_file))
-    meta = read_meta(run_dir)
-    detector, method = build(recipe, int(meta.get("num_train", 1)), pretrained=False)
-    state, meta = load_checkpoint(run_dir, detector, device="cpu")
+    found = find_checkpoint(run_dir, warn=False)
+    if found.fallback and not found.meta.get("complete"):
+        raise UsageError(
+            f"the latest checkpoint of {run_dir} cannot be used: {found.fallback}; the previous "
+            f"good one ({found.describe()}) is from before training finished",
+            hint=f"finish the run from it with: bnnkit train --resume {run_dir}",
+        )
+    if found.fallback:
+        warn_fallback(found)
+    detector, method = build(recipe, int(found.meta.get("num_train", 1)), pretrained=False)
+    state, meta = load_checkpoint(run_dir, detector, device="cpu", found=found)
     method.load_extra_state(state.get("method", {}))
     method.load_extra_meta(meta.get("method_meta", {}))
     detector.normalisation = Normalisation.from_dict(meta.get("normalisation"))

@@ -43,8 +43,9 @@ from bnnkit.run.layout import (
 
 # bnnkit.run.checkpoint's public names (its __all__), imported on first use: it needs torch
 _CHECKPOINT_NAMES = (
-    "FORMAT_VERSION flatten load_checkpoint model_path read_meta refuse_pickles save_checkpoint "
-    "unflatten"
+    "FORMAT_VERSION CheckpointSet CorruptCheckpoint disk_full_error find_checkpoint flatten "
+    "has_checkpoint load_checkpoint model_path read_meta refuse_pickles save_checkpoint "
+    "unflatten verify_safetensors warn_fallback"
 )
 _LAZY = {name: "bnnkit.run.checkpoint" for name in _CHECKPOINT_NAMES.split()}
 

@@ -9,34 +9,66 @@ Layout inside a run directory (names in :mod:`bnnkit.run.layout`):
   state and method facts.
 
 Tensor files get a new tag each time and are written to a temporary name, flushed, fsynced and
-renamed; ``checkpoint.json`` is replaced atomically last and is the only pointer to them, and
-files of older tags are deleted only after it. A kill at any instant therefore leaves a
-``checkpoint.json`` whose files exist and belong together.
+renamed; ``checkpoint.json`` is replaced atomically last and is the only pointer to them. A kill
+at any instant therefore leaves a ``checkpoint.json`` whose files exist and belong together.
+
+The checkpoint before the current one is kept, whole, in ``checkpoint-previous/`` (its files are
+moved there, not copied, once the new ``checkpoint.json`` is in place): when the current one
+turns out corrupt (a truncated tensor file, bad JSON, a file missing), :func:`find_checkpoint`
+falls back to it with a :class:`~bnnkit.errors.CheckpointWarning`. The cost: two checkpoints on
+disk, three while a new one is being written. A full disk while writing removes the partial files,
+leaves both kept checkpoints as they were and raises :class:`~bnnkit.errors.DiskFullError` saying
+how much space the checkpoint needs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
-from bnnkit.errors import UnsafeFileError, UsageError
-from bnnkit.run.fileio import atomic_write_text, fsync_replace, temp_path
-from bnnkit.run.layout import CHECKPOINT_FILE, RunLayout, model_file, state_file
+from bnnkit.errors import CheckpointWarning, DiskFullError, UnsafeFileError, UsageError
+from bnnkit.run.fileio import (
+    atomic_write_text,
+    free_bytes,
+    fsync_replace,
+    human_bytes,
+    is_disk_full,
+    temp_path,
+)
+from bnnkit.run.layout import (
+    CHECKPOINT_FILE,
+    MODEL_GLOB,
+    STATE_GLOB,
+    RunLayout,
+    model_file,
+    state_file,
+)
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointSet",
+    "CorruptCheckpoint",
+    "disk_full_error",
+    "find_checkpoint",
     "flatten",
+    "has_checkpoint",
     "load_checkpoint",
     "model_path",
     "read_meta",
     "refuse_pickles",
     "save_checkpoint",
     "unflatten",
+    "verify_safetensors",
+    "warn_fallback",
 ]
 
 FORMAT_VERSION = 1
@@ -71,22 +103,210 @@ def unflatten(tree: Any, tensors: dict[str, Tensor]) -> Any:
     return tree
 
 
+class CorruptCheckpoint(Exception):
+    """A checkpoint (or one of its files) that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckpointSet:
+    """A verified checkpoint: the directory holding its ``checkpoint.json`` and tensor files (the
+    run directory, or ``checkpoint-previous/`` after a fallback), its metadata and raw text."""
+
+    root: Path
+    meta: dict[str, Any]
+    text: str
+    #: why the run's latest checkpoint was skipped (None: this is the latest)
+    fallback: str | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.meta["files"]
+
+    def describe(self) -> str:
+        pos, step = self.meta.get("position") or {}, self.meta.get("step")
+        if self.meta.get("complete"):
+            where = "the finished run"
+        elif pos.get("step_in_epoch"):
+            where = f"{pos.get('phase')} epoch {pos.get('epoch')} step {pos['step_in_epoch']}"
+        elif pos:
+            where = f"before {pos.get('phase')} epoch {pos.get('epoch')}"
+        else:
+            where = self.files["model"]
+        return where + (f", training step {step}" if step is not None else "")
+
+
+def verify_safetensors(path: Path) -> list[str]:
+    """The tensor names of a safetensors file, after checking that its header parses and the
+    file is exactly as long as the header says (nothing is read but the header)."""
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{path.name} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    except Exception as exc:  # SafetensorError: truncated, header too small, bad JSON, ...
+        raise CorruptCheckpoint(f"{path.name} is damaged ({exc})") from None
+
+
+def _tensor_refs(tree: Any) -> set[str]:
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return {tree["__tensor__"]}
+        items = tree["__items__"] if set(tree) == {"__items__"} else tree.items()
+        return set().union(*(_tensor_refs(v) for _, v in items))
+    if isinstance(tree, list):
+        return set().union(*(_tensor_refs(v) for v in tree))
+    return set()
+
+
+def _verified(root: Path) -> CheckpointSet:
+    """The checkpoint set in ``root``, verified; :class:`CorruptCheckpoint` when it cannot be used.
+    A pickle or an unsupported format version is an error, never a reason to fall back."""
+    path = root / CHECKPOINT_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+        meta = json.loads(text)
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{CHECKPOINT_FILE} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"{CHECKPOINT_FILE} is unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CorruptCheckpoint(f"{CHECKPOINT_FILE} holds no JSON object")
+    if meta.get("format") != FORMAT_VERSION:
+        raise UsageError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    files = meta.get("files")
+    if (
+        not isinstance(files, dict)
+        or set(files) != {"model", "state"}
+        or any(not isinstance(f, str) or Path(f).name != f for f in files.values())
+    ):
+        raise CorruptCheckpoint(f"{CHECKPOINT_FILE} has a malformed 'files' entry {files!r}")
+    refuse_pickles(root, files)
+    verify_safetensors(root / files["model"])
+    missing = _tensor_refs(meta.get("state", {})) - set(verify_safetensors(root / files["state"]))
+    if missing:
+        raise CorruptCheckpoint(f"{files['state']} lacks tensors {sorted(missing)[:3]}")
+    return CheckpointSet(root, meta, text)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has a checkpoint to resume from (the latest or the previous one)."""
+    layout = RunLayout(run_dir)
+    return layout.checkpoint.is_file() or (layout.previous / CHECKPOINT_FILE).is_file()
+
+
+def find_checkpoint(run_dir: Path, *, warn: bool = True) -> CheckpointSet:
+    """The run's latest checkpoint if it is intact, else the previous one (with a
+    :class:`~bnnkit.errors.CheckpointWarning` unless ``warn=False``); a
+    :class:`~bnnkit.errors.UsageError` that says why when neither can be used."""
+    layout = RunLayout(run_dir)
+    try:
+        return _verified(layout.root)
+    except CorruptCheckpoint as exc:
+        reason = str(exc)
+    try:
+        found = replace(_verified(layout.previous), fallback=reason)
+    except CorruptCheckpoint as exc:
+        kept = "no previous checkpoint is kept" if not layout.previous.is_dir() else str(exc)
+        raise UsageError(
+            f"the checkpoint of {layout.root} cannot be used: {reason}; {kept}",
+            hint="restore the run directory from a backup, or train the recipe again",
+        ) from None
+    if warn:
+        warn_fallback(found)
+    return found
+
+
+def warn_fallback(found: CheckpointSet) -> None:
+    """The one warning of a fallback (one line, so that Python shows it once per process)."""
+    warnings.warn(
+        f"the latest checkpoint of {found.root.parent} cannot be used: {found.fallback}; using "
+        f"the previous one ({found.describe()}) from {found.root}",
+        CheckpointWarning,
+        stacklevel=2,
+    )
+
+
+def _tensor_bytes(tensors: list[Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def disk_full_error(run_dir: Path, what: str, need: int | None) -> DiskFullError:
+    """The message of a full disk while writing ``what`` in ``run_dir`` (``need``: bytes)."""
+    run_dir = Path(run_dir)
+    free = free_bytes(run_dir)
+    sizes = [f"it needs about {human_bytes(need)}"] if need else []
+    sizes += [f"{human_bytes(free)} free"] if free is not None else []
+    if has_checkpoint(run_dir):
+        kept, hint = "the last checkpoint written is intact", f"bnnkit train --resume {run_dir}"
+    else:
+        kept, hint = "no checkpoint was written yet", "bnnkit train again"
+    return DiskFullError(
+        f"no space left on the device of {run_dir} while writing {what}"
+        + (f" ({', '.join(sizes)})" if sizes else "")
+        + f"; training stopped and {kept}",
+        hint=f"free some space, then continue with: {hint}",
+    )
+
+
+def _fresh_tag(tag: str, taken: set[str]) -> str:
+    """``tag``, or ``tag-2``, ``tag-3``, ... when its files are the current checkpoint's."""
+    n, out = 1, tag
+    while model_file(out) in taken or state_file(out) in taken:
+        n += 1
+        out = f"{tag}-{n}"
+    return out
+
+
+def _keep_as_previous(layout: RunLayout, old: CheckpointSet) -> None:
+    """Move the now superseded checkpoint ``old`` (in the run directory) to ``previous/``. Its
+    ``checkpoint.json`` goes last, so a kill half-way leaves ``previous/`` without one (unused)."""
+    prev = layout.previous
+    prev.mkdir(exist_ok=True)
+    (prev / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for stale in [*prev.glob(MODEL_GLOB), *prev.glob(STATE_GLOB)]:
+        stale.unlink(missing_ok=True)
+    for name in old.files.values():
+        os.replace(layout.root / name, prev / name)
+    atomic_write_text(prev / CHECKPOINT_FILE, old.text)
+
+
 def save_checkpoint(
     run_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any], tag: str
 ) -> None:
-    """Save the model, a nested ``state`` (tensors and plain values) and JSON ``meta``."""
+    """Save the model, a nested ``state`` (tensors and plain values) and JSON ``meta``; the
+    checkpoint it replaces becomes the previous one. A full disk raises
+    :class:`~bnnkit.errors.DiskFullError` with nothing of the new checkpoint left behind."""
     layout = RunLayout(run_dir)
+    try:
+        current: CheckpointSet | None = _verified(layout.root)
+    except (CorruptCheckpoint, UsageError, UnsafeFileError):
+        current = None  # nothing worth keeping: the new checkpoint replaces it
+    tag = _fresh_tag(tag, set(current.files.values()) if current else set())
     files = {"model": model_file(tag), "state": state_file(tag)}
-    tmp_model = temp_path(layout.model(tag))
-    save_model(model, str(tmp_model))
     tensors: dict[str, Tensor] = {}
     skeleton = flatten(state, tensors, "s")
-    tmp_state = temp_path(layout.state(tag))
-    save_file(tensors, str(tmp_state))
-    fsync_replace(tmp_model, layout.model(tag))
-    fsync_replace(tmp_state, layout.state(tag))
     payload = {"format": FORMAT_VERSION, **meta, "files": files, "state": skeleton}
-    atomic_write_text(layout.checkpoint, json.dumps(payload, indent=2, sort_keys=True))
+    text = json.dumps(payload, indent=2, sort_keys=True)
+    tmp_model, tmp_state = temp_path(layout.model(tag)), temp_path(layout.state(tag))
+    try:
+        save_model(model, str(tmp_model))
+        save_file(tensors, str(tmp_state))
+        fsync_replace(tmp_model, layout.model(tag))
+        fsync_replace(tmp_state, layout.state(tag))
+        atomic_write_text(layout.checkpoint, text)
+    except BaseException as exc:
+        # nothing points at the new files yet (checkpoint.json is replaced last)
+        for path in (tmp_model, tmp_state, layout.model(tag), layout.state(tag)):
+            path.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            need = _tensor_bytes([*model.state_dict().values(), *tensors.values()]) + len(text)
+            raise disk_full_error(layout.root, f"checkpoint {tag}", need) from None
+        raise
+    if current is not None:
+        _keep_as_previous(layout, current)
     for old in layout.tensor_files():
         if old.name not in files.values():
             old.unlink(missing_ok=True)
@@ -107,35 +327,31 @@ def refuse_pickles(run_dir: Path, files: dict[str, str]) -> None:
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
-    path = RunLayout(run_dir).checkpoint
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read checkpoint metadata {path}: {exc}") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise UsageError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
-    return meta
+    """The metadata of the run's checkpoint (the previous one when the latest is corrupt)."""
+    return dict(find_checkpoint(Path(run_dir), warn=False).meta)
 
 
-def load_checkpoint(run_dir: Path, model: nn.Module, device: torch.device | str = "cpu"):
-    """Load weights into ``model``; returns ``(state, meta)`` with the nested state restored."""
-    run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    files = meta.get("files") or {}
-    if set(files) != {"model", "state"} or any(Path(f).name != f for f in files.values()):
-        raise UsageError(f"{run_dir / CHECKPOINT_FILE}: malformed 'files' entry {files!r}")
-    refuse_pickles(run_dir, files)
+def load_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    *,
+    found: CheckpointSet | None = None,
+):
+    """Load weights into ``model``; returns ``(state, meta)`` with the nested state restored.
+    ``found``: the checkpoint to load (default :func:`find_checkpoint`, which falls back to
+    the previous checkpoint, with a warning, when the latest is corrupt)."""
+    found = found or find_checkpoint(Path(run_dir))
+    meta = dict(found.meta)
     try:
-        load_model(model, str(run_dir / files["model"]), strict=True, device=str(device))
-        tensors = load_file(str(run_dir / files["state"]), device=str(device))
-    except Exception as exc:  # safetensors raises plain exceptions on corrupt headers
-        raise UsageError(f"cannot load checkpoint in {run_dir}: {exc}") from None
+        load_model(model, str(found.root / found.files["model"]), strict=True, device=str(device))
+        tensors = load_file(str(found.root / found.files["state"]), device=str(device))
+    except Exception as exc:  # a model of other shapes, or damage the header did not show
+        raise UsageError(f"cannot load checkpoint in {found.root}: {exc}") from None
     return unflatten(meta.pop("state", {}), tensors), meta
 
 
 def model_path(run_dir: Path) -> Path:
-    """The current model file of a run (named by its checkpoint metadata)."""
-    files = read_meta(Path(run_dir)).get("files") or {}
-    if "model" not in files:
-        raise UsageError(f"{Path(run_dir) / CHECKPOINT_FILE} names no model file")
-    return Path(run_dir) / Path(files["model"]).name
+    """The model file of the run's checkpoint (the previous one when the latest is corrupt)."""
+    found = find_checkpoint(Path(run_dir), warn=False)
+    return found.root / found.files["model"]

@@ -7,8 +7,10 @@ the feature cache and :mod:`bnnkit.run` itself can all use it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,14 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "free_bytes",
     "fsync_replace",
+    "human_bytes",
+    "is_disk_full",
     "temp_path",
 ]
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def temp_path(final: str | Path) -> Path:
@@ -36,15 +43,50 @@ def fsync_replace(tmp: str | Path, final: str | Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``data`` to ``path`` atomically; a failed write (e.g. a full disk) removes the temporary
+    file and leaves the old ``path`` as it was."""
     tmp = temp_path(path)
-    tmp.write_bytes(data)
-    fsync_replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        fsync_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    fsync_replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device is full (ENOSPC) or the quota spent (EDQUOT): an
+    ``OSError``, or a library error that wraps one in its message (safetensors' Rust writer
+    raises ``SafetensorError("... No space left on device (os error 28)")``)."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    text = str(exc)
+    return any(f"(os error {n})" in text for n in _FULL) or os.strerror(errno.ENOSPC) in text
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def human_bytes(n: int | float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def atomic_write_json(path: str | Path, payload: Any, **dumps_kwargs: Any) -> None:

@@ -6,6 +6,8 @@ A run directory ``runs/<recipe>-<timestamp>/`` holds::
     checkpoint.json          which tensor files are current, position, method facts
     model-<tag>.safetensors  the detector's parameters and buffers
     state-<tag>.safetensors  method tensors, optimiser and RNG state
+    checkpoint-previous/     the checkpoint before the current one (its own checkpoint.json and
+                             tensor files), the fallback when the current one is corrupt
     env.json                 versions, device, command line
     history.csv              one row per epoch and phase
     broken_files.json        unreadable images skipped while training (only if any)
@@ -16,6 +18,7 @@ A run directory ``runs/<recipe>-<timestamp>/`` holds::
     predictions.csv          per-image predictions of the clean evaluation
     report.md                the evaluation report
     plots/*.png              its figures
+    eval_partial/            finished conditions of an interrupted evaluation (deleted once done)
 
 Other modules use these constants or :class:`RunLayout` and never spell a name themselves.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RECIPE_FILE = "recipe.toml"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -39,6 +43,9 @@ PLOTS_DIR = "plots"
 TENSORBOARD_DIR = "tensorboard"
 MODEL_GLOB = "model-*.safetensors"
 STATE_GLOB = "state-*.safetensors"
+PREVIOUS_CHECKPOINT_DIR = "checkpoint-previous"
+EVAL_PARTIAL_DIR = "eval_partial"
+EVAL_PARTIAL_SUFFIX = ".safetensors"
 
 #: plot kind -> file name under ``RUN/plots/``. ``degradations`` only with ``--degrade``.
 PLOT_FILES: dict[str, str] = {
@@ -75,6 +82,23 @@ def state_file(tag: str) -> str:
     return STATE_GLOB.replace("*", tag)
 
 
+def eval_partial_file(condition: str) -> str:
+    """The file of one finished evaluation condition under :data:`EVAL_PARTIAL_DIR`
+    (``jpeg:65`` -> ``jpeg_65.safetensors``; the exact name is kept inside the file)."""
+    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in condition)
+    return f"{slug}{EVAL_PARTIAL_SUFFIX}"
+
+
+class _Entry:
+    """A path inside the run directory, as a read-only attribute of :class:`RunLayout`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layout: RunLayout | None, owner: type) -> Any:
+        return self if layout is None else layout.root / self.name
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory: ``RunLayout(run_dir).metrics`` etc."""
@@ -84,53 +108,18 @@ class RunLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def recipe(self) -> Path:
-        return self.root / RECIPE_FILE
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT_FILE
-
-    @property
-    def env(self) -> Path:
-        return self.root / ENV_FILE
-
-    @property
-    def history(self) -> Path:
-        return self.root / HISTORY_FILE
-
-    @property
-    def broken(self) -> Path:
-        return self.root / BROKEN_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    @property
-    def timing(self) -> Path:
-        return self.root / TIMING_FILE
-
-    @property
-    def threshold(self) -> Path:
-        return self.root / THRESHOLD_FILE
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / PREDICTIONS_FILE
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT_FILE
-
-    @property
-    def plots(self) -> Path:
-        return self.root / PLOTS_DIR
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD_DIR
+    recipe = _Entry(RECIPE_FILE)
+    checkpoint = _Entry(CHECKPOINT_FILE)
+    env = _Entry(ENV_FILE)
+    history = _Entry(HISTORY_FILE)
+    broken = _Entry(BROKEN_FILE)
+    metrics = _Entry(METRICS_FILE)
+    timing = _Entry(TIMING_FILE)
+    threshold = _Entry(THRESHOLD_FILE)
+    predictions = _Entry(PREDICTIONS_FILE)
+    report = _Entry(REPORT_FILE)
+    plots = _Entry(PLOTS_DIR)
+    tensorboard = _Entry(TENSORBOARD_DIR)
 
     def plot(self, kind: str) -> Path:
         """``plots/<file>`` of a plot kind in :data:`PLOT_FILES`."""
@@ -141,6 +130,13 @@ class RunLayout:
 
     def state(self, tag: str) -> Path:
         return self.root / state_file(tag)
+
+    #: the directory of the previous checkpoint (a self-contained checkpoint set)
+    previous = _Entry(PREVIOUS_CHECKPOINT_DIR)
+    eval_partial = _Entry(EVAL_PARTIAL_DIR)
+
+    def eval_partial_condition(self, condition: str) -> Path:
+        return self.eval_partial / eval_partial_file(condition)
 
     def tensor_files(self) -> list[Path]:
         """Every model/state tensor file present, of any tag."""
