@@ -6,14 +6,13 @@ table, JSON or CSV.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import console, device_option, err_console, fmt, format_option
+from bnnkit.cli._common import device_option, err_console, format_option
+from bnnkit.cli._predict_output import emit
+from bnnkit.cli._tiles import tile_options
 
 
 @click.command("predict")
@@ -61,7 +60,8 @@ from bnnkit.cli._common import console, device_option, err_console, fmt, format_
     "--explain",
     is_flag=True,
     help="Also write, per image, a PNG overlaying the attention map and a patch-wise "
-    "epistemic-uncertainty map on the image.",
+    "epistemic-uncertainty map on the image (with --tiles: over the whole image, with the "
+    "per-tile p(fake)).",
 )
 @click.option(
     "--explain-dir",
@@ -69,6 +69,7 @@ from bnnkit.cli._common import console, device_option, err_console, fmt, format_
     default=None,
     help="Folder for the --explain PNGs (default: beside --output, else RUN/explain/).",
 )
+@tile_options
 @device_option
 def command(
     run: Path,
@@ -82,6 +83,7 @@ def command(
     max_uncertainty: float | None,
     explain: bool,
     explain_dir: Path | None,
+    tiling: dict | None,
     device: str,
 ) -> None:
     """Predict with a trained RUN on image files and folders (searched recursively).
@@ -90,13 +92,19 @@ def command(
     aleatoric / epistemic uncertainty in nats. The verdict is 'uncertain' when the run has a
     calibrated abstention threshold (written by `bnnkit evaluate`) and the image's uncertainty
     is above it; otherwise 'fake' if p(fake) >= --threshold, else 'real'. A file that cannot
-    be read gets an error entry; the others are still predicted.
+    be read gets an error entry; the others are still predicted, and non-image files in
+    folders are counted in a warning.
+
+    With --tiles a large image is judged as a whole: a grid of crops at the recipe's size
+    covers it, and the rows add the spread across tiles (tiles, tile_scale, tile_p_fake_max,
+    tile_p_fake_sd, tile_disagreement).
 
     \b
     Examples:
       bnnkit predict runs/quickstart-20261121-101500 photo.png folder/
       bnnkit predict runs/quickstart-20261121-101500 folder/ --format json -o preds.json
       bnnkit predict runs/quickstart-20261121-101500 photo.png --explain
+      bnnkit predict runs/quickstart-20261121-101500 big-photo.jpg --tiles --explain
     """
     from bnnkit.api import Run
 
@@ -112,79 +120,8 @@ def command(
         max_uncertainty=max_uncertainty,
         explain=explain,
         explain_dir=explain_dir or (output.parent if output is not None else None),
+        **(tiling or {}),
     )
     for warning in result.warnings:
         err_console().print(f"[yellow]warning:[/] {warning}")
-    _emit(result.rows, fmt_, output, run_dir, result.samples, result.rule, explain)
-
-
-def _emit(rows, fmt_: str, output: Path | None, run_dir: Path, k: int, rule, explain: bool):
-    text: str | None = None
-    if fmt_ == "json":
-        text = json.dumps(
-            {"run": str(run_dir), "samples": k, "abstention": rule, "predictions": rows},
-            indent=2,
-        )
-        text += "\n"
-    elif fmt_ == "csv":
-        buf = io.StringIO()
-        from bnnkit.engine.predict import FIELDS
-
-        fields = FIELDS + (["explain"] if explain else [])
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
-    if text is not None:
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(text, encoding="utf-8")
-        else:
-            click.echo(text, nl=False)
-        return
-    from rich.table import Table
-
-    caption = None
-    if rule is not None:
-        caption = f"uncertain: {rule['score']} uncertainty > {rule['threshold']:.4g} nats"
-        if rule.get("coverage_target"):
-            caption += f" (calibrated for {100 * rule['coverage_target']:.0f}% coverage)"
-    table = Table(
-        title=f"predictions of {run_dir.name} (K={k})",
-        title_justify="left",
-        caption=caption,
-        caption_justify="left",
-    )
-    table.add_column("file", overflow="fold")
-    table.add_column("verdict", no_wrap=True)
-    for c in ("p(fake)", "total", "aleatoric", "epistemic"):
-        table.add_column(c, justify="right", no_wrap=True)
-    styles = {"fake": "red", "real": "green", "uncertain": "yellow"}
-    for r in rows:
-        if r["p_fake"] is None:
-            table.add_row(r["path"], "[red]error[/]", r["error"], "", "", "")
-            continue
-        verdict = f"[{styles[r['verdict']]}]{r['verdict']}[/]"
-        if r["error"]:
-            verdict += f" [red]({r['error']})[/]"
-        table.add_row(
-            r["path"],
-            verdict,
-            fmt(r["p_fake"]),
-            fmt(r["total"]),
-            fmt(r["aleatoric"]),
-            fmt(r["epistemic"], 4),
-        )
-    out = console()
-    if output is not None:
-        from rich.console import Console
-
-        with open(output, "w", encoding="utf-8") as fh:
-            Console(file=fh, width=120, highlight=False).print(table)
-        out.print(f"wrote {output}")
-    else:
-        out.print(table)
-    if explain:
-        written = [r["explain"] for r in rows if r.get("explain")]
-        if written:
-            out.print(f"explain: {len(written)} PNG(s) in {Path(written[0]).parent}")
+    emit(result, fmt_, output, run_dir, explain)

@@ -3,153 +3,131 @@ file (``bnnkit predict`` is a thin layer over :func:`predict_run`).
 
 Streaming: images are decoded, run through the backbone once and sampled over the head batch by
 batch (:func:`~bnnkit.engine.loop.stream_predictive`); only per-image results are kept. A file
-that cannot be read (or explained) gets an error entry and the others carry on. ``--explain``
-hooks into the same loop: per image, an overlay of where the detector looks and of the
-patch-wise epistemic uncertainty.
+that cannot be read (or explained) gets an error entry and the others carry on. With ``tiles``
+each image is covered by a grid of crops at the recipe's size instead of one centre crop
+(:mod:`bnnkit.engine.tiles`). ``--explain`` hooks into the same loop: per image, an overlay of
+where the detector looks and of the patch-wise epistemic uncertainty
+(:mod:`bnnkit.engine.explain`), over the whole image when tiled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from bnnkit.data.dataset import FileDataset, Normalisation, build_transform
-from bnnkit.data.images import list_images
+from bnnkit.data.dataset import FileDataset, build_transform, draft_size
+from bnnkit.data.images import is_image_name, list_images
 from bnnkit.engine.build import load_run
-from bnnkit.engine.loop import make_loader, posterior_samples, predict_features, stream_predictive
+from bnnkit.engine.explain import explain_hook, tiled_explain_hook
+from bnnkit.engine.loop import make_loader, posterior_samples, stream_predictive
+from bnnkit.engine.tiles import (
+    TILE_FIELDS,
+    TiledTransform,
+    TileResult,
+    Tiling,
+    first_item,
+    stream_tiled,
+)
 from bnnkit.errors import UsageError
 from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
 from bnnkit.run.layout import RunLayout
 from bnnkit.run.threshold import abstention_rule, read_threshold, verdict
 
-__all__ = ["FIELDS", "PredictResult", "attention_maps", "collect_files", "predict_run"]
+__all__ = ["FIELDS", "PredictResult", "collect_files", "predict_run", "row_fields"]
 
-#: the columns of a prediction row (``explain`` is added with ``--explain``).
+#: the columns of a prediction row (the tile spread is added with ``tiles``, ``explain`` with
+#: ``--explain``).
 FIELDS = ["path", "verdict", "p_fake", *UNCERTAINTY_KEYS, "error"]
+
+
+def row_fields(tiles: bool = False, explain: bool = False) -> list[str]:
+    """The columns of the rows :func:`predict_run` returns with these options, in order."""
+    return FIELDS[:-1] + (TILE_FIELDS if tiles else []) + ["error"] + (["explain"] * explain)
 
 
 @dataclass
 class PredictResult:
-    """Rows (one per input file, in input order, then unreadable and missing ones), the K used
-    and the abstention rule applied (None: no 'uncertain' verdicts)."""
+    """Rows (one per input file, in input order, then unreadable and missing ones), the K used,
+    the abstention rule applied (None: no 'uncertain' verdicts), the tiling (None: one centre
+    crop per image) and ``skipped``: non-image files found in input folders, by extension."""
 
     rows: list[dict[str, Any]]
     samples: int
     rule: dict[str, Any] | None
     explain_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    tiling: Tiling | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
-def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], dict[str, str]]:
-    """Files to predict (folders searched recursively) and ``{input: why}`` for missing ones."""
+def _non_images(folder: Path) -> Counter[str]:
+    """Files under ``folder`` that :func:`list_images` leaves out (no image extension), by
+    lower-case extension; hidden files and folders are not counted, as they are not listed."""
+    found: Counter[str] = Counter()
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel) or is_image_name(path):
+            continue
+        try:
+            if path.is_file():
+                found[path.suffix.lower() or "(no extension)"] += 1
+        except OSError:
+            continue
+    return found
+
+
+def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], dict[str, str], dict[str, int]]:
+    """Files to predict (folders searched recursively), ``{input: why}`` for missing ones and
+    ``{extension: count}`` of the non-image files skipped in folders (sorted by extension)."""
     files: list[Path] = []
     missing: dict[str, str] = {}
+    skipped: Counter[str] = Counter()
     for item in inputs:
         if item.is_dir():
             files.extend(list_images(item))
+            skipped.update(_non_images(item))
         elif item.is_file():
             files.append(item)  # opened by content whatever its name; failures are reported
         else:
             missing[str(item)] = "no such file or directory"
-    return files, missing
+    return files, missing, dict(sorted(skipped.items()))
 
 
-def error_row(path: str, why: str) -> dict[str, Any]:
-    return {"path": path, "verdict": "error", **dict.fromkeys(["p_fake", *UNCERTAINTY_KEYS]),
-            "error": why}  # fmt: skip
+def skipped_message(skipped: dict[str, int]) -> str:
+    """``skipped 2 non-image files (.json 1, .txt 1)``."""
+    n = sum(skipped.values())
+    parts = ", ".join(f"{ext} {count}" for ext, count in skipped.items())
+    return f"skipped {n} non-image file{'s' * (n != 1)} ({parts})"
 
 
-def attention_maps(detector, fmap: Tensor) -> tuple[Tensor, str]:
-    """Per-image ``(h, w)`` maps of where the detector looks, and what they are.
-
-    Attention blocks that keep their spatial mask (``spatial``, ``cbam``: ``last_map``) give
-    that mask; for the others (``none``, ``se``) the L2 norm over channels of the feature map
-    after attention stands in for it."""
-    mask = getattr(detector.attention, "last_map", None)
-    if (
-        isinstance(mask, torch.Tensor)
-        and mask.ndim == 4
-        and mask.shape[:2] == (fmap.shape[0], 1)
-        and mask.shape[2:] == fmap.shape[2:]
-    ):
-        return mask[:, 0].float().cpu(), "attention mask (0-1)"
-    return fmap.float().norm(dim=1).cpu(), "feature-map norm (no spatial mask)"
+def error_row(path: str, why: str, tiled: bool = False) -> dict[str, Any]:
+    empty = dict.fromkeys(["p_fake", *UNCERTAINTY_KEYS, *(TILE_FIELDS if tiled else [])])
+    return {"path": path, "verdict": "error", **empty, "error": why}
 
 
-def _denormalise(image: Tensor, norm: Normalisation):
-    """A normalised ``(3, H, W)`` image back to displayable ``(H, W, 3)`` pixels in [0, 1], with
-    the normalisation the detector was fed (``detector.normalisation``)."""
-    return norm.denormalise(image.float().cpu()).clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-class _ExplainWriter:
-    """Writes one overlay PNG per image into ``folder`` with collision-free names."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.used: set[str] = set()
-
-    def path_for(self, source: Path) -> Path:
-        stem = source.stem or "image"
-        name, i = f"{stem}.explain.png", 1
-        while name in self.used:
-            i += 1
-            name = f"{stem}-{i}.explain.png"
-        self.used.add(name)
-        return self.folder / name
-
-
-def _explain_one(method, fmap_b, attention_b, label, image_b, norm, k, device, title, path):
-    from bnnkit.report.plots import explain_figure, save_figure
-
-    c, h, w = fmap_b.shape
-    # Every location's feature vector of the attention output, sampled like a pooled feature.
-    local = predict_features(method, fmap_b.reshape(c, h * w).T.contiguous(), k, device)
-    fig = explain_figure(
-        _denormalise(image_b, norm),
-        attention_b.numpy(),
-        label,
-        local.epistemic.reshape(h, w).numpy(),
-        title,
-    )
-    save_figure(fig, path)
-
-
-def _explain_hook(detector, method, files, rows, k, device, folder) -> Callable:
-    """The per-batch hook of ``--explain``: an overlay PNG per image, written beside its row.
-    Explaining draws extra posterior samples: the RNG is forked so the verdicts are the same
-    with and without ``--explain``."""
-    writer = _ExplainWriter(folder)
-    accel = device.type != "cpu"
-
-    def hook(batch, images: Tensor, fmap: Tensor, part: Predictions) -> None:
-        maps, label = attention_maps(detector, fmap)
-        for j, idx in enumerate(batch.indices.tolist()):
-            row = rows[idx]
-            row["explain"] = None
-            target = writer.path_for(files[idx])
-            title = (
-                f"{files[idx].name}: {row['verdict']}, p(fake) {row['p_fake']:.3f}, "
-                f"epistemic {row['epistemic']:.2g} nats"
+def _tiling_warnings(recipe, tiling: Tiling | None, calibrated) -> list[str]:
+    out = []
+    if tiling is not None and recipe.data.preprocess == "resize":
+        out.append(
+            f"the run was trained on whole images resized to {tiling.size} px "
+            "(preprocess = 'resize'); tiles are crops at native resolution"
+        )
+    if calibrated is not None:
+        had = calibrated.get("tiles")
+        now = tiling.to_dict() if tiling is not None else None
+        if had != now:
+            how = f"tiles {had}" if had else "one centre crop per image"
+            out.append(
+                f"threshold.json was calibrated with {how}, this prediction uses "
+                f"{f'tiles {now}' if now else 'one centre crop'}: the uncertainty threshold "
+                f"may not transfer; re-run `bnnkit evaluate{' --tiles' * bool(now)}`"
             )
-            try:
-                with torch.random.fork_rng(
-                    devices=[device] if accel else [], device_type=device.type if accel else None
-                ):
-                    _explain_one(
-                        method, fmap[j], maps[j], label, images[j], detector.normalisation, k,
-                        device, title, target,
-                    )  # fmt: skip
-                row["explain"] = str(target)
-            except (OSError, ValueError, RuntimeError) as exc:
-                row["error"] = f"explain failed: {exc}"
-
-    return hook
+    return out
 
 
 def predict_run(
@@ -164,10 +142,17 @@ def predict_run(
     max_uncertainty: float | None = None,
     explain: bool = False,
     explain_dir: Path | None = None,
+    tiles: bool = False,
+    max_tiles: int = 64,
+    tile_overlap: float = 0.25,
+    tile_reduce: str = "mean",
 ) -> PredictResult:
     """Predict every file of ``inputs`` with the run. With ``abstain``, the verdict is
     'uncertain' above the calibrated threshold of ``threshold.json`` (or ``max_uncertainty``),
-    sampled with the K and the inference options it was calibrated with (unless ``samples``)."""
+    sampled with the K and the inference options it was calibrated with (unless ``samples``).
+    With ``tiles``, each image is judged from a grid of ``data.image_size`` crops covering it
+    (at most ``max_tiles``, overlapping by ``tile_overlap``, reduced by ``tile_reduce``: see
+    :mod:`bnnkit.engine.tiles`); the rows then carry the tile spread too."""
     layout = RunLayout(run_dir)
     calibrated = read_threshold(layout.root) if abstain else None
     warnings = []
@@ -180,7 +165,16 @@ def predict_run(
     recipe, detector, method, _meta = load_run(layout.root, device, inference=inference)
     rule = abstention_rule(calibrated, max_uncertainty) if abstain else None
     k = posterior_samples(recipe, "predict", requested=samples, calibrated=calibrated)
-    files, missing = collect_files(inputs)
+    files, missing, skipped = collect_files(inputs)
+    if skipped:
+        warnings.append(skipped_message(skipped))
+    tiling = None
+    if tiles:
+        try:
+            tiling = Tiling(recipe.data.image_size, tile_overlap, max_tiles, tile_reduce)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    warnings += _tiling_warnings(recipe, tiling, calibrated)
     folder = None
     if explain:
         folder = explain_dir or layout.root / "explain"
@@ -189,29 +183,64 @@ def predict_run(
         except OSError as exc:
             raise UsageError(f"cannot create explain folder {folder}: {exc}") from None
 
+    rows: dict[int, dict[str, Any]] = {}
+
+    def row(idx: int, part: Predictions, j: int, extra: dict[str, Any]) -> None:
+        u, p = part.uncertainty(j), float(part.p_fake[j])
+        rows[idx] = {"path": str(files[idx]), "verdict": verdict(p, u, p_threshold, rule),
+                     "p_fake": p, **u, **extra, "error": None}  # fmt: skip
+
+    torch.manual_seed(recipe.seed)
+    if tiling is None:
+        hook = explain_hook(detector, method, files, rows, k, device, folder) if explain else None
+        broken = _predict_crops(recipe, detector, method, files, k, device, batch_size, row, hook)
+    else:
+        explainer = (
+            tiled_explain_hook(detector, method, files, rows, k, device, folder)
+            if explain
+            else None
+        )
+
+        def on_image(result: TileResult) -> None:
+            row(result.index, result.record, 0, {f: result.spread[f] for f in TILE_FIELDS})
+            if explainer is not None:
+                explainer(result)
+
+        loader = make_loader(
+            FileDataset(files, TiledTransform(tiling, detector.normalisation)), 1,
+            seed=recipe.seed, workers=0, device=device, collate_fn=first_item,
+        )  # fmt: skip
+        _, _, stats = stream_tiled(
+            detector, method, loader, k, device, batch_size=batch_size, reduce=tiling.reduce,
+            on_image=on_image, keep_maps=explain,
+        )  # fmt: skip
+        broken = stats.broken
+    tiled = tiling is not None
+    out = [rows[i] for i in sorted(rows)] + [error_row(b.path, b.reason, tiled) for b in broken]
+    out += [error_row(p, why, tiled) for p, why in missing.items()]
+    return PredictResult(out, k, rule, folder, warnings, tiling, skipped)
+
+
+def _predict_crops(recipe, detector, method, files, k, device, batch_size, row, explainer):
+    """One centre crop (or resize) per image, as in training; ``row(idx, part, j, {})`` per
+    image, then ``explainer`` per batch. Returns the unreadable files."""
     d = recipe.data
     transform = build_transform(
         d.image_size, d.preprocess, train=False, norm=detector.normalisation
     )
     loader = make_loader(
-        FileDataset(files, transform), batch_size, seed=recipe.seed, workers=0, device=device
+        FileDataset(files, transform, draft_size(d.preprocess, d.image_size, d.jpeg_draft)),
+        batch_size,
+        seed=recipe.seed,
+        workers=0,
+        device=device,
     )
-    rows: dict[int, dict[str, Any]] = {}
 
-    def add_rows(batch, images, fmap, part: Predictions) -> None:
+    def on_batch(batch, images, fmap, part: Predictions) -> None:
         for j, idx in enumerate(batch.indices.tolist()):
-            u, p = part.uncertainty(j), float(part.p_fake[j])
-            rows[idx] = {"path": str(files[idx]), "verdict": verdict(p, u, p_threshold, rule),
-                         "p_fake": p, **u, "error": None}  # fmt: skip
+            row(idx, part, j, {})
+        if explainer is not None:
+            explainer(batch, images, fmap, part)
 
-    hooks = [add_rows]
-    if explain:
-        hooks.append(_explain_hook(detector, method, files, rows, k, device, folder))
-    torch.manual_seed(recipe.seed)
-    _, stats = stream_predictive(
-        detector, method, loader, k, device,
-        on_batch=lambda *args: [h(*args) for h in hooks],
-    )  # fmt: skip
-    out = [rows[i] for i in sorted(rows)] + [error_row(b.path, b.reason) for b in stats.broken]
-    out += [error_row(p, why) for p, why in missing.items()]
-    return PredictResult(out, k, rule, folder, warnings)
+    _, stats = stream_predictive(detector, method, loader, k, device, on_batch=on_batch)
+    return stats.broken

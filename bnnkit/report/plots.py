@@ -21,7 +21,6 @@ __all__ = [
     "DPI",
     "degradation_figure",
     "epistemic_histogram_figure",
-    "explain_figure",
     "reliability_figure",
     "risk_coverage_figure",
     "roc_figure",
@@ -347,44 +346,4 @@ def degradation_figure(metrics: Mapping[str, Any]) -> Figure:
             ax.set_xlabel("condition")
             ax.legend()
         fig.suptitle("GenImage degradation protocol")
-    return fig
-
-
-def explain_figure(
-    image: np.ndarray,
-    attention: np.ndarray,
-    attention_label: str,
-    epistemic: np.ndarray,
-    title: str,
-) -> Figure:
-    """The model's input image, the attention map over it, and the patch-wise epistemic map
-    over it. ``image`` is ``H x W x 3`` in [0, 1]; the maps are ``h x w`` (feature-map grid),
-    stretched bilinearly over the image."""
-    import matplotlib
-
-    height, width = image.shape[:2]
-    extent = (0, width, height, 0)
-    with _style(), matplotlib.rc_context({"axes.grid": False}):
-        fig = Figure(figsize=(WIDTH, 2.7), layout="constrained")
-        ax_img, ax_att, ax_epi = fig.subplots(1, 3)
-        ax_img.imshow(image, extent=extent)
-        ax_img.set_title("input (as the detector sees it)")
-        for ax, data, cmap, label in (
-            (ax_att, attention, "viridis", attention_label),
-            (ax_epi, epistemic, "magma", "epistemic uncertainty (nats)"),
-        ):
-            ax.imshow(image, extent=extent)
-            shown = ax.imshow(
-                np.asarray(data, float),
-                extent=extent,
-                cmap=cmap,
-                alpha=0.55,
-                interpolation="bilinear",
-            )
-            bar = fig.colorbar(shown, ax=ax, shrink=0.85)
-            bar.set_label(label)
-            ax.set_title(label.split(" (")[0])
-        for ax in (ax_img, ax_att, ax_epi):
-            ax.set(xlabel="x (pixels)", ylabel="y (pixels)")
-        fig.suptitle(title)
     return fig

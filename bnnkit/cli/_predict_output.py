@@ -1,0 +1,88 @@
+"""Rendering ``bnnkit predict``'s rows: JSON, CSV or a rich table (to stdout or a file)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bnnkit.cli._common import console, fmt
+
+
+def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bool) -> None:
+    """Write ``result`` (a :class:`bnnkit.engine.predict.PredictResult`) as ``fmt_``."""
+    from bnnkit.engine.predict import row_fields
+
+    rows, k, rule, tiling = result.rows, result.samples, result.rule, result.tiling
+    text: str | None = None
+    if fmt_ == "json":
+        record = {"run": str(run_dir), "samples": k, "abstention": rule}
+        if tiling is not None:
+            record["tiles"] = tiling.to_dict()
+        text = json.dumps({**record, "predictions": rows}, indent=2) + "\n"
+    elif fmt_ == "csv":
+        buf = io.StringIO()
+        fields = row_fields(tiling is not None, explain)
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if text is not None:
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+        else:
+            click.echo(text, nl=False)
+        return
+    _table(rows, output, run_dir, k, rule, tiling is not None, explain)
+
+
+def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, explain: bool):
+    from rich.table import Table
+
+    caption = None
+    if rule is not None:
+        caption = f"uncertain: {rule['score']} uncertainty > {rule['threshold']:.4g} nats"
+        if rule.get("coverage_target"):
+            caption += f" (calibrated for {100 * rule['coverage_target']:.0f}% coverage)"
+    table = Table(
+        title=f"predictions of {run_dir.name} (K={k}{', tiled' if tiled else ''})",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
+    table.add_column("file", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    columns = ["p(fake)", "total", "aleatoric", "epistemic"]
+    columns += ["tiles", "max tile", "tile sd"] if tiled else []
+    for c in columns:
+        table.add_column(c, justify="right", no_wrap=True)
+    styles = {"fake": "red", "real": "green", "uncertain": "yellow"}
+    for r in rows:
+        if r["p_fake"] is None:
+            table.add_row(r["path"], "[red]error[/]", r["error"], *[""] * (len(columns) - 1))
+            continue
+        verdict = f"[{styles[r['verdict']]}]{r['verdict']}[/]"
+        if r["error"]:
+            verdict += f" [red]({r['error']})[/]"
+        cells = [fmt(r["p_fake"]), fmt(r["total"]), fmt(r["aleatoric"]), fmt(r["epistemic"], 4)]
+        if tiled:
+            cells += [str(r["tiles"]), fmt(r["tile_p_fake_max"]), fmt(r["tile_p_fake_sd"])]
+        table.add_row(r["path"], verdict, *cells)
+    out = console()
+    if output is not None:
+        from rich.console import Console
+
+        with open(output, "w", encoding="utf-8") as fh:
+            Console(file=fh, width=120, highlight=False).print(table)
+        out.print(f"wrote {output}")
+    else:
+        out.print(table)
+    if explain:
+        written = [r["explain"] for r in rows if r.get("explain")]
+        if written:
+            out.print(f"explain: {len(written)} PNG(s) in {Path(written[0]).parent}")
