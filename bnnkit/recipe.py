@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 from bnnkit.data.layout import GENERATORS
 from bnnkit.errors import PluginError, RecipeError
 from bnnkit.options import KIND_PATHS, describe_value
+from bnnkit.overrides import apply_overrides
 
 
 class _Strict(BaseModel):
@@ -59,6 +60,11 @@ class DataConfig(_Strict):
     std: list[float] | None = Field(
         None, description="input normalisation std (R, G, B; 0-1 scale); default: the backbone's"
     )
+    jpeg_draft: bool = Field(
+        False,
+        description='preprocess = "resize": decode JPEGs at reduced scale (>= image_size) first; '
+        "faster on large photos, pixels within a few levels of a full decode",
+    )
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
         None, description='resize interpolation (preprocess = "resize"); default: the backbone\'s'
     )
@@ -80,6 +86,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     backbone: Literal["finetune", "frozen"] = "finetune"
+    feature_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="stored dtype of the frozen-feature cache (computed in float32)"
+    )
     device: str = "auto"
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -121,39 +130,6 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_none(v) for v in value]
     return value
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value parsed as TOML (``3``, ``1e-3``, ``true``, ``["a","b"]``, ``"x"``);
-    anything that is not valid TOML is taken as a bare string (``data.root=data/synth``)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides to a raw recipe dict (in place; returned for chaining)."""
-    problems = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
-            continue
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                problems.append(f"--set {key}: '{part}' is a value, not a table")
-                break
-            node = child
-        else:
-            node[parts[-1]] = parse_value(value.strip())
-    if problems:
-        raise RecipeError(problems, source="--set")
-    return raw
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

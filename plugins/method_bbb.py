@@ -23,7 +23,6 @@ from bnnkit.options import Field, PluginOptions
 
 class BayesByBackprop(InferenceMethod):
     heads = ("bbb",)
-    default_head = "bbb"
     summary = "Bayes by Backprop: variational Gaussian head, ELBO with KL weight 1/N"
 
     class Options(PluginOptions):

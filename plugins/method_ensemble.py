@@ -78,7 +78,6 @@ class LinearEnsemble(nn.Module):
 
 class BootstrapEnsemble(InferenceMethod):
     heads = ("linear",)
-    default_head = "linear"
     joint_finetune = False
     summary = "bootstrap ensemble of M MAP linear heads, trained at once (vectorised)"
 

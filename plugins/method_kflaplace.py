@@ -161,7 +161,6 @@ class KronPosterior:
 
 class KFLaplace(InferenceMethod):
     heads = ("linear",)
-    default_head = "linear"
     joint_finetune = False
     needs_train_features = True
     summary = "last-layer KFAC Laplace (laplace-torch), prior precision by marginal likelihood"

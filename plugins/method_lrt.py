@@ -16,7 +16,6 @@ from bnnkit_plugins.method_bbb import BayesByBackprop
 
 class LocalReparameterisation(BayesByBackprop):
     heads = ("lrt",)
-    default_head = "lrt"
     summary = "variational Gaussian head with local reparameterisation; closed-form KL, weight 1/N"
 
 

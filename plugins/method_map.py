@@ -19,7 +19,6 @@ from bnnkit.methods.base import InferenceMethod
 
 class MAP(InferenceMethod):
     heads = ("linear", "dropout")
-    default_head = "linear"
     summary = "deterministic MAP baseline (cross-entropy + weight decay)"
 
     def sample(self, features: Tensor, k: int) -> Tensor:

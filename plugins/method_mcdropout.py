@@ -14,7 +14,6 @@ from bnnkit.methods.base import InferenceMethod
 
 class MCDropout(InferenceMethod):
     heads = ("dropout",)
-    default_head = "dropout"
     summary = "MC-Dropout: dropout kept on at prediction"
 
 

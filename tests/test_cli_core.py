@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": None,
     "plugins": None,
     "predict": None,
+    "protocol": None,
     "recipes": {"list", "show", "validate", "copy"},
     "train": None,
 }
@@ -201,15 +202,15 @@ def test_frozen_backbone_reuses_feature_cache(runner, synth_root, tmp_path):
             *tiny_overrides(synth_root, **{"train.backbone": '"frozen"'})]  # fmt: skip
     first = runner.invoke(main, [*base, "--set", 'inference.name="bbb"'])
     assert first.exit_code == 0, first.output
-    files = sorted(p.name for p in (cache / "features").iterdir())
-    assert len(files) == 4  # train + val, tensors + json
-    stamps = {p: p.stat().st_mtime_ns for p in (cache / "features").iterdir()}
+    manifests = list((cache / "features").glob("*/manifest.json"))
+    assert len(manifests) == 14  # train + val, one entry per generator folder (7)
+    stamps = {p: p.stat().st_mtime_ns for p in (cache / "features").rglob("*")}
     second = runner.invoke(
         main,
         [*base, "--set", 'inference={name="mcdropout"}', "--set", 'model.head={name="dropout"}'],
     )
     assert second.exit_code == 0, second.output
-    assert {p: p.stat().st_mtime_ns for p in (cache / "features").iterdir()} == stamps
+    assert {p: p.stat().st_mtime_ns for p in (cache / "features").rglob("*")} == stamps
     runs = sorted((tmp_path / "runs").iterdir())
     history = list(csv.DictReader((runs[-1] / "history.csv").open()))
     assert [r["phase"] for r in history] == ["head"]

@@ -232,7 +232,7 @@ def test_clip_backbone_run_records_and_uses_clip_normalisation(
     Image.new("RGB", (32, 32), colour).save(tmp_path / "flat.png")
     inputs = _backbone_inputs(monkeypatch)
     shown: list[np.ndarray] = []
-    import bnnkit.report.plots as plots
+    import bnnkit.report.explain as plots
 
     figure = plots.explain_figure
 

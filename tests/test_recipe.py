@@ -7,8 +7,9 @@ from helpers import QUICKSTART
 
 from bnnkit.cli import main
 from bnnkit.errors import RecipeError
+from bnnkit.overrides import apply_overrides, parse_value
 from bnnkit.plugins import get_registry
-from bnnkit.recipe import apply_overrides, dump_recipe, load_recipe, parse_value, validate
+from bnnkit.recipe import dump_recipe, load_recipe, validate
 
 FIVE_MISTAKES = """
 [data]

@@ -10,8 +10,9 @@ from PIL import Image
 from bnnkit.metrics.protocol import abstention_metrics, calibrate_thresholds, condition_metrics
 from bnnkit.metrics.records import Predictions
 from bnnkit.report import PLOT_FILES, make_figures, write_report
+from bnnkit.report.explain import explain_figure
 from bnnkit.report.markdown import render_report
-from bnnkit.report.plots import explain_figure, reliability_figure
+from bnnkit.report.plots import reliability_figure
 
 GENERATORS = ["adm", "biggan", "midjourney"]
 HISTORY = [

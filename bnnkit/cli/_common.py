@@ -28,12 +28,22 @@ def path_option(flag: str, default: str, help: str):
     )
 
 
+def choice_option(flag: str, choices: list[str], help: str | None = None, dest: str | None = None):
+    """``--FLAG`` taking one of ``choices``, the first one the default."""
+    names = (flag, dest) if dest else (flag,)
+    return click.option(
+        *names, type=click.Choice(choices), default=choices[0], show_default=True, help=help
+    )
+
+
 def format_option(choices: list[str], help: str | None = None, dest: str = "out_format"):
     """``--format`` with a fixed set of output formats, the first one the default."""
-    return click.option(
-        "--format", dest, type=click.Choice(choices), default=choices[0], show_default=True,
-        help=help,
-    )  # fmt: skip
+    return choice_option("--format", choices, help, dest)
+
+
+def overrides_option(metavar: str, help: str):
+    """``--set KEY=VALUE`` (repeatable), collected into ``overrides``."""
+    return click.option("--set", "overrides", multiple=True, metavar=metavar, help=help)
 
 
 def device_option(f):

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import console, device_option, fmt, path_option, print_json
+from bnnkit.cli._common import (
+    choice_option,
+    console,
+    device_option,
+    fmt,
+    overrides_option,
+    path_option,
+    print_json,
+)
+from bnnkit.cli._tiles import tile_options
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
 
 
@@ -72,19 +81,14 @@ def print_metrics(metrics: dict, out=None) -> None:
     help="Target coverage of the abstention threshold on seen-generator validation images "
     "(default: the recipe's eval.coverage, 0.95).",
 )
-@click.option(
+@choice_option(
     "--abstain-on",
-    type=click.Choice(["total", "epistemic"]),
-    default="total",
-    show_default=True,
-    help="Uncertainty the abstention threshold is calibrated on (both are reported).",
+    ["total", "epistemic"],
+    "Uncertainty the abstention threshold is calibrated on (both are reported).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="inference.KEY=VALUE",
-    help="Evaluation-time option of the run's inference method, VALUE parsed as TOML "
+@overrides_option(
+    "inference.KEY=VALUE",
+    "Evaluation-time option of the run's inference method, VALUE parsed as TOML "
     "(repeatable), e.g. inference.prior_precision=10 for kflaplace. Recorded in metrics.json "
     "and threshold.json; predict samples with the options the threshold was calibrated with.",
 )
@@ -98,6 +102,7 @@ def print_metrics(metrics: dict, out=None) -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of tables."
 )
+@tile_options
 @device_option
 def command(
     run: Path | None,
@@ -111,6 +116,7 @@ def command(
     data_root: str | None,
     runs_dir: Path,
     as_json: bool,
+    tiling: dict | None,
     device: str,
 ) -> None:
     """Evaluate a trained RUN (default: the latest under ./runs) on the validation split.
@@ -156,6 +162,12 @@ def command(
         abstain_on=abstain_on,
         plots=not no_plots,
         overrides=list(overrides),
+        tiles=tiling
+        and {
+            "max_tiles": tiling["max_tiles"],
+            "overlap": tiling["tile_overlap"],
+            "reduce": tiling["tile_reduce"],
+        },  # fmt: skip
     )
     if as_json:
         print_json(metrics)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import console, device_option, fmt, path_option
+from bnnkit.cli._common import console, device_option, fmt, overrides_option, path_option
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
 
 
@@ -17,13 +17,7 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     type=click.Path(path_type=Path, file_okay=False),
     help="Continue the interrupted run in this directory from its last checkpoint.",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a recipe key; VALUE is parsed as TOML (repeatable).",
-)
+@overrides_option("KEY=VALUE", "Override a recipe key; VALUE is parsed as TOML (repeatable).")
 @path_option("--runs-dir", DEFAULT_RUNS_ROOT, "Where run directories are created.")
 @path_option("--cache-dir", ".bnnkit-cache", 'Feature cache for train.backbone = "frozen".')
 @device_option

@@ -39,10 +39,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from bnnkit.data.dataset import ImageDataset, build_transform
+from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
 from bnnkit.data.degrade import Degradation
 from bnnkit.data.genimage import Sample, check_generator_name, index_split
+from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.engine.build import load_run
+from bnnkit.engine.cache import cached_condition, run_feature_cache
+from bnnkit.engine.eval_partial import PartialResults, evaluation_key
 from bnnkit.engine.loop import (
     StreamStats,
     make_loader,
@@ -50,6 +53,7 @@ from bnnkit.engine.loop import (
     stream_predictive,
     worker_count,
 )
+from bnnkit.engine.tiles import TiledTransform, Tiling, make_tiling, run_tiled, tiling_of
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import (
     ABSTAIN_SCORES,
@@ -60,7 +64,7 @@ from bnnkit.metrics.protocol import (
     condition_metrics,
 )
 from bnnkit.metrics.records import Predictions
-from bnnkit.recipe import parse_value
+from bnnkit.overrides import parse_value
 from bnnkit.report.predictions import predictions_csv
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import THRESHOLD_FILE, RunLayout
@@ -114,9 +118,16 @@ class _Chain:
 
 def _run_condition(
     detector, method, items: list[Sample], generators: list[str], transform, recipe, device,
-    k: int, progress, label: str,
+    k: int, progress, label: str, cache_dir: Path | None = None,
 ) -> tuple[Predictions, StreamStats]:  # fmt: skip
-    dataset = ImageDataset(items, transform, generators)
+    d = recipe.data
+    dataset = ImageDataset(
+        items, transform, generators, draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft)
+    )
+    if tiling_of(transform) is not None:  # a grid of crops per image (never the feature cache)
+        return run_tiled(detector, method, dataset, recipe, device, k, progress, label)
+    if cache_dir is not None and label == CLEAN:  # a frozen run: no backbone pass once cached
+        return cached_condition(detector, method, dataset, recipe, device, k, cache_dir, progress)
     loader = make_loader(
         dataset,
         recipe.eval.batch_size,
@@ -133,13 +144,17 @@ def _run_condition(
 
 
 def _run_conditions(
-    detector, method, items, generators, recipe, device, k, degradations, console
-) -> tuple[dict[str, Predictions], dict[str, StreamStats]]:
-    """Every condition (clean first, then each degradation) through the streaming loop."""
+    detector, method, items, generators, recipe, device, k, degradations, console, cache_dir=None,
+    partial: PartialResults | None = None, tiling: Tiling | None = None,
+) -> tuple[dict[str, Predictions], dict[str, StreamStats]]:  # fmt: skip
+    """Every condition (clean first, then each degradation) through the streaming loop; those
+    ``partial`` holds from an interrupted evaluation are loaded, each one computed is stored."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     d = recipe.data
     base = build_transform(d.image_size, d.preprocess, train=False, norm=detector.normalisation)
+    if tiling is not None:
+        base = TiledTransform(tiling, detector.normalisation)
     records: dict[str, Predictions] = {}
     stats: dict[str, StreamStats] = {}
     with Progress(
@@ -152,9 +167,17 @@ def _run_conditions(
         for deg in [None, *degradations]:
             name = CLEAN if deg is None else deg.name
             transform = base if deg is None else _Chain(deg, base)
-            records[name], stats[name] = _run_condition(
-                detector, method, items, generators, transform, recipe, device, k, progress, name
-            )
+            got = partial.load(name) if partial is not None else None
+            if got is not None and console is not None:
+                console.print(f"evaluate: {name}: reused from an interrupted evaluation")
+            if got is None:
+                got = _run_condition(
+                    detector, method, items, generators, transform, recipe, device, k, progress,
+                    name, cache_dir,
+                )  # fmt: skip
+                if partial is not None:
+                    partial.save(name, *got)
+            records[name], stats[name] = got
     return records, stats
 
 
@@ -171,11 +194,14 @@ def evaluate_run(
     abstain_on: str = DEFAULT_ABSTAIN_SCORE,
     plots: bool = True,
     overrides: list[str] | None = None,
+    tiles: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
     """Evaluate a run, write ``metrics.json``, ``timing.json``, ``threshold.json``,
     ``predictions.csv``, ``plots/*.png`` (unless ``plots=False``) and ``report.md``; return the
     metrics dict (what ``metrics.json`` holds). ``overrides``: ``inference.KEY=VALUE`` items
-    (see :func:`inference_overrides`), recorded in ``metrics.json`` and ``threshold.json``."""
+    (see :func:`inference_overrides`), recorded in ``metrics.json`` and ``threshold.json``;
+    so is ``tiles`` (:func:`~bnnkit.engine.tiles.make_tiling`: each image judged from a grid
+    of crops instead of one centre crop)."""
     from bnnkit.plugins import get_registry
     from bnnkit.report import write_report
 
@@ -195,15 +221,23 @@ def evaluate_run(
     generators = seen + ood_gens
     n_seen = len(seen)
     k = posterior_samples(recipe, "evaluate", requested=samples)
+    tiling = make_tiling(recipe.data.image_size, tiles)
     degradations = list(degradations or [])
     d = recipe.data
     items = index_split(
-        d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed
-    )
+        d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
+        cache_dir=DEFAULT_CACHE_DIR,
+    )  # fmt: skip
     t_start = time.perf_counter()
+    partial = PartialResults(layout, evaluation_key(
+        layout, recipe=recipe, samples=k, generators=generators,
+        inference={**inference, **({"tiles": tiling.to_dict()} if tiling else {})},
+        items=items, device=device,
+    ))  # fmt: skip
     records, stats = _run_conditions(
-        detector, method, items, generators, recipe, device, k, degradations, console
-    )
+        detector, method, items, generators, recipe, device, k, degradations, console,
+        run_feature_cache(recipe, meta), partial, tiling,
+    )  # fmt: skip
     clean = records[CLEAN]
     n_cal = int((clean.generators < n_seen).sum())
     if not n_cal:
@@ -222,6 +256,7 @@ def evaluate_run(
         "attention": recipe.model.attention.name,
         "samples": k,
         **({"inference_overrides": inference} if inference else {}),
+        **({"tiles": tiling.to_dict()} if tiling else {}),
         "seed": recipe.seed,
         "split": "val",
         "image_size": d.image_size,
@@ -266,11 +301,14 @@ def evaluate_run(
     )
     if inference:
         record["inference_overrides"] = inference
+    if tiling:
+        record["tiles"] = tiling.to_dict()
     write_threshold(run_dir, record)
     paths = [s.path for s in items]
     atomic_write_text(
         layout.predictions, predictions_csv(records, paths, generators, n_seen, d.root)
     )
+    partial.clear()  # metrics, threshold and predictions are written
 
     t_report = time.perf_counter()
     write_report(run_dir, metrics, clean, plots=plots)
@@ -291,6 +329,7 @@ def evaluate_run(
         "total_seconds": t_end - t_start,
         "train_seconds": meta.get("train_seconds"),
         "device": str(device),
+        "reused_conditions": partial.reused,
     }
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
     return metrics

@@ -52,8 +52,13 @@ from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.methods.sgmcmc import SGMCMCMethod
 from bnnkit.recipe import Recipe, dump_recipe
-from bnnkit.run.checkpoint import load_checkpoint, save_checkpoint
-from bnnkit.run.fileio import atomic_write_text
+from bnnkit.run.checkpoint import (
+    disk_full_error,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from bnnkit.run.fileio import atomic_write_text, is_disk_full
 from bnnkit.run.layout import RunLayout
 from bnnkit.run.log import TrainingLog
 
@@ -101,7 +106,7 @@ class Trainer:
             r.train.backbone, method.joint_finetune, r.train.epochs, r.train.head_epochs
         )
         position, saved_optimizer, resumed_from, step = Position(phases[0].name), None, None, 0
-        if self.resume and self.layout.checkpoint.is_file():
+        if self.resume and has_checkpoint(self.run_dir):
             position, saved_optimizer, step = self._restore(detector, method)
             resumed_from = f"{position.phase} epoch {position.epoch} step {position.step_in_epoch}"
         datasets = self.data.datasets(splits, detector.normalisation)
@@ -126,6 +131,10 @@ class Trainer:
                     phases, position, saved_optimizer, detector, method, datasets, progress
                 )
                 result = self._finish(detector, method, datasets, progress, feats)
+        except OSError as exc:  # a full disk while writing the log (checkpoints say it themselves)
+            if not is_disk_full(exc):
+                raise
+            raise disk_full_error(self.run_dir, exc.filename or "the run directory", None) from None
         finally:
             self.log.close()
         result.resumed_from = resumed_from
@@ -347,4 +356,6 @@ class Trainer:
             "broken": self.data.broken,
             "bnnkit": __version__,
         }
+        if self.recipe.train.backbone == "frozen":  # evaluate takes clean features from there
+            meta["feature_cache"] = str(self.data.cache_dir.resolve())
         save_checkpoint(self.run_dir, detector, state, meta, tag=tag or f"s{self.loop.step}")

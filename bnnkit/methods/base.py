@@ -60,7 +60,8 @@ class InferenceMethod:
 
     Class attributes a subclass sets:
 
-    - ``heads``: names of the head plugins it accepts; ``default_head`` when a recipe names none.
+    - ``heads``: names of the head plugins it accepts; ``default_head`` (default: the first of
+      ``heads``) when a recipe names none.
     - ``Options``: the declaration of the recipe options (``[inference]`` keys besides
       ``name``): a :class:`bnnkit.options.PluginOptions` subclass (type, default, range, help).
     - ``joint_finetune``: True when the backbone can learn jointly with this method's loss
@@ -84,6 +85,11 @@ class InferenceMethod:
     #: False for samplers, whose dynamics ``train.grad_clip`` would bias.
     clip_gradients: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "default_head" not in cls.__dict__ and cls.heads:
+            cls.default_head = cls.heads[0]
 
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
         # validated against the one declaration (raises OptionsError, a ValueError)

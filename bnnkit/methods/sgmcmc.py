@@ -160,7 +160,6 @@ class SGMCMCMethod(InferenceMethod):
     """
 
     heads: ClassVar[tuple[str, ...]] = ("linear",)
-    default_head: ClassVar[str] = "linear"
     joint_finetune: ClassVar[bool] = False
     # clipping the gradient would bias the Langevin dynamics' stationary distribution
     clip_gradients: ClassVar[bool] = False

@@ -41,9 +41,7 @@ VAR_CLAMP = 1e-30  # as in the reference implementation: var = max(E[x^2] - E[x]
 
 class DiagonalSWAG(InferenceMethod):
     heads = ("linear",)
-    default_head = "linear"
     joint_finetune = False
-    needs_train_features = False
     summary = "diagonal SWAG: Gaussian fitted to constant-rate SGD iterates of the head"
 
     class Options(PluginOptions):
