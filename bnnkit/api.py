@@ -107,6 +107,17 @@ class Run:
             console=console, **options,
         )  # fmt: skip
 
+    def calibrate(
+        self, *, samples: int | None = None, device: Any = "auto", data_root: str | None = None
+    ) -> dict[str, Any]:
+        """Fit the post-hoc temperature on the seen generators' validation images and write
+        ``temperature.json`` (what it holds is returned); evaluate and predict then apply it
+        (:func:`bnnkit.engine.calibrate.calibrate_run`)."""
+        from bnnkit.engine.calibrate import calibrate_run
+
+        dev, _ = _device(device)
+        return calibrate_run(self.path, samples=samples, device=dev, data_root=data_root)
+
     def predict(
         self,
         inputs: Sequence[str | Path] | str | Path,

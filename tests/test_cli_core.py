@@ -15,6 +15,7 @@ from bnnkit import __version__
 from bnnkit.cli import main
 
 COMMANDS = {
+    "calibrate": None,
     "compare": None,
     "data": {"synth", "check"},
     "devices": None,

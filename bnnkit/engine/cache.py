@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from bnnkit.data.dataset import ImageDataset, collate, draft_size
 from bnnkit.data.index import samples_digest
 from bnnkit.engine.feature_store import FeatureEntry, FeatureRows, Shard
-from bnnkit.engine.loop import Features, StreamStats, worker_count
+from bnnkit.engine.loop import Features, StreamStats, head_probs, worker_count
 from bnnkit.metrics.records import Predictions
 from bnnkit.model.detector import Detector
 
@@ -194,7 +194,7 @@ def cached_predictive(
         t1 = time.perf_counter()
         parts.append(
             Predictions.from_probs(
-                method.sample(x, k),
+                head_probs(method, x, k),
                 labels=feats.labels[a:b],
                 generators=feats.generators[a:b],
                 indices=feats.indices[a:b],

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from bnnkit.data.genimage import Sample, check_generator_name, index_split
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.engine.build import load_run
 from bnnkit.engine.cache import cached_condition, run_feature_cache
+from bnnkit.engine.calibrate import apply_run_temperature, temperature_metrics
 from bnnkit.engine.eval_partial import PartialResults, evaluation_key
 from bnnkit.engine.loop import (
     StreamStats,
@@ -211,6 +213,12 @@ def evaluate_run(
     layout = RunLayout(run_dir)
     run_dir = layout.root
     recipe, detector, method, meta = load_run(run_dir, device, inference=inference)
+    temperature, stale = apply_run_temperature(run_dir, method)  # bnnkit calibrate's fit
+    if stale:
+        warnings.warn(stale, stacklevel=2)
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {stale}")
+    t_value = temperature["temperature"] if temperature else None
     if data_root:
         recipe.data.root = data_root
     coverage = recipe.eval.coverage if coverage is None else float(coverage)
@@ -231,7 +239,8 @@ def evaluate_run(
     t_start = time.perf_counter()
     partial = PartialResults(layout, evaluation_key(
         layout, recipe=recipe, samples=k, generators=generators,
-        inference={**inference, **({"tiles": tiling.to_dict()} if tiling else {})},
+        inference={**inference, **({"tiles": tiling.to_dict()} if tiling else {}),
+                   **({"temperature": t_value} if t_value else {})},
         items=items, device=device,
     ))  # fmt: skip
     records, stats = _run_conditions(
@@ -257,6 +266,7 @@ def evaluate_run(
         "samples": k,
         **({"inference_overrides": inference} if inference else {}),
         **({"tiles": tiling.to_dict()} if tiling else {}),
+        **({"temperature": temperature_metrics(temperature)} if temperature else {}),
         "seed": recipe.seed,
         "split": "val",
         "image_size": d.image_size,
@@ -303,6 +313,8 @@ def evaluate_run(
         record["inference_overrides"] = inference
     if tiling:
         record["tiles"] = tiling.to_dict()
+    if t_value:
+        record["temperature"] = t_value
     write_threshold(run_dir, record)
     paths = [s.path for s in items]
     atomic_write_text(

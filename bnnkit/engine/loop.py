@@ -120,6 +120,29 @@ def extract_features(
 #: validation during training draws at most this many samples (cheap, once per epoch).
 VAL_SAMPLES_MAX = 16
 
+#: the method attribute holding a run's post-hoc temperature (:func:`set_temperature`).
+TEMPERATURE_ATTR = "calibration_temperature"
+
+
+def set_temperature(method: InferenceMethod, temperature: float | None) -> None:
+    """Make :func:`head_probs` temper every posterior sample of ``method`` by ``temperature``
+    (``bnnkit calibrate``'s fit, :mod:`bnnkit.engine.calibrate`); ``None`` or 1 removes it."""
+    setattr(method, TEMPERATURE_ATTR, None if temperature in (None, 1.0) else float(temperature))
+
+
+def temper(probs: Tensor, temperature: float | None) -> Tensor:
+    """``softmax(log p_k / T)`` per posterior sample ``probs[K, B, C]`` (log p is the logits up
+    to a constant); ``None`` or 1 returns ``probs`` unchanged."""
+    if temperature in (None, 1.0):
+        return probs
+    return torch.softmax(probs.float().clamp_min(1e-12).log() / float(temperature), dim=-1)
+
+
+def head_probs(method: InferenceMethod, features: Tensor, k: int) -> Tensor:
+    """The K posterior samples ``[K, B, 2]`` of the head on ``features``, tempered by the run's
+    temperature when one is set: the one place evaluation and prediction sample the head."""
+    return temper(method.sample(features, k), getattr(method, TEMPERATURE_ATTR, None))
+
 
 def posterior_samples(
     recipe: Any,
@@ -160,7 +183,7 @@ def predict_features(
     device = features.device if device is None else device
     return Predictions.concat(
         [
-            Predictions.from_probs(method.sample(features[s : s + chunk].to(device), k))
+            Predictions.from_probs(head_probs(method, features[s : s + chunk].to(device), k))
             for s in range(0, features.shape[0], chunk)
         ]
     )
@@ -207,7 +230,7 @@ def stream_predictive(
             feats = detector.pool_features(fmap).float()
             t1 = time.perf_counter()
             part = Predictions.from_probs(
-                method.sample(feats, k),
+                head_probs(method, feats, k),
                 labels=batch.labels,
                 generators=batch.generators,
                 indices=batch.indices,

@@ -23,6 +23,7 @@ import torch
 from bnnkit.data.dataset import FileDataset, build_transform, draft_size
 from bnnkit.data.images import is_image_name, list_images
 from bnnkit.engine.build import load_run
+from bnnkit.engine.calibrate import apply_run_temperature
 from bnnkit.engine.explain import explain_hook, tiled_explain_hook
 from bnnkit.engine.loop import make_loader, posterior_samples, stream_predictive
 from bnnkit.engine.tiles import (
@@ -163,6 +164,7 @@ def predict_run(
         )
     inference = (calibrated or {}).get("inference_overrides")
     recipe, detector, method, _meta = load_run(layout.root, device, inference=inference)
+    warnings += _temperature_warnings(layout, method, calibrated)
     rule = abstention_rule(calibrated, max_uncertainty) if abstain else None
     k = posterior_samples(recipe, "predict", requested=samples, calibrated=calibrated)
     files, missing, skipped = collect_files(inputs)
@@ -219,6 +221,20 @@ def predict_run(
     out = [rows[i] for i in sorted(rows)] + [error_row(b.path, b.reason, tiled) for b in broken]
     out += [error_row(p, why, tiled) for p, why in missing.items()]
     return PredictResult(out, k, rule, folder, warnings, tiling, skipped)
+
+
+def _temperature_warnings(layout: RunLayout, method, calibrated: dict | None) -> list[str]:
+    """Apply the run's temperature (``bnnkit calibrate``) to ``method``; warn when it is stale
+    or differs from the one the abstention threshold was calibrated with."""
+    record, stale = apply_run_temperature(layout.root, method)
+    out = [stale] if stale else []
+    t = record["temperature"] if record else None
+    if calibrated is not None and calibrated.get("temperature") != t:
+        out.append(
+            f"{layout.threshold} was calibrated with temperature {calibrated.get('temperature')}"
+            f", predictions use {t}; re-run `bnnkit evaluate` to recalibrate the threshold."
+        )
+    return out
 
 
 def _predict_crops(recipe, detector, method, files, k, device, batch_size, row, explainer):

@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 from bnnkit.data.dataset import INTERPOLATIONS, Broken, Normalisation
 from bnnkit.engine.explain import attention_maps
-from bnnkit.engine.loop import StreamStats, make_loader, worker_count
+from bnnkit.engine.loop import StreamStats, head_probs, make_loader, worker_count
 from bnnkit.errors import UsageError
 from bnnkit.metrics.records import Predictions
 from bnnkit.metrics.uncertainty import entropy
@@ -235,7 +235,7 @@ def _process(detector, method, group, k, device, batch_size, reduce, keep_maps, 
             fmaps.append(fmap)
             maps.append(chunk_maps)
     t1 = time.perf_counter()
-    probs = method.sample(torch.cat(feats), k).float().cpu()  # one draw for the whole group
+    probs = head_probs(method, torch.cat(feats), k).float().cpu()  # one draw for the whole group
     counts = [item[0].tiles.shape[0] for item in group]
     per_image = probs.split(counts, dim=1)
     q = torch.stack([image_probs(p, reduce) for p in per_image], dim=1)

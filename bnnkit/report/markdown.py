@@ -166,6 +166,15 @@ def render_report(
         f"- Seen generators: accuracy {_f(s['accuracy'])}, AUROC {_f(s['auroc'])}, "
         f"ECE {_f(s['ece'])}, NLL {_f(s['nll'])}.",
     ]
+    if m.get("temperature"):
+        t, fit = m["temperature"], m["temperature"].get("fit") or {}
+        summary.append(
+            f"- Temperature scaling (`bnnkit calibrate`): T = {_f(t['value'], 4)}, fitted on "
+            f"{(t.get('fitted_on') or {}).get('n')} seen validation images; on that fit set "
+            f"ECE {_f(fit.get('ece_before'))} before, {_f(fit.get('ece_after'))} after "
+            f"(NLL {_f(fit.get('nll_before'))} -> {_f(fit.get('nll_after'))}). Every number "
+            "in this report is of the tempered predictive."
+        )
     if m.get("unseen"):
         u = m["unseen"]
         comb = m.get("ood_combined") or {}

@@ -145,7 +145,12 @@ def protocol_table(
 
     cols = [
         Column("recipe", lambda r: r["block"], left=True, only="markdown"),
-        Column("cell", label, left=True, rich={"overflow": "ellipsis", "max_width": 24}),
+        Column(
+            "cell",
+            label,
+            left=True,
+            rich={"overflow": "ellipsis", "min_width": 20, "max_width": 28},
+        ),  # fmt: skip
         *[num(PAPER_LABELS[g], _pct("accuracy", g)) for g in generators],
         num("avg", _pct("average")),
         num("unseen avg", _pct("unseen_average"), "unseen"),
@@ -171,7 +176,7 @@ def render_csv(rows: Sequence[Mapping[str, Any]], generators: Sequence[str]) -> 
     writer.writerow([*CSV_FIXED, *generators, *CSV_TAIL])
 
     def num(v: Any) -> str:
-        return "" if is_missing(v) else repr(float(v))
+        return "" if is_missing(v) else f"{float(v):.6g}"  # no float noise (0.720875, not ...9)
 
     for r in rows:
         fixed = [r["block"], r["row"], r["method"], r["source"], ";".join(r["train"]),

@@ -15,6 +15,7 @@ A run directory ``runs/<recipe>-<timestamp>/`` holds::
     metrics.json             evaluation metrics, schema 2 (bnnkit evaluate)
     timing.json              evaluation/prediction timings
     threshold.json           the calibrated abstention threshold
+    temperature.json         the post-hoc temperature (bnnkit calibrate)
     predictions.csv          per-image predictions of the clean evaluation
     report.md                the evaluation report
     plots/*.png              its figures
@@ -37,6 +38,7 @@ BROKEN_FILE = "broken_files.json"
 METRICS_FILE = "metrics.json"
 TIMING_FILE = "timing.json"
 THRESHOLD_FILE = "threshold.json"
+TEMPERATURE_FILE = "temperature.json"
 PREDICTIONS_FILE = "predictions.csv"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -67,6 +69,7 @@ RUN_FILES: tuple[str, ...] = (
     METRICS_FILE,
     TIMING_FILE,
     THRESHOLD_FILE,
+    TEMPERATURE_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
 )
@@ -116,6 +119,7 @@ class RunLayout:
     metrics = _Entry(METRICS_FILE)
     timing = _Entry(TIMING_FILE)
     threshold = _Entry(THRESHOLD_FILE)
+    temperature = _Entry(TEMPERATURE_FILE)
     predictions = _Entry(PREDICTIONS_FILE)
     report = _Entry(REPORT_FILE)
     plots = _Entry(PLOTS_DIR)
