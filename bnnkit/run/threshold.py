@@ -10,6 +10,7 @@ The rule: an image's verdict is ``uncertain`` when its ``score`` uncertainty (na
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -35,9 +36,18 @@ THRESHOLD_SCHEMA_VERSION = 1
 
 
 def model_fingerprint(run_dir: Path) -> str:
-    """sha256 of the run's current weights: ``threshold.json`` is only valid for these weights."""
+    """sha256 of the run's current weights: ``threshold.json`` (and ``temperature.json``, the
+    partial evaluations) are only valid for these weights. Hashed once per file version: one
+    ``evaluate`` asks several times, and a ResNet-50's weights are ~100 MB."""
+    path = model_path(run_dir)
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with open(model_path(run_dir), "rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
