@@ -230,9 +230,13 @@ def _temperature_warnings(layout: RunLayout, method, calibrated: dict | None) ->
     out = [stale] if stale else []
     t = record["temperature"] if record else None
     if calibrated is not None and calibrated.get("temperature") != t:
+
+        def said(temp: float | None) -> str:
+            return "no temperature" if temp is None else f"temperature {temp:.4g}"
+
         out.append(
-            f"{layout.threshold} was calibrated with temperature {calibrated.get('temperature')}"
-            f", predictions use {t}; re-run `bnnkit evaluate` to recalibrate the threshold."
+            f"{layout.threshold} was calibrated with {said(calibrated.get('temperature'))}, "
+            f"predictions use {said(t)}; re-run `bnnkit evaluate` to recalibrate the threshold."
         )
     return out
 
