@@ -236,7 +236,11 @@ def _expect_deterministic(method: InferenceMethod) -> bool:
     from bnnkit.model.heads import Head
 
     head_sampler = getattr(type(method.head), "sample_logits", None)
-    return type(method).sample is InferenceMethod.sample and head_sampler is Head.sample_logits
+    return (
+        type(method).sample is InferenceMethod.sample
+        and type(method).sample_logits is InferenceMethod.sample_logits
+        and head_sampler is Head.sample_logits
+    )
 
 
 def _draw(method: InferenceMethod, features: Tensor, k: int, seed: int) -> Tensor:

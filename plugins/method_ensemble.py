@@ -154,12 +154,12 @@ class BootstrapEnsemble(InferenceMethod):
         return self
 
     # -- prediction -----------------------------------------------------------------------------
-    def sample(self, features: Tensor, k: int) -> Tensor:
-        """``probs[M, B, C]``, one row per member, whatever ``k`` (the exact equal-weight mixture;
-        more rows would only repeat members, and unevenly unless M divides ``k``)."""
+    def sample_logits(self, features: Tensor, k: int) -> Tensor:
+        """``logits[M, B, C]``, one row per member, whatever ``k`` (the exact equal-weight
+        mixture; more rows would only repeat members, and unevenly unless M divides ``k``)."""
         if k < 1:
             raise ValueError(f"need k >= 1 posterior samples, got {k}")
-        return torch.softmax(self.members(features), dim=-1)
+        return self.members(features)
 
     # -- persistence ----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Tensor]:

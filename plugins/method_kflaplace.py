@@ -238,17 +238,16 @@ class KFLaplace(InferenceMethod):
         return None if self.posterior is None else list(self.posterior.prior_precision)
 
     # -- prediction -----------------------------------------------------------------------------
-    def sample(self, features: Tensor, k: int) -> Tensor:
-        """``probs[k, B, C]`` from ``k`` weight draws; MAP (repeated) before the fit."""
+    def sample_logits(self, features: Tensor, k: int) -> Tensor:
+        """``logits[k, B, C]`` from ``k`` weight draws; MAP (repeated) before the fit."""
         mean_w, mean_b = self.linear.weight, self.linear.bias
         if self.posterior is None:
-            probs = torch.softmax(F.linear(features, mean_w, mean_b), dim=-1)
-            return probs.unsqueeze(0).expand(k, *probs.shape)
+            logits = F.linear(features, mean_w, mean_b)
+            return logits.unsqueeze(0).expand(k, *logits.shape)
         dw, db = self.posterior.sample(k, dtype=mean_w.dtype)
         w = mean_w.detach().unsqueeze(0) + dw
         b = mean_b.detach().unsqueeze(0) + db
-        logits = torch.einsum("bd,kcd->kbc", features.to(w.dtype), w) + b.unsqueeze(1)
-        return torch.softmax(logits, dim=-1)
+        return torch.einsum("bd,kcd->kbc", features.to(w.dtype), w) + b.unsqueeze(1)
 
     def to(self, device: torch.device) -> KFLaplace:
         if self.posterior is not None:

@@ -9,7 +9,6 @@ pass, repeated ``k`` times so it fits the ``probs[k, B, C]`` shape (epistemic = 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from bnnkit import hookimpl
@@ -21,12 +20,12 @@ class MAP(InferenceMethod):
     heads = ("linear", "dropout")
     summary = "deterministic MAP baseline (cross-entropy + weight decay)"
 
-    def sample(self, features: Tensor, k: int) -> Tensor:
+    def sample_logits(self, features: Tensor, k: int) -> Tensor:
         was_training = self.head.training
         self.head.eval()
-        probs = torch.softmax(self.head(features), dim=-1)
+        logits = self.head(features)
         self.head.train(was_training)
-        return probs.unsqueeze(0).expand(k, *probs.shape)
+        return logits.unsqueeze(0).expand(k, *logits.shape)
 
 
 @hookimpl

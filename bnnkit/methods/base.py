@@ -166,9 +166,17 @@ class InferenceMethod:
         return self
 
     # -- prediction -----------------------------------------------------------------------------
+    def sample_logits(self, features: Tensor, k: int) -> Tensor:
+        """Posterior samples of the logits ``[k, B, C]`` for pooled ``features[B, D]`` (the
+        head's own draw by default). Logit-based scores (energy, max-logit) read these, so a
+        method that draws its weights itself overrides this, not :meth:`sample`."""
+        return self.head.sample_logits(features, k)
+
     def sample(self, features: Tensor, k: int) -> Tensor:
-        """Posterior predictive samples ``probs[k, B, C]`` for pooled ``features[B, D]``."""
-        return torch.softmax(self.head.sample_logits(features, k), dim=-1)
+        """Posterior predictive samples ``probs[k, B, C]``: the softmax of :meth:`sample_logits`.
+        A third-party method may override only this; its logits are then ``log probs``
+        (:func:`bnnkit.engine.loop.head_outputs`), which softmax-based scores do not mind."""
+        return torch.softmax(self.sample_logits(features, k), dim=-1)
 
     # -- persistence (beyond the head's own parameters, which live in the detector) ------------
     def extra_state(self) -> dict[str, Tensor]:

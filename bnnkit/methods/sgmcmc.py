@@ -310,7 +310,7 @@ class SGMCMCMethod(InferenceMethod):
                 offset += p.numel()
 
     # -- prediction -------------------------------------------------------------------------------
-    def sample(self, features: Tensor, k: int) -> Tensor:
+    def sample_logits(self, features: Tensor, k: int) -> Tensor:
         samples = self.store.samples()
         if samples is None:
             # During burn-in (e.g. the trainer's validation) the chain's current state is the
@@ -323,9 +323,9 @@ class SGMCMCMethod(InferenceMethod):
                     stacklevel=2,
                 )
                 self._warned = True
-            return torch.softmax(self.head(features), dim=-1).unsqueeze(0).expand(k, -1, -1)
+            return self.head(features).unsqueeze(0).expand(k, -1, -1)
         chosen = samples[pick(samples.shape[0], k, samples.device)].to(features.device)
-        return torch.softmax(batched_logits(self.head, chosen, features), dim=-1)
+        return batched_logits(self.head, chosen, features)
 
     def to(self, device: torch.device) -> SGMCMCMethod:
         self.store.to(device)
