@@ -10,7 +10,7 @@ import torch
 from bnnkit.data.dataset import Normalisation
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
-from bnnkit.model.detector import Detector, build_detector
+from bnnkit.model.detector import Detector
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, read_toml, validate
 from bnnkit.run.checkpoint import find_checkpoint, load_checkpoint, warn_fallback
@@ -45,12 +45,14 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
             update={"backbone": model_cfg.backbone.model_copy(update={"pretrained": pretrained})}
         )
     head_name = recipe.head_name(registry)
+    method_cls = registry.get("method", recipe.inference.name).obj
     try:
-        detector = build_detector(model_cfg, head_name, registry)
+        detector = method_cls.build_detector(
+            model_cfg, head_name, registry, recipe.inference.options()
+        )
     except (TypeError, ValueError) as exc:  # a plugin factory rejecting an option value
         raise UsageError(f"model: {exc}") from None
     detector.normalisation = resolve_normalisation(recipe, detector.normalisation)
-    method_cls = registry.get("method", recipe.inference.name).obj
     try:
         method: InferenceMethod = method_cls(
             detector.head, num_train=num_train, **recipe.inference.options()

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnnkit.model.detector import Detector, build_detector
 from bnnkit.model.heads import Head
 from bnnkit.options import NoOptions, PluginOptions, options_model
 
@@ -97,6 +98,17 @@ class InferenceMethod:
         self.head = head
         self.num_train = max(int(num_train), 1)
         self.config = self.opts.model_dump()
+
+    @classmethod
+    def build_detector(
+        cls, model_cfg: Any, head_name: str, registry: Any, options: dict[str, Any]
+    ) -> Detector:
+        """The detector this method predicts with, from the recipe's validated ``model``
+        section, the head plugin's name, the plugin registry and the method's ``options`` (the
+        recipe's ``[inference]`` keys). Default: :func:`bnnkit.model.detector.build_detector`.
+        A method whose detector is not one backbone and one head overrides it (whole-detector
+        ensembles, training-free methods that wrap the backbone)."""
+        return build_detector(model_cfg, head_name, registry)
 
     # -- training -------------------------------------------------------------------------------
     def training_loss(

@@ -1,0 +1,5 @@
+"""OOD scores (the ``score`` plugin kind): see :mod:`bnnkit.scores.base`."""
+
+from bnnkit.scores.base import Score, ScoreInputs, ScoreNotFitted
+
+__all__ = ["Score", "ScoreInputs", "ScoreNotFitted"]
