@@ -1,4 +1,4 @@
-"""The four plugin hooks. Each receives a ``register`` callback (llm's style) and calls it once per
+"""The five plugin hooks. Each receives a ``register`` callback (llm's style) and calls it once per
 thing it provides. Signatures of ``register`` per kind:
 
 - ``register_backbones(register)``: ``register(name, factory, *, catalog=None, options=None,
@@ -13,6 +13,9 @@ thing it provides. Signatures of ``register`` per kind:
   ``factory(in_features, num_classes, **options) -> bnnkit.model.heads.Head``.
 - ``register_methods(register)``: ``register(name, method_class, *, summary="")`` with a subclass
   of :class:`bnnkit.methods.base.InferenceMethod`.
+- ``register_scores(register)``: ``register(name, score_class, *, summary="")`` with a subclass
+  of :class:`bnnkit.scores.base.Score` (an OOD score: one number per image, higher = more likely
+  from an unseen generator).
 
 Options are declared once per plugin (:mod:`bnnkit.options`): the ``Options`` attribute of the
 registered class, or ``options=`` (a :class:`~bnnkit.options.PluginOptions` subclass) for a
@@ -78,3 +81,8 @@ def register_heads(register: RegisterPart) -> None:
 @hookspec
 def register_methods(register: RegisterPart) -> None:
     """Register inference methods: ``register(name, method_class, *, summary="")``."""
+
+
+@hookspec
+def register_scores(register: RegisterPart) -> None:
+    """Register OOD scores: ``register(name, score_class, *, summary="")``."""

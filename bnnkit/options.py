@@ -50,6 +50,7 @@ KIND_PATHS: dict[str, str] = {
     "attention": "model.attention",
     "head": "model.head",
     "method": "inference",
+    "score": "score",  # not a recipe table: ``bnnkit evaluate --score NAME`` (Score.__init__)
 }
 
 

@@ -1,4 +1,4 @@
-"""Plugin discovery and the registry of backbones, attention blocks, heads and methods.
+"""Plugin discovery and the registry of backbones, attention blocks, heads, methods and scores.
 
 Every plugin, built-in or third-party, is a module named by an entry point in the group ``bnnkit``.
 Loading is done entry point by entry point (not with pluggy's all-or-nothing
@@ -31,12 +31,13 @@ from bnnkit.errors import PluginError
 from bnnkit.options import NoOptions, OptionInfo, PluginOptions, describe, options_model
 
 ENTRY_POINT_GROUP = "bnnkit"
-KINDS: tuple[str, ...] = ("backbone", "attention", "head", "method")
+KINDS: tuple[str, ...] = ("backbone", "attention", "head", "method", "score")
 HOOKS: dict[str, str] = {
     "backbone": "register_backbones",
     "attention": "register_attention",
     "head": "register_heads",
     "method": "register_methods",
+    "score": "register_scores",
 }
 #: entry points bnnkit cannot run without; BNNKIT_PLUGINS / BNNKIT_DISABLE_PLUGINS do not apply
 ESSENTIAL: tuple[str, ...] = ("timm", "method_map", "head_linear", "attention_none")
@@ -44,7 +45,8 @@ ESSENTIAL: tuple[str, ...] = ("timm", "method_map", "head_linear", "attention_no
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """One registered thing: a backbone factory, attention factory, head factory or method class."""
+    """One registered thing: a backbone factory, attention factory, head factory, method class or
+    score class."""
 
     kind: str
     name: str

@@ -9,6 +9,8 @@
 - :func:`check_method`: a conformance check of an :class:`~bnnkit.methods.base.InferenceMethod`
   (sample shapes and probabilities, seeded reproducibility, state round-trip through
   safetensors and JSON, determinism where the method and head are deterministic).
+- :func:`check_score`: a conformance check of a :class:`~bnnkit.scores.base.Score` (shape, dtype,
+  finiteness, batch independence, ``ScoreNotFitted`` before a fit, state round-trip).
 
 Set ``HF_HUB_OFFLINE=1`` in your ``conftest.py`` before anything imports timm.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "TINY_SETS",
     "TrainedRun",
     "check_method",
+    "check_score",  # noqa: F822 (module __getattr__, lazy)
     "invoke",
     "registered",
     "registry_fixture",
@@ -358,3 +361,13 @@ def _check_round_trip(
         _draw(method, features, k, 0),
         msg=lambda m: f"{name}: a method restored from its state samples differently ({m})",
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``check_score`` (:func:`bnnkit.scores.conformance.check_score`), imported on first use so
+    that importing this module does not import torch."""
+    if name == "check_score":
+        from bnnkit.scores.conformance import check_score
+
+        return check_score
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ import pytest
 from bnnkit import hookspecs  # noqa: E402
 from bnnkit.methods.base import InferenceMethod, LossParts  # noqa: E402
 from bnnkit.model.heads import Head  # noqa: E402
+from bnnkit.scores.base import Score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "plugins.md"
@@ -109,7 +110,7 @@ def public_methods(cls: type) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("cls", [InferenceMethod, Head], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [InferenceMethod, Head, Score], ids=lambda c: c.__name__)
 def test_base_class_interface_is_documented(cls: type) -> None:
     block = class_block(cls.__name__)
     documented = documented_defs(block)

@@ -11,13 +11,14 @@ from bnnkit.cli._common import console, print_json
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--kind",
-    type=click.Choice(["backbone", "attention", "head", "method"]),
+    type=click.Choice(["backbone", "attention", "head", "method", "score"]),
     help="Show only one kind.",
 )
 def command(as_json: bool, kind: str | None) -> None:
-    """List every backbone, attention block, head and inference method, with the package
-    (and version) that provides it. Plugins that failed to load are listed as broken with
-    their error; the rest of bnnkit keeps working.
+    """List every backbone, attention block, head, inference method and OOD score, with the
+    package (and version) that provides it; a score also shows where its algorithm comes from
+    and what it is fitted on (train images, seen validation images, or nothing). Plugins that
+    failed to load are listed as broken with their error; the rest of bnnkit keeps working.
 
     With --kind, each plugin's options follow: type (with its range or choices), default
     and help, as the plugin declares them.
@@ -27,6 +28,7 @@ def command(as_json: bool, kind: str | None) -> None:
       bnnkit plugins
       bnnkit plugins --kind method
       bnnkit plugins --kind method --json
+      bnnkit plugins --kind score
     """
     from bnnkit.plugins import KINDS, get_registry
 
@@ -48,6 +50,10 @@ def command(as_json: bool, kind: str | None) -> None:
             }
             if k == "method":
                 row["heads"] = list(e.obj.heads)
+            if k == "score":
+                row["source"] = getattr(e.obj, "source", "")
+                row["fit_on"] = getattr(e.obj, "fit_on", None)
+                row["needs"] = list(getattr(e.obj, "needs", ()))
             rows.append(row)
     broken = [b.__dict__ for b in registry.broken]
     if as_json:
@@ -62,15 +68,24 @@ def command(as_json: bool, kind: str | None) -> None:
         return
     from rich.table import Table
 
+    scores_only = kind == "score"  # their own columns: where the algorithm is from, its fit
     table = Table(title="bnnkit plugins", title_justify="left")
-    for col in ("kind", "name", "package", "summary", "options"):
+    extra = ("source", "fit") if scores_only else ()
+    for col in ("kind", "name", "package", "summary", *extra, "options"):
         table.add_column(col)
     for r in rows:
         pkg = f"{r['package']} {r['version']}".strip()
         summary = r["summary"] + (
             f"  [dim](heads: {', '.join(r['heads'])})[/]" if "heads" in r else ""
         )
-        table.add_row(r["kind"], r["name"], pkg, summary, ", ".join(r["options"]) or "-")
+        cells = []
+        if r["kind"] == "score":
+            fit = f"on {r['fit_on']}" if r["fit_on"] else "none"
+            cells = [r["source"] or "-", fit]
+            if not scores_only:
+                summary += f"  [dim]({cells[0]}; fit {fit})[/]"
+        cells = cells if scores_only else []
+        table.add_row(r["kind"], r["name"], pkg, summary, *cells, ", ".join(r["options"]) or "-")
     console().print(table)
     if kind:  # one kind: every plugin's options in full
         _print_options(rows)

@@ -19,7 +19,14 @@ The contract every caller relies on (and :func:`bnnkit.testing.check_score` chec
   depend on the batch it is computed in (row ``i`` depends on row ``i`` of the inputs only);
 - a fitted score raises :class:`ScoreNotFitted` when called before :meth:`fit` or loading;
 - ``state_dict()`` holds only tensors (safetensors), ``meta()`` only JSON values; both together
-  restore the fit in a fresh instance built with the same options.
+  restore the fit in a fresh instance built with the same options;
+- a ``fit_on = "seen"`` score (fusion) reads only ``inputs.scores`` (the values of its
+  ``needs``), in ``fit`` and when scoring: callers pass the component values they already have,
+  and ``features``, ``logits`` and ``probs`` may be empty tensors (``fused`` with
+  ``weights = "errors"`` is the one exception: its fit also reads ``probs``).
+
+Saving and loading fits in a run, building scores by name and computing several at once (needs
+first) is :mod:`bnnkit.scores.store`; the built-ins are in ``plugins/score_*.py``.
 """
 
 from __future__ import annotations
@@ -84,7 +91,9 @@ class Score:
     - ``fit_on``: ``None`` (a function of the inputs), ``"train"`` (fitted on the training
       images' features and labels, :meth:`fit`) or ``"seen"`` (fitted on the seen-generator
       validation images, e.g. fusion; the unseen generators are never used to fit anything);
-    - ``needs``: names of other scores whose values it reads from ``ScoreInputs.scores``;
+    - ``needs``: names of other scores whose values it reads from ``ScoreInputs.scores``
+      (a class attribute, or set per instance in ``__init__`` when an option chooses them, as
+      ``fused`` does; callers read ``score.needs`` from the instance);
     - ``source``: where the algorithm comes from (e.g. ``"pytorch-ood Mahalanobis"``), shown by
       ``bnnkit plugins --kind score``.
     """

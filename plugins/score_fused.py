@@ -1,0 +1,137 @@
+"""Score: ``fused``, several scores rank-normalised on seen validation images and averaged.
+
+In the spirit of the combined-uncertainty rejection of Yumlembam et al. (2025): each component
+score (option ``scores``) is mapped through its empirical CDF on the **seen-generator
+validation images** (mid-rank: ``(#{ref < x} + #{ref <= x}) / 2n``, so ties get the average of
+their ranks and a constant component maps to 0.5 everywhere) and the normalised values are
+averaged with weights. The unseen generators are never used to fit anything.
+
+The default components are ``mahalanobis`` and ``knn`` (feature-space novelty: a parametric
+and a non-parametric density, which fail differently on tiny runs), ``mutual_info``
+(the posterior's epistemic disagreement; constant, hence neutral, for MAP) and ``entropy``
+(the predictive uncertainty, which is what flags the *errors* an abstention should catch).
+
+``weights = "equal"`` (default) weighs them alike; ``"errors"`` weighs each by how well it ranks
+the seen validation images' misclassifications (AUROC - 0.5, floored at 0; equal weights when
+no component beats chance or there are no errors), which needs the seen images' ``probs`` in
+the fit's inputs.
+
+Contract of a ``fit_on = "seen"`` score (see :mod:`bnnkit.scores.base`): it reads only
+``inputs.scores``, both in ``fit`` (except ``"errors"``, which also reads ``inputs.probs``) and
+when scoring, so features, logits and probs may be empty tensors. The fit stores each
+component's sorted reference values and the weights as tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import field_validator
+from torch import Tensor
+
+from bnnkit import Field, PluginOptions, hookimpl
+from bnnkit.errors import UsageError
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.scores.base import Score, ScoreInputs
+
+
+def mid_rank_ecdf(reference: Tensor, values: Tensor) -> Tensor:
+    """``(#{ref < v} + #{ref <= v}) / (2 n)`` for sorted ``reference`` (float64)."""
+    below = torch.searchsorted(reference, values, side="left")
+    upto = torch.searchsorted(reference, values, side="right")
+    return (below + upto).double() / (2 * reference.numel())
+
+
+class Fused(Score):
+    summary = "mean of component scores rank-normalised on seen validation images"
+    source = "bnnkit (Yumlembam et al. 2025)"
+    fit_on = "seen"
+
+    class Options(PluginOptions):
+        scores: list[str] = Field(
+            ["mahalanobis", "knn", "mutual_info", "entropy"],
+            description="component scores",
+        )
+        weights: Literal["equal", "errors"] = Field(
+            "equal", description="'errors': weigh by AUROC of the seen validation errors"
+        )
+
+        @field_validator("scores")
+        @classmethod
+        def _components(cls, value: list[str]) -> list[str]:
+            from bnnkit.scores.store import ALIASES
+
+            names = [ALIASES.get(v, v) for v in value]
+            assert names, "name at least one component score"
+            assert "fused" not in names, "fused cannot be its own component"
+            assert len(set(names)) == len(names), f"components repeat: {value}"
+            return names
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.needs = tuple(self.opts.scores)  # type: ignore[misc]  # per instance: an option
+        self.reference: dict[str, Tensor] = {}
+        self.weights = torch.ones(len(self.needs), dtype=torch.float64)
+
+    def _components(self, inputs: ScoreInputs) -> list[Tensor]:
+        missing = [n for n in self.needs if n not in inputs.scores]
+        if missing:
+            raise UsageError(
+                f"score 'fused' needs the scores {missing} in ScoreInputs.scores",
+                hint="bnnkit.scores.store.compute_scores computes the components first",
+            )
+        return [inputs.scores[n].detach().to("cpu", torch.float64).reshape(-1) for n in self.needs]
+
+    def fit(self, inputs: ScoreInputs, labels: Tensor) -> None:
+        values = self._components(inputs)
+        if not values[0].numel():
+            raise UsageError("score 'fused' needs at least one seen validation image to fit on")
+        self.reference = {
+            n: v.sort().values.contiguous() for n, v in zip(self.needs, values, strict=True)
+        }
+        self.weights = torch.ones(len(self.needs), dtype=torch.float64)
+        if self.opts.weights == "errors":
+            self.weights = self._error_weights(values, inputs, labels)
+        self.fitted = True
+
+    def _error_weights(self, values: list[Tensor], inputs: ScoreInputs, labels: Tensor) -> Tensor:
+        from bnnkit.metrics.ood import ood_auroc
+
+        if inputs.probs.numel() == 0:
+            raise UsageError("score 'fused' with weights = 'errors' needs the seen images' probs")
+        predicted = inputs.probs.detach().cpu().double().mean(0).argmax(-1)
+        errors = predicted != labels.detach().cpu().long().reshape(-1)
+        gains = torch.tensor([ood_auroc(v, errors) - 0.5 for v in values], dtype=torch.float64)
+        gains = torch.nan_to_num(gains, nan=0.0).clamp_min(0.0)
+        return gains if float(gains.sum()) > 0 else torch.ones_like(gains)
+
+    def __call__(self, inputs: ScoreInputs) -> Tensor:
+        self.check_fitted()
+        values = self._components(inputs)
+        ranks = torch.stack(
+            [mid_rank_ecdf(self.reference[n], v) for n, v in zip(self.needs, values, strict=True)]
+        )
+        return self.as_output((self.weights[:, None] * ranks).sum(0) / self.weights.sum())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self.check_fitted()
+        state = {f"reference.{n}": v.clone() for n, v in self.reference.items()}
+        return {**state, "weights": self.weights.clone()}
+
+    def meta(self) -> dict[str, Any]:
+        n = len(next(iter(self.reference.values()))) if self.reference else 0
+        return {"n": n, "weights": dict(zip(self.needs, self.weights.tolist(), strict=True))}
+
+    def load_state_dict(self, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        missing = [n for n in self.needs if f"reference.{n}" not in state]
+        if missing:
+            raise UsageError(f"score 'fused': the saved fit has no reference for {missing}")
+        self.reference = {n: state[f"reference.{n}"].double().contiguous() for n in self.needs}
+        self.weights = state["weights"].double()
+        self.fitted = True
+
+
+@hookimpl
+def register_scores(register: RegisterPart) -> None:
+    register("fused", Fused)

@@ -1,0 +1,28 @@
+"""Score: ``mutual_info``, the mutual information between label and weights (epistemic, nats).
+
+BALD's ``H(mean_k p) - mean_k H(p_k)``, :func:`bnnkit.metrics.uncertainty.decompose`'s
+``epistemic``: what ``Predictions.score("epistemic")`` gave before scores were plugins
+(``epistemic`` is an alias). Exactly 0 for deterministic methods (MAP). No fit.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from bnnkit import hookimpl
+from bnnkit.hookspecs import RegisterPart
+from bnnkit.metrics.uncertainty import decompose
+from bnnkit.scores.base import Score, ScoreInputs
+
+
+class MutualInformation(Score):
+    summary = "mutual information of label and weights (epistemic uncertainty)"
+    source = "bnnkit (decompose: epistemic; Houlsby et al. 2011)"
+
+    def __call__(self, inputs: ScoreInputs) -> Tensor:
+        return self.as_output(decompose(inputs.probs.detach().float().cpu())["epistemic"])
+
+
+@hookimpl
+def register_scores(register: RegisterPart) -> None:
+    register("mutual_info", MutualInformation)
