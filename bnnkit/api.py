@@ -98,7 +98,8 @@ class Run:
         """Evaluate on the recipe's generators (and ``ood``, unseen ones); writes metrics.json,
         predictions.csv, threshold.json, plots and report.md into the run and returns the
         metrics. ``options`` are :func:`bnnkit.engine.evaluation.evaluate_run`'s (``data_root``,
-        ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``)."""
+        ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``, ``tiles``,
+        ``scores``, ``score_options``, ``fit_limit``)."""
         from bnnkit.engine.evaluation import evaluate_run
 
         dev, _ = _device(device)
@@ -174,6 +175,7 @@ def train(
     (the CLI prints its header there). Under ``torchrun`` every rank calls this; rank 0 writes.
     The trainer's summary (history, seconds, skipped files) is ``run.result``."""
     from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
+    from bnnkit.engine.members import EnsembleTrainer, ensemble_size, member_of
     from bnnkit.engine.trainer import Trainer
     from bnnkit.recipe import load_recipe
     from bnnkit.run.dirs import create_run_dir
@@ -184,6 +186,12 @@ def train(
         resume = Path(resume)
         if not RunLayout(resume).recipe.is_file():
             raise UsageError(f"{resume} is not a bnnkit run directory (no {RECIPE_FILE})")
+        ensemble = member_of(resume)
+        if ensemble is not None:  # alone it would lose the member's bootstrap resample
+            raise UsageError(
+                f"{resume} is a member of the whole-detector ensemble {ensemble}",
+                hint=f"resume the ensemble: bnnkit train --resume {ensemble}",
+            )
         r = load_recipe(RunLayout(resume).recipe)
     elif recipe is None:
         raise UsageError(
@@ -200,14 +208,17 @@ def train(
         note += f"; rank {info.rank} of {info.world}"
     if on_start is not None:
         on_start(run_dir, r, note, info)
+    # a whole-detector ensemble trains its M member runs one after another
+    trainer = EnsembleTrainer if ensemble_size(r) else Trainer
     try:
-        result = Trainer(
+        result = trainer(
             r, run_dir, dev, note, console=console if info.is_main else None,
             cache_dir=Path(cache_dir), resume=resume is not None, dist=info,
         ).run()  # fmt: skip
     except UsageError:
         # a configuration problem found while building: leave no empty run directory behind
-        if resume is None and info.is_main and not RunLayout(run_dir).checkpoint.exists():
+        started = RunLayout(run_dir).checkpoint.exists() or RunLayout(run_dir).members.exists()
+        if resume is None and info.is_main and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:

@@ -46,7 +46,7 @@ def example(tmp_path_factory) -> dict:
 def test_example_trains_evaluates_and_predicts(example) -> None:
     run, metrics = example["run"], example["metrics"]
     assert (run.path / "checkpoint.json").is_file()
-    assert metrics["schema_version"] == 2
+    assert metrics["schema_version"] == 3
     assert "midjourney" in metrics["ood"]
     assert run.metrics == json.loads((run.path / "metrics.json").read_text())
     assert len(example["images"]) == 2

@@ -80,7 +80,7 @@ def test_calibrate_then_evaluate_and_predict_use_the_temperature(trained_run, tm
 
     invoke(["evaluate", run, "--no-plots"])
     after = json.loads(layout.metrics.read_text())
-    assert after["schema_version"] == 2
+    assert after["schema_version"] == 3
     assert after["temperature"]["value"] == pytest.approx(t)
     assert after["seen"]["nll"] != pytest.approx(before["seen"]["nll"], abs=1e-6)
     assert after["seen"]["ece"] != pytest.approx(before["seen"]["ece"], abs=1e-6)

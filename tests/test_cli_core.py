@@ -134,7 +134,7 @@ def test_evaluate_latest_run_with_ood(runner, trained_run, tmp_path):
         assert {"accuracy", "auroc", "nll", "brier", "ece"} <= set(m)
         # BBB's K head samples differ: a real posterior spread on every generator
         assert m["epistemic_uncertainty"] > 0
-    assert 0.0 <= metrics["ood"]["midjourney"]["epistemic"]["auroc"] <= 1.0
+    assert 0.0 <= metrics["ood"]["midjourney"]["scores"]["mutual_info"]["auroc"] <= 1.0
 
 
 def test_evaluate_refuses_seen_generator(runner, trained_run):

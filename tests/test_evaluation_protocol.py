@@ -1,4 +1,4 @@
-"""The evaluation protocol: OOD scores, selective prediction, abstention, degradations, schema 2.
+"""The evaluation protocol: OOD scores, selective prediction, abstention, degradations, schema 3.
 
 Hand-computed cases pin the protocol's own logic (which images count as OOD, how the threshold
 is calibrated and what it catches); an end-to-end run pins the CLI and the files it writes.
@@ -67,11 +67,12 @@ def test_threshold_calibration_and_crossfit_by_hand():
     total = [round(0.1 * i, 1) for i in range(1, 11)] + [0.05, 2.0]
     data = _data([0.9] * 12, [1] * 12, [0] * 10 + [1, 1], total=total)
     thresholds, crossfit = calibrate_thresholds(data, n_seen=1, coverage=0.8)
-    assert thresholds["total"] == pytest.approx(0.8)  # the 8th smallest of the seen ones
+    # metrics.json v3 names: entropy = the total uncertainty, mutual_info = the epistemic one
+    assert thresholds["entropy"] == pytest.approx(0.8)  # the 8th smallest of the seen ones
     # folds: even positions 0.1,0.3,0.5,0.7,0.9 -> t=0.7 keeps 0.2,0.4,0.6 of the odd fold (3);
     # odd positions 0.2,...,1.0 -> t=0.8 keeps 0.1,0.3,0.5,0.7 of the even fold (4).
-    assert crossfit["total"] == pytest.approx(7 / 10)
-    assert thresholds["epistemic"] == 0.0  # all zero: nothing above it
+    assert crossfit["entropy"] == pytest.approx(7 / 10)
+    assert thresholds["mutual_info"] == 0.0  # all zero: nothing above it
 
 
 def test_abstention_counts_errors_caught_on_unseen_generators():
@@ -108,12 +109,12 @@ def test_ood_uses_unseen_fakes_against_all_seen_images():
     m = condition_metrics(_data(p, labels, gens, epistemic=epi), ["adm", "glide"], 1)
     o = m["ood"]["glide"]
     assert (o["n_id"], o["n_ood"]) == (4, 2)
-    assert o["epistemic"] == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    assert o["scores"]["mutual_info"] == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
     # max-prob score 1 - max(p, 1-p): seen .2 .3 .2 .1, unseen fakes .4 .45 -> also perfect
-    assert o["max_prob"]["auroc"] == 1.0
+    assert o["scores"]["max_prob"]["auroc"] == 1.0
     assert o["fake_detection_rate"] == 0.5  # 0.6 detected, 0.45 missed
     assert o["mean_epistemic_unseen_fakes"] == pytest.approx(0.45)
-    assert m["ood_combined"]["epistemic"]["auroc"] == 1.0
+    assert m["ood_combined"]["scores"]["mutual_info"]["auroc"] == 1.0
     assert m["per_generator"]["glide"]["seen"] is False
     assert m["average_accuracy"]["all"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert m["unseen"]["n"] == 3 and m["seen"]["n"] == 4
@@ -129,7 +130,7 @@ def test_max_prob_and_entropy_rank_alike_for_two_classes():
     gens = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
     data = _data(p.tolist(), labels.tolist(), gens.tolist(), total=total.tolist())
     o = condition_metrics(data, ["adm", "glide"], 1)["ood"]["glide"]
-    assert o["max_prob"] == pytest.approx(o["total"])
+    assert o["scores"]["max_prob"] == pytest.approx(o["scores"]["entropy"])
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -166,31 +167,31 @@ def test_evaluate_acceptance_command(runner, holdout_run):
         assert text in result.output
 
     metrics = json.loads((holdout_run / "metrics.json").read_text())
-    assert metrics["schema_version"] == SCHEMA_VERSION == 2
+    assert metrics["schema_version"] == SCHEMA_VERSION == 3
     assert metrics["samples"] == 32 and metrics["ood_generators"] == UNSEEN
     assert list(metrics["per_generator"]) == SEEN + UNSEEN
     for name in UNSEEN:
-        for score in ("max_prob", "total", "epistemic"):
-            assert set(metrics["ood"][name][score]) == {"auroc", "aupr", "fpr95"}
-    assert set(metrics["selective"]) == {"total", "epistemic"}
+        for score in ("max_prob", "entropy", "mutual_info"):
+            assert set(metrics["ood"][name]["scores"][score]) == {"auroc", "aupr", "fpr95"}
+    assert {"entropy", "mutual_info"} <= set(metrics["selective"]) == set(metrics["scores"])
     assert list(metrics["degradations"]) == ["jpeg:65", "blur:3"]
     jpeg = metrics["degradations"]["jpeg:65"]
     assert jpeg["kind"] == "jpeg" and jpeg["value"] == 65
     assert set(jpeg["per_generator"]) == set(SEEN + UNSEEN)
     a = metrics["abstention"]
-    assert a["score"] == "total" and a["coverage_target"] == 0.95
+    assert a["score"] == "entropy" and a["coverage_target"] == 0.95
     assert a["calibration"] == {"split": "val", "generators": SEEN, "n": 48,
                                 "file": "threshold.json"}  # fmt: skip
-    chosen = a["by_score"]["total"]
+    chosen = a["by_score"]["entropy"]
     assert chosen["seen"]["coverage"] >= 0.95  # in-sample coverage is at least the target
     for name in UNSEEN:
         v = chosen["unseen"][name]
         assert 0 <= v["errors_caught"] <= v["errors"] <= v["n"] == 8
     # degraded conditions reuse the clean threshold
-    assert jpeg["abstention"]["by_score"]["total"]["threshold"] == chosen["threshold"]
+    assert jpeg["abstention"]["by_score"]["entropy"]["threshold"] == chosen["threshold"]
 
     threshold = json.loads((holdout_run / "threshold.json").read_text())
-    assert threshold["score"] == "total" and threshold["samples"] == 32
+    assert threshold["score"] == "entropy" and threshold["samples"] == 32
     assert threshold["threshold"] == chosen["threshold"]
     assert threshold["coverage_target"] == 0.95 and len(threshold["model_sha256"]) == 64
 
@@ -226,9 +227,9 @@ def test_evaluate_acceptance_command(runner, holdout_run):
         return m
 
     assert strip(again) == strip(metrics)
-    assert again["abstention"]["score"] == "epistemic"
-    assert again["abstention"]["by_score"]["total"]["seen"]["coverage"] >= 0.5
-    assert json.loads((holdout_run / "threshold.json").read_text())["score"] == "epistemic"
+    assert again["abstention"]["score"] == "mutual_info"  # --abstain-on epistemic: its alias
+    assert again["abstention"]["by_score"]["entropy"]["seen"]["coverage"] >= 0.5
+    assert json.loads((holdout_run / "threshold.json").read_text())["score"] == "mutual_info"
     assert not any(plots.glob("*.png"))
     assert "![" not in (holdout_run / "report.md").read_text()
 

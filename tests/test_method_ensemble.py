@@ -209,4 +209,4 @@ def test_cli_train_evaluate_compare(synth_root, tmp_path, monkeypatch, backbone)
     (row,) = json.loads(invoke(["compare", str(run), "--format", "json"]))
     assert row["method"] == "ensemble"
     assert row["id_accuracy"] == metrics["seen"]["accuracy"]
-    assert row["epistemic_auroc"] == metrics["ood"]["midjourney"]["epistemic"]["auroc"]
+    assert row["epistemic_auroc"] == metrics["ood"]["midjourney"]["scores"]["mutual_info"]["auroc"]

@@ -79,7 +79,8 @@ def group_reference(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def ood_scores(p: np.ndarray, total: np.ndarray, epistemic: np.ndarray) -> dict[str, np.ndarray]:
-    return {"max_prob": 1.0 - np.maximum(p, 1.0 - p), "total": total, "epistemic": epistemic}
+    # metrics.json v3 names: entropy = the total uncertainty, mutual_info = the epistemic one
+    return {"max_prob": 1.0 - np.maximum(p, 1.0 - p), "entropy": total, "mutual_info": epistemic}
 
 
 def check_against_sklearn(metrics: dict[str, Any], cols: dict[str, np.ndarray]) -> int:
@@ -113,7 +114,8 @@ def check_against_sklearn(metrics: dict[str, Any], cols: dict[str, np.ndarray]) 
                 "fpr95": float(fprs[tprs >= 0.95 - 1e-12].min()),
             }
             for key, value in want.items():
-                assert entry[score][key] == pytest.approx(value, abs=TOL), (score, key)
+                got = entry["scores"][score][key]
+                assert got == pytest.approx(value, abs=TOL), (score, key)
                 checked += 1
     return checked
 
@@ -188,7 +190,7 @@ def test_metrics_json_matches_sklearn_from_predictions_csv(runner, request, whic
     result = runner.invoke(main, ["evaluate", str(run), "--no-plots"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["schema_version"] == 2
+    assert metrics["schema_version"] == 3
     cols = _read_predictions(run)
     n_gen = len(metrics["per_generator"])
     n_ood = len(metrics["ood"]) + (metrics["ood_combined"] is not None)
@@ -197,11 +199,12 @@ def test_metrics_json_matches_sklearn_from_predictions_csv(runner, request, whic
     if which == "map":
         # constant epistemic score: AURC and accuracy-at-coverage are undefined, not file order
         assert (cols["epistemic"] == 0).all()
-        assert sel["epistemic"]["aurc"] is None and sel["epistemic"]["accuracy_at_90"] is None
-        assert sel["epistemic"]["aurc_optimal"] == sel["total"]["aurc_optimal"]
+        assert sel["mutual_info"]["aurc"] is None and sel["mutual_info"]["accuracy_at_90"] is None
+        assert sel["mutual_info"]["aurc_optimal"] == sel["entropy"]["aurc_optimal"]
         assert "n/a" in result.output
         report = (run / "report.md").read_text()
-        (row,) = [ln for ln in report.splitlines() if ln.startswith("| mutual information")]
-        assert row.count("n/a") == 3
+        # the selective-prediction table's row (the per-score summary table has one too)
+        rows = [ln for ln in report.splitlines() if ln.startswith("| mutual information")]
+        assert [row.count("n/a") for row in rows if "n/a" in row] == [3]
     else:
-        assert all(math.isfinite(v) for v in (sel["epistemic"]["aurc"], sel["total"]["aurc"]))
+        assert all(math.isfinite(v) for v in (sel["mutual_info"]["aurc"], sel["entropy"]["aurc"]))

@@ -40,14 +40,16 @@ def _predict(runner, run, *args):
 
 def test_calibrated_threshold_gives_uncertain_verdicts(runner, calibrated_run, synth_root):
     threshold = json.loads((calibrated_run / "threshold.json").read_text())
-    assert threshold["score"] == "total" and threshold["coverage_target"] == 0.5
+    # the default score: the total predictive entropy (called "entropy" since threshold.json v2)
+    assert threshold["score"] == "entropy" and threshold["coverage_target"] == 0.5
     out = _predict(runner, calibrated_run, *_seen_images(synth_root))
     assert out["abstention"]["threshold"] == threshold["threshold"]
     assert out["samples"] == threshold["samples"]  # the K the threshold was calibrated with
     preds = out["predictions"]
     assert len(preds) == 16
     for p in preds:
-        above = p["total"] > threshold["threshold"]
+        assert p["score"] == "entropy" and p["score_value"] == pytest.approx(p["total"])
+        above = p["score_value"] > threshold["threshold"]
         assert (p["verdict"] == "uncertain") == above
         if not above:
             assert p["verdict"] == ("fake" if p["p_fake"] >= 0.5 else "real")

@@ -26,7 +26,7 @@ def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bo
         text = json.dumps({**record, "predictions": rows}, indent=2) + "\n"
     elif fmt_ == "csv":
         buf = io.StringIO()
-        fields = row_fields(tiling is not None, explain)
+        fields = row_fields(tiling is not None, explain, scored=rule is not None)
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -46,7 +46,7 @@ def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, 
 
     caption = None
     if rule is not None:
-        caption = f"uncertain: {rule['score']} uncertainty > {rule['threshold']:.4g} nats"
+        caption = f"uncertain: score {rule['score']} > {rule['threshold']:.4g}"
         if rule.get("coverage_target"):
             caption += f" (calibrated for {100 * rule['coverage_target']:.0f}% coverage)"
     table = Table(
@@ -58,6 +58,7 @@ def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, 
     table.add_column("file", overflow="fold")
     table.add_column("verdict", no_wrap=True)
     columns = ["p(fake)", "total", "aleatoric", "epistemic"]
+    columns += [rule["score"]] if rule is not None else []
     columns += ["tiles", "max tile", "tile sd"] if tiled else []
     for c in columns:
         table.add_column(c, justify="right", no_wrap=True)
@@ -70,6 +71,8 @@ def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, 
         if r["error"]:
             verdict += f" [red]({r['error']})[/]"
         cells = [fmt(r["p_fake"]), fmt(r["total"]), fmt(r["aleatoric"]), fmt(r["epistemic"], 4)]
+        if rule is not None:
+            cells.append(fmt(r["score_value"], 4))
         if tiled:
             cells += [str(r["tiles"]), fmt(r["tile_p_fake_max"]), fmt(r["tile_p_fake_sd"])]
         table.add_row(r["path"], verdict, *cells)

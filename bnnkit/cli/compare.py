@@ -12,8 +12,10 @@ import click
 from bnnkit.cli._common import console, fmt, format_option, print_json
 
 # metrics.json versions whose keys this reads: seen.{accuracy,nll,ece}, ood.<generator>.accuracy,
-# ood.<generator>.epistemic.auroc, method, samples (unchanged from 1 to 2)
-SCHEMA_VERSIONS = (1, 2)
+# the mutual information's OOD AUROC (ood.<generator>.epistemic.auroc in 1 and 2,
+# ood.<generator>.scores.mutual_info.auroc in 3), the abstention score and its catch rate
+# (abstention.by_score.<score>.unseen_combined.errors_caught_rate, 2 and 3), method, samples
+SCHEMA_VERSIONS = (1, 2, 3)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -34,6 +36,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     """One row of the comparison from a run's metrics.json, timing.json, recipe.toml and
     checkpoint.json (read as plain files: comparing needs no plugin to be installed)."""
     from bnnkit.errors import UsageError
+    from bnnkit.metrics.schema import abstention_score, canonical_score, ood_score
     from bnnkit.run import RunLayout
 
     layout = RunLayout(run_dir)
@@ -53,12 +56,15 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     unseen = {
         name: {
             "accuracy": o.get("accuracy"),
-            "epistemic_auroc": (o.get("epistemic") or {}).get("auroc"),
+            "epistemic_auroc": ood_score(o, "mutual_info").get("auroc"),
         }
         for name, o in ood.items()
     }
     seen = metrics.get("seen") or {}
     per_image = timing.get("predict_seconds_per_image")
+    abstention = metrics.get("abstention") or {}
+    score = abstention.get("score")
+    caught = abstention_score(abstention).get("unseen_combined") or {}
     return {
         "run": run_dir.name,
         "path": str(run_dir),
@@ -70,6 +76,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "ece": seen.get("ece"),
         "unseen_accuracy": _mean([u["accuracy"] for u in unseen.values()]),
         "epistemic_auroc": _mean([u["epistemic_auroc"] for u in unseen.values()]),
+        "abstain_score": canonical_score(score) if score else None,
+        "caught_rate": caught.get("errors_caught_rate"),
+        "caught": [caught.get("errors_caught"), caught.get("errors")] if caught else None,
         "train_seconds": checkpoint.get("train_seconds"),
         "predict_ms_per_image": None if per_image is None else 1000.0 * per_image,
         "seen_generators": metrics.get("seen_generators", []),
@@ -97,21 +106,23 @@ def collect(runs: list[Path]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    from bnnkit.report.tables import compare_table, render_markdown
+    from bnnkit.report.compare import compare_table
+    from bnnkit.report.tables import render_markdown
 
     return render_markdown(compare_table(rows))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    from bnnkit.report.tables import compare_table, render_rich
+    from bnnkit.report.compare import compare_table
+    from bnnkit.report.tables import render_rich
 
     unseen = sorted({g for r in rows for g in r["unseen_generators"]})
     title = f"{len(rows)} run(s); unseen: {', '.join(unseen) or 'none'}"
     drop = []
     # a value every run shares goes to the title, so the table fits a terminal
-    for key, label in (("backbone", "backbone"), ("samples", "K")):
+    for key, label in (("backbone", "backbone"), ("samples", "K"), ("abstain_score", "abstain on")):
         values = {r[key] for r in rows}
-        if len(rows) > 1 and len(values) == 1:
+        if (len(rows) > 1 or key == "abstain_score") and len(values) == 1:
             title += f"; {label} {fmt(values.pop())}"
             drop.append(key)
     console().print(render_rich(compare_table(rows, title, drop)))
@@ -128,8 +139,10 @@ def command(runs: tuple[Path, ...], out_format: str) -> None:
 
     Columns: method, backbone, posterior samples K, ID accuracy, NLL and ECE (generators seen in
     training), accuracy on the unseen generator(s), epistemic OOD AUROC (unseen fakes vs
-    seen-generator images), train time and predict time per image. Values come from each run's
-    metrics.json and timing.json (written by `bnnkit evaluate`) and checkpoint.json.
+    seen-generator images), the score the run abstains on and the fraction of the unseen
+    generators' errors its threshold catches, train time and predict time per image. Values
+    come from each run's metrics.json (schema 1 to 3) and timing.json (written by `bnnkit
+    evaluate`) and checkpoint.json.
 
     \b
     Examples:

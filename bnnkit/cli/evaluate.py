@@ -7,45 +7,15 @@ from pathlib import Path
 import click
 
 from bnnkit.cli._common import (
-    choice_option,
     console,
     device_option,
-    fmt,
     overrides_option,
     path_option,
     print_json,
 )
+from bnnkit.cli._evaluate_output import print_metrics
 from bnnkit.cli._tiles import tile_options
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
-
-
-def print_metrics(metrics: dict, out=None) -> None:
-    """The evaluation as compact tables that fit an 80-column terminal without truncation
-    (the tables of :mod:`bnnkit.report.tables`, shared with report.md)."""
-    from bnnkit.report import tables as t
-
-    out = out or console()
-    out.print(t.render_rich(t.detection_table(metrics)))
-    out.print(t.render_rich(t.calibration_table(metrics)))
-    out.print(f"GenImage average accuracy: {fmt(metrics['average_accuracy']['all'])}")
-    for name, o in metrics["ood"].items():
-        out.print(
-            f"[bold magenta]unseen generator: {name}[/]: accuracy {fmt(o['accuracy'])}, "
-            f"fakes detected {fmt(o['fake_detection_rate'])}\n"
-            f"  epistemic AUROC [bold]{fmt(o['epistemic']['auroc'])}[/] (mean epistemic: "
-            f"its fakes {fmt(o['mean_epistemic_unseen_fakes'], 4)}, "
-            f"seen {fmt(o['mean_epistemic_seen'], 4)})"
-        )
-    if metrics["ood"]:
-        out.print(t.render_rich(t.ood_table(metrics)))
-    out.print(t.render_rich(t.selective_table(metrics)))
-    out.print(t.render_rich(t.abstention_table(metrics, [metrics["abstention"]["score"]])))
-    if metrics.get("degradations"):
-        out.print(t.render_rich(t.degradation_table(metrics)))
-    if metrics["broken_files"]:
-        out.print(f"[yellow]{len(metrics['broken_files'])} unreadable file(s) skipped:[/]")
-        for b in metrics["broken_files"]:
-            out.print(f"  {b['path']}: {b['reason']}")
 
 
 @click.command("evaluate")
@@ -81,10 +51,30 @@ def print_metrics(metrics: dict, out=None) -> None:
     help="Target coverage of the abstention threshold on seen-generator validation images "
     "(default: the recipe's eval.coverage, 0.95).",
 )
-@choice_option(
+@click.option(
+    "--score",
+    "scores",
+    multiple=True,
+    metavar="NAME",
+    help="Score to report OOD detection, selective prediction and abstention for "
+    "(repeatable; `bnnkit plugins --kind score` lists them). Default: max_prob, entropy, "
+    "mutual_info, energy, mahalanobis, knn, fused.",
+)
+@click.option(
     "--abstain-on",
-    ["total", "epistemic"],
-    "Uncertainty the abstention threshold is calibrated on (both are reported).",
+    default="entropy",
+    show_default=True,
+    metavar="NAME",
+    help="Score the abstention threshold is calibrated on, saved for `bnnkit predict` (any "
+    "score; added to --score; total = entropy, epistemic = mutual_info).",
+)
+@click.option(
+    "--fit-limit",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="Training images (balanced over generator and class) a fitted score such as "
+    "mahalanobis or knn is fitted on when the run has no fit of it yet; 0 = all.",
 )
 @overrides_option(
     "inference.KEY=VALUE",
@@ -110,7 +100,9 @@ def command(
     degrade: tuple[str, ...],
     samples: int | None,
     coverage: float | None,
+    scores: tuple[str, ...],
     abstain_on: str,
+    fit_limit: int,
     overrides: tuple[str, ...],
     no_plots: bool,
     data_root: str | None,
@@ -123,14 +115,16 @@ def command(
 
     Per generator: accuracy, balanced accuracy, AUROC, AP, TPR at 1%/5% FPR, NLL, Brier, ECE
     and adaptive ECE, and the mean total / aleatoric / epistemic uncertainty. For every unseen
-    generator: how well max-probability, entropy and mutual information separate its fakes
-    from seen-generator images (AUROC, AUPR, FPR95). Selective prediction (AURC, accuracy at
-    90%/80% coverage) on seen images. An abstention threshold is calibrated on seen-generator
-    validation images for the target coverage and saved for `bnnkit predict`, with how many of
-    the unseen generators' errors it catches. With --degrade, everything again per degradation.
+    generator and every score (--score): how well it separates the generator's fakes from
+    seen-generator images (AUROC, AUPR, FPR95). Selective prediction (AURC, accuracy at
+    90%/80% coverage) on seen images. An abstention threshold is calibrated per score on
+    seen-generator validation images for the target coverage, the --abstain-on one saved for
+    `bnnkit predict`, with how many of the unseen generators' errors each catches. Fitted
+    scores are fitted once on the run's training images (the frozen-feature cache when there
+    is one) and saved in RUN/scores/. With --degrade, everything again per degradation.
 
-    Writes RUN/metrics.json (schema_version 2, see docs/metrics-schema.md), threshold.json,
-    predictions.csv, timing.json, plots/*.png and report.md.
+    Writes RUN/metrics.json (schema_version 3, see docs/metrics-schema.md), threshold.json,
+    predictions.csv, timing.json, scores/, plots/*.png and report.md.
 
     \b
     Examples:
@@ -139,6 +133,7 @@ def command(
           --degrade jpeg:65,blur:3 --samples 32
       bnnkit evaluate RUN --degrade genimage --coverage 0.9
       bnnkit evaluate RUN --set inference.prior_precision=10
+      bnnkit evaluate RUN --ood midjourney --score mahalanobis --score knn --abstain-on knn
     """
     from bnnkit.api import Run
     from bnnkit.data.degrade import parse_degradations
@@ -160,6 +155,8 @@ def command(
         degradations=degradations,
         coverage=coverage,
         abstain_on=abstain_on,
+        scores=list(scores) or None,
+        fit_limit=fit_limit,
         plots=not no_plots,
         overrides=list(overrides),
         tiles=tiling

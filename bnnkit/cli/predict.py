@@ -53,8 +53,8 @@ from bnnkit.cli._tiles import tile_options
     "--max-uncertainty",
     type=float,
     default=None,
-    help="Abstain above this uncertainty (nats) instead of the calibrated threshold; the score "
-    "is the calibrated one (total unless evaluate chose epistemic).",
+    help="Abstain above this value of the calibrated score (threshold.json's, e.g. knn with "
+    "`bnnkit evaluate --abstain-on knn`; entropy in nats by default) instead of its threshold.",
 )
 @click.option(
     "--explain",
@@ -90,8 +90,10 @@ def command(
 
     For each file: the verdict, p(fake) from the posterior predictive, and the total /
     aleatoric / epistemic uncertainty in nats. The verdict is 'uncertain' when the run has a
-    calibrated abstention threshold (written by `bnnkit evaluate`) and the image's uncertainty
-    is above it; otherwise 'fake' if p(fake) >= --threshold, else 'real'. A file that cannot
+    calibrated abstention threshold (written by `bnnkit evaluate`, on any score: --abstain-on)
+    and the image's value of that score (in the rows as score and score_value; a fitted score
+    is loaded from RUN/scores/) is above it; otherwise 'fake' if p(fake) >= --threshold, else
+    'real'. A file that cannot
     be read gets an error entry; the others are still predicted, and non-image files in
     folders are counted in a warning.
 

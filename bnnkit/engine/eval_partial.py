@@ -2,10 +2,11 @@
 
 Each condition (clean, then every degradation) that finishes is written atomically to
 ``RUN/eval_partial/<condition>.safetensors``: its :class:`~bnnkit.metrics.records.Predictions`
-tensors, and in the file's metadata the condition, what the stream saw (unreadable files,
-seconds) and the key of the evaluation. The key hashes everything the results depend on: the
-model file's sha256, K, the inference overrides, the generators, the evaluated files, the data
-options, the seed, the device type and the bnnkit version. The next ``evaluate`` with the same
+tensors (each score's values as ``score.<name>``), and in the file's metadata the condition,
+what the stream saw (unreadable files, seconds) and the key of the evaluation. The key hashes
+everything the results depend on: the model file's sha256, K, the inference overrides (and the
+scores with their options and fits), the generators, the evaluated files, the data options,
+the seed, the device type and the bnnkit version. The next ``evaluate`` with the same
 key loads the finished conditions and computes only the others; files of another key (other
 weights, other arguments) are deleted on sight, and the folder is deleted once the evaluation's
 files are written.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -33,6 +33,8 @@ from bnnkit.run.layout import EVAL_PARTIAL_SUFFIX, RunLayout
 from bnnkit.run.threshold import model_fingerprint
 
 __all__ = ["PartialResults", "evaluation_key"]
+
+_SCORE = "score."  # the tensor-name prefix of a score's values
 
 
 def _digest(payload: Any) -> str:
@@ -102,12 +104,17 @@ class PartialResults:
         if not meta or meta.get("key") != self.key or meta.get("condition") != condition:
             return None
         with safe_open(str(path), framework="pt") as fh:
-            record = Predictions(**{f.name: fh.get_tensor(f.name) for f in fields(Predictions)})
+            names = json.loads(meta.get("scores", "[]"))  # in the order they were computed
+            scores = {name: fh.get_tensor(_SCORE + name) for name in names}
+            record = Predictions(
+                **{f: fh.get_tensor(f) for f in Predictions.tensor_fields()}, scores=scores
+            )
         seen = json.loads(meta["stats"])
         stats = StreamStats(
             [Broken(**b) for b in seen["broken"]],
             seen["features_seconds"],
             seen["sampling_seconds"],
+            seen.get("scores_seconds", 0.0),
         )
         self.reused.append(condition)
         return record, stats
@@ -116,15 +123,17 @@ class PartialResults:
         """Store a finished condition (atomically: a kill leaves it whole or absent)."""
         path = self.layout.eval_partial_condition(condition)
         path.parent.mkdir(exist_ok=True)
-        tensors = {
-            f.name: getattr(record, f.name).detach().cpu().contiguous() for f in fields(record)
-        }
+        tensors = {f: getattr(record, f) for f in record.tensor_fields()}
+        tensors.update({f"{_SCORE}{k}": v for k, v in record.scores.items()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         seen = {
             "broken": [{"path": b.path, "reason": b.reason} for b in stats.broken],
             "features_seconds": stats.features_seconds,
             "sampling_seconds": stats.sampling_seconds,
+            "scores_seconds": stats.scores_seconds,
         }
-        meta = {"key": self.key, "condition": condition, "stats": json.dumps(seen)}
+        meta = {"key": self.key, "condition": condition, "stats": json.dumps(seen),
+                "scores": json.dumps(list(record.scores))}  # fmt: skip
         tmp = temp_path(path)
         try:
             save_file(tensors, str(tmp), metadata=meta)

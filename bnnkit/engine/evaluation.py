@@ -7,22 +7,27 @@ backbone runs once per image and condition; the K posterior samples are drawn ov
 
 Written to the run directory:
 
-- ``metrics.json`` (``schema_version`` 2, every key documented in ``docs/metrics-schema.md``):
+- ``metrics.json`` (``schema_version`` 3, every key documented in ``docs/metrics-schema.md``):
   only numbers that depend on the run, the data and the options, so two same-seed runs give
   identical files. Timings go to ``timing.json``.
 - ``threshold.json``: the abstention threshold calibrated on seen-generator validation images for
-  the target coverage; ``bnnkit predict`` reads it to answer ``uncertain``.
-- ``predictions.csv``: per image and condition, p(fake) and the total / aleatoric / epistemic
-  uncertainty (nats), so any table can be recomputed.
+  the target coverage, on the ``--abstain-on`` score; ``bnnkit predict`` reads it to answer
+  ``uncertain``.
+- ``predictions.csv``: per image and condition, p(fake), the total / aleatoric / epistemic
+  uncertainty (nats) and every score's value, so any table can be recomputed.
+- ``scores/*``: the fits of fitted scores (:mod:`bnnkit.engine.score_fit`).
 - ``plots/*.png`` and ``report.md`` (see :mod:`bnnkit.report`).
 
-Abstention uses the **total** predictive uncertainty (entropy of the mean predictive) by default,
-``--abstain-on epistemic`` switches to the mutual information. Why total: abstaining is meant to
-avoid wrong verdicts, and the total entropy ranks likely errors on seen data best (it contains the
-epistemic part, total = aleatoric + epistemic); it is also defined for every method, whereas a
-deterministic method (MAP) has epistemic = 0 for every image, which would make the threshold
-abstain on nothing. ``metrics.json`` reports both scores side by side (``abstention.by_score``),
-so the choice can be checked on the unseen generators' errors.
+Scores (``--score``, :mod:`bnnkit.engine.score_set`): every score plugin is computed per batch
+while streaming, from the pooled features and the K posterior samples; OOD detection, selective
+prediction and abstention are reported for each. Abstention uses the **total** predictive
+uncertainty (``entropy``, the entropy of the mean predictive) by default, ``--abstain-on NAME``
+any score. Why entropy: abstaining is meant to avoid wrong verdicts, and the total entropy
+ranks likely errors on seen data best (it contains the epistemic part, total = aleatoric +
+epistemic); it is also defined for every method, whereas a deterministic method (MAP) has
+epistemic = 0 for every image, which would make the threshold abstain on nothing.
+``metrics.json`` reports every score side by side (``abstention.by_score``), so the choice can
+be checked on the unseen generators' errors.
 
 This module only orchestrates: the metrics are pure functions in :mod:`bnnkit.metrics.protocol`,
 the threshold file is :mod:`bnnkit.run.threshold`, the CSV writer :mod:`bnnkit.report.predictions`.
@@ -42,23 +47,26 @@ from rich.console import Console
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
 from bnnkit.data.degrade import Degradation
-from bnnkit.data.genimage import Sample, check_generator_name, index_split
+from bnnkit.data.genimage import Sample, index_split
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.engine.build import load_run
 from bnnkit.engine.cache import cached_condition, run_feature_cache
 from bnnkit.engine.calibrate import apply_run_temperature, temperature_metrics
+from bnnkit.engine.eval_options import inference_overrides, resolve_ood
 from bnnkit.engine.eval_partial import PartialResults, evaluation_key
 from bnnkit.engine.loop import (
+    Scorer,
     StreamStats,
     make_loader,
     posterior_samples,
     stream_predictive,
     worker_count,
 )
+from bnnkit.engine.score_fit import FIT_LIMIT, add_seen_values, fit_seen_scores, fit_train_scores
+from bnnkit.engine.score_set import evaluation_scores, score_entries, threshold_fits
 from bnnkit.engine.tiles import TiledTransform, Tiling, make_tiling, run_tiled, tiling_of
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import (
-    ABSTAIN_SCORES,
     DEFAULT_ABSTAIN_SCORE,
     abstention_metrics,
     calibrate_thresholds,
@@ -66,45 +74,13 @@ from bnnkit.metrics.protocol import (
     condition_metrics,
 )
 from bnnkit.metrics.records import Predictions
-from bnnkit.overrides import parse_value
 from bnnkit.report.predictions import predictions_csv
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import THRESHOLD_FILE, RunLayout
 from bnnkit.run.threshold import threshold_record, write_threshold
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CLEAN = "clean"
-
-
-def resolve_ood(recipe, ood: list[str] | None) -> list[str]:
-    names = [check_generator_name(g) for g in (ood or recipe.data.holdout)]
-    seen = set(recipe.data.train_generators)
-    trained = [g for g in names if g in seen]
-    if trained:
-        raise UsageError(
-            f"--ood {', '.join(trained)}: this run was trained on {', '.join(trained)}, so it is "
-            "not an unseen generator",
-            hint=f"unseen here: {', '.join(sorted(set(recipe.data.holdout) - seen)) or 'none'}",
-        )
-    return list(dict.fromkeys(names))
-
-
-def inference_overrides(overrides: list[str] | None) -> dict[str, Any]:
-    """``inference.KEY=VALUE`` items (``bnnkit evaluate --set``) as ``{KEY: value}``: options of
-    the run's inference method that apply at evaluation time (e.g. ``prior_precision`` of
-    kflaplace). Anything else, or the method's name, is refused."""
-    out: dict[str, Any] = {}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        head, _, name = key.strip().partition(".")
-        if not sep or head != "inference" or not name or "." in name or name == "name":
-            raise UsageError(
-                f"--set {item!r}: evaluate takes only inference.KEY=VALUE (an option of the "
-                "run's inference method)",
-                hint="e.g. --set inference.prior_precision=10 for a kflaplace run",
-            )
-        out[name] = parse_value(value.strip())
-    return out
 
 
 @dataclass(frozen=True)
@@ -120,7 +96,7 @@ class _Chain:
 
 def _run_condition(
     detector, method, items: list[Sample], generators: list[str], transform, recipe, device,
-    k: int, progress, label: str, cache_dir: Path | None = None,
+    k: int, progress, label: str, cache_dir: Path | None = None, scorer: Scorer | None = None,
 ) -> tuple[Predictions, StreamStats]:  # fmt: skip
     d = recipe.data
     dataset = ImageDataset(
@@ -129,7 +105,9 @@ def _run_condition(
     if tiling_of(transform) is not None:  # a grid of crops per image (never the feature cache)
         return run_tiled(detector, method, dataset, recipe, device, k, progress, label)
     if cache_dir is not None and label == CLEAN:  # a frozen run: no backbone pass once cached
-        return cached_condition(detector, method, dataset, recipe, device, k, cache_dir, progress)
+        return cached_condition(
+            detector, method, dataset, recipe, device, k, cache_dir, progress, scorer
+        )
     loader = make_loader(
         dataset,
         recipe.eval.batch_size,
@@ -141,16 +119,17 @@ def _run_condition(
     task = progress.add_task(f"evaluate: {label}", total=len(dataset))
     torch.manual_seed(recipe.seed)  # same draws for every condition and every run
     return stream_predictive(
-        detector, method, loader, k, device, lambda n: progress.advance(task, n)
+        detector, method, loader, k, device, lambda n: progress.advance(task, n), scorer=scorer
     )
 
 
 def _run_conditions(
     detector, method, items, generators, recipe, device, k, degradations, console, cache_dir=None,
-    partial: PartialResults | None = None, tiling: Tiling | None = None,
+    partial: PartialResults | None = None, tiling: Tiling | None = None, scorer=None, fit=None,
 ) -> tuple[dict[str, Predictions], dict[str, StreamStats]]:  # fmt: skip
     """Every condition (clean first, then each degradation) through the streaming loop; those
-    ``partial`` holds from an interrupted evaluation are loaded, each one computed is stored."""
+    ``partial`` holds from an interrupted evaluation are loaded, each one computed is stored.
+    ``fit(progress)`` runs first, under the same progress display (the scores' fits)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     d = recipe.data
@@ -166,6 +145,8 @@ def _run_conditions(
         console=console,
         disable=console is None,
     ) as progress:
+        if fit is not None:
+            fit(progress)
         for deg in [None, *degradations]:
             name = CLEAN if deg is None else deg.name
             transform = base if deg is None else _Chain(deg, base)
@@ -175,7 +156,7 @@ def _run_conditions(
             if got is None:
                 got = _run_condition(
                     detector, method, items, generators, transform, recipe, device, k, progress,
-                    name, cache_dir,
+                    name, cache_dir, scorer,
                 )  # fmt: skip
                 if partial is not None:
                     partial.save(name, *got)
@@ -197,18 +178,23 @@ def evaluate_run(
     plots: bool = True,
     overrides: list[str] | None = None,
     tiles: bool | dict[str, Any] = False,
+    scores: list[str] | None = None,
+    score_options: dict[str, dict[str, Any]] | None = None,
+    fit_limit: int = FIT_LIMIT,
 ) -> dict[str, Any]:
     """Evaluate a run, write ``metrics.json``, ``timing.json``, ``threshold.json``,
     ``predictions.csv``, ``plots/*.png`` (unless ``plots=False``) and ``report.md``; return the
     metrics dict (what ``metrics.json`` holds). ``overrides``: ``inference.KEY=VALUE`` items
     (see :func:`inference_overrides`), recorded in ``metrics.json`` and ``threshold.json``;
     so is ``tiles`` (:func:`~bnnkit.engine.tiles.make_tiling`: each image judged from a grid
-    of crops instead of one centre crop)."""
+    of crops instead of one centre crop). ``scores``: score plugin names reported (default
+    ``DEFAULT_SCORES``), with ``score_options`` per name; ``abstain_on``: the score the
+    threshold is calibrated on (any score); ``fit_limit``: training images a fitted score is
+    fitted on at most (when it has no fit yet)."""
     from bnnkit.plugins import get_registry
     from bnnkit.report import write_report
 
-    if abstain_on not in ABSTAIN_SCORES:
-        raise UsageError(f"--abstain-on {abstain_on!r}: choose one of {', '.join(ABSTAIN_SCORES)}")
+    t_start = time.perf_counter()
     inference = inference_overrides(overrides)
     layout = RunLayout(run_dir)
     run_dir = layout.root
@@ -224,28 +210,43 @@ def evaluate_run(
     coverage = recipe.eval.coverage if coverage is None else float(coverage)
     if not 0.0 < coverage <= 1.0:
         raise UsageError(f"--coverage {coverage}: must be in (0, 1], e.g. 0.95")
+    if fit_limit < 0:
+        raise UsageError(f"--fit-limit {fit_limit}: must be >= 0 (0 = every training image)")
     ood_gens = resolve_ood(recipe, ood)
     seen = list(recipe.data.train_generators)
     generators = seen + ood_gens
     n_seen = len(seen)
     k = posterior_samples(recipe, "evaluate", requested=samples)
     tiling = make_tiling(recipe.data.image_size, tiles)
+    chosen = evaluation_scores(scores, abstain_on, score_options, tiled=tiling is not None)
+    abstain_on, requested = chosen.abstain_on, chosen.requested
     degradations = list(degradations or [])
     d = recipe.data
     items = index_split(
         d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
         cache_dir=DEFAULT_CACHE_DIR,
     )  # fmt: skip
-    t_start = time.perf_counter()
+    fit_info: dict[str, Any] = {}
+    scorer = chosen.scorer
+
+    def fit(progress) -> None:  # the train fits (loaded or made), shown with the conditions
+        fit_info.update(fit_train_scores(
+            scorer, run_dir=run_dir, recipe=recipe, detector=detector, method=method,
+            meta=meta, device=device, k=k, fit_limit=fit_limit, progress=progress,
+        ))  # fmt: skip
+        chosen.scores.update(scorer)  # the fitted objects replace the unfitted ones
+
+    key_scores = {"scores": chosen.key(), "fit_limit": fit_limit} if scorer else {}
     partial = PartialResults(layout, evaluation_key(
         layout, recipe=recipe, samples=k, generators=generators,
         inference={**inference, **({"tiles": tiling.to_dict()} if tiling else {}),
-                   **({"temperature": t_value} if t_value else {})},
+                   **({"temperature": t_value} if t_value else {}), **key_scores},
         items=items, device=device,
     ))  # fmt: skip
+    t_fit = time.perf_counter()
     records, stats = _run_conditions(
         detector, method, items, generators, recipe, device, k, degradations, console,
-        run_feature_cache(recipe, meta), partial, tiling,
+        run_feature_cache(recipe, meta), partial, tiling, scorer, fit,
     )  # fmt: skip
     clean = records[CLEAN]
     n_cal = int((clean.generators < n_seen).sum())
@@ -254,7 +255,13 @@ def evaluate_run(
             f"no readable validation images of the seen generators under '{d.root}'",
             hint="check the data with `bnnkit data check`",
         )
-    thresholds, crossfit = calibrate_thresholds(clean, n_seen, coverage)
+    t_seen = time.perf_counter()
+    seen_fit = fit_seen_scores(chosen.scores, clean, n_seen, run_dir, partial.key)
+    for deg in degradations:
+        add_seen_values(chosen.scores, records[deg.name])
+    t_seen = time.perf_counter() - t_seen
+    thresholds, crossfit = calibrate_thresholds(clean, n_seen, coverage, requested)
+    options = chosen.options(abstain_on)
     metrics: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": run_dir.name,
@@ -274,10 +281,11 @@ def evaluate_run(
         "seen_generators": seen,
         "ood_generators": ood_gens,
         "coverage_target": coverage,
-        **condition_metrics(clean, generators, n_seen),
+        "scores": score_entries(chosen, run_dir),
+        **condition_metrics(clean, generators, n_seen, requested),
         "abstention": {
             **abstention_metrics(
-                clean, generators, n_seen, thresholds, abstain_on, coverage, crossfit
+                clean, generators, n_seen, thresholds, abstain_on, coverage, crossfit, options
             ),
             "calibration": {"split": "val", "generators": seen, "n": n_cal, "file": THRESHOLD_FILE},
         },
@@ -290,9 +298,9 @@ def evaluate_run(
             "kind": deg.kind,
             "value": deg.value,
             "description": deg.describe(),
-            **condition_metrics(data, generators, n_seen),
+            **condition_metrics(data, generators, n_seen, requested),
             "abstention": abstention_metrics(
-                data, generators, n_seen, thresholds, abstain_on, coverage
+                data, generators, n_seen, thresholds, abstain_on, coverage, options=options
             ),
         }
     metrics = clean_json(metrics)
@@ -308,6 +316,8 @@ def evaluate_run(
         seen=seen,
         n_calibration=n_cal,
         run_dir=run_dir,
+        options=options,
+        score_fit=threshold_fits(chosen, fit_info.get("fingerprint"), seen_fit["fingerprint"]),
     )
     if inference:
         record["inference_overrides"] = inference
@@ -325,23 +335,41 @@ def evaluate_run(
     t_report = time.perf_counter()
     write_report(run_dir, metrics, clean, plots=plots)
     t_end = time.perf_counter()
+    timing = _timing(stats, clean, k, t_end - t_report, t_end - t_start, meta, device, partial)
+    timing["scores"] = {
+        "fit_train_seconds": fit_info.get("seconds", 0.0),
+        "fit_seen_seconds": t_seen,
+        "fitted": fit_info.get("fitted", []) + seen_fit["fitted"],
+        "loaded": fit_info.get("loaded", []),
+        "fit_images": fit_info.get("n"),
+        "fit_source": fit_info.get("source"),
+        "setup_seconds": t_fit - t_start,
+    }
+    atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
+    return metrics
+
+
+def _timing(stats, clean, k, report_s, total_s, meta, device, partial) -> dict[str, Any]:
     c = stats[CLEAN]
     n = max(len(clean), 1)
-    timing = {
+    return {
         "conditions": {
-            name: {"features_seconds": s.features_seconds, "sampling_seconds": s.sampling_seconds}
+            name: {
+                "features_seconds": s.features_seconds,
+                "sampling_seconds": s.sampling_seconds,
+                "scores_seconds": s.scores_seconds,
+            }
             for name, s in stats.items()
         },
         "images": len(clean),
         "samples": k,
         "features_seconds": c.features_seconds,
         "sampling_seconds": c.sampling_seconds,
+        "scores_seconds": c.scores_seconds,
         "predict_seconds_per_image": (c.features_seconds + c.sampling_seconds) / n,
-        "report_seconds": t_end - t_report,
-        "total_seconds": t_end - t_start,
+        "report_seconds": report_s,
+        "total_seconds": total_s,
         "train_seconds": meta.get("train_seconds"),
         "device": str(device),
         "reused_conditions": partial.reused,
     }
-    atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
-    return metrics

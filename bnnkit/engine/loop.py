@@ -1,5 +1,6 @@
 """Shared loops: data loaders, feature extraction, and the posterior predictive over the head
-(one streaming loop, :func:`stream_predictive`, with a per-batch hook), and the rule for K."""
+(one streaming loop, :func:`stream_predictive`, with a per-batch hook and the OOD scores of each
+batch), and the rule for K."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from bnnkit.data.dataset import Batch, Broken, collate
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.metrics.records import Predictions
 from bnnkit.model.detector import Detector
+
+#: the scores a streaming loop computes per batch (name -> fitted or fit-free score plugin)
+Scorer = dict[str, Any]
 
 
 def usable_cpus() -> int:
@@ -138,10 +142,67 @@ def temper(probs: Tensor, temperature: float | None) -> Tensor:
     return torch.softmax(probs.float().clamp_min(1e-12).log() / float(temperature), dim=-1)
 
 
+def _samples_probs_only(method: InferenceMethod) -> bool:
+    """Whether ``method`` (a third-party one) overrides only :meth:`InferenceMethod.sample`
+    (in its class or on the instance), so its logits are not its own: they are then
+    ``log probs``."""
+
+    def own(name: str) -> Any:
+        attr = getattr(method, name)
+        return getattr(attr, "__func__", attr)
+
+    return (
+        own("sample") is not InferenceMethod.sample
+        and own("sample_logits") is InferenceMethod.sample_logits
+    )
+
+
+def head_outputs(method: InferenceMethod, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The K posterior samples of the head on ``features``: ``(logits, probs)``, each
+    ``[K, B, C]``, tempered by the run's temperature when one is set (``logits / T``, ``probs``
+    their softmax): the one place evaluation and prediction sample the head. A method that
+    overrides only ``sample`` gives ``log probs`` as its logits."""
+    t = getattr(method, TEMPERATURE_ATTR, None)
+    tempered = t not in (None, 1.0)
+    if _samples_probs_only(method):
+        probs = method.sample(features, k)
+        logits = probs.float().clamp_min(1e-12).log()
+        if not tempered:
+            return logits, probs
+    else:
+        logits = method.sample_logits(features, k).float()
+    if tempered:
+        logits = logits / float(t)
+    return logits, torch.softmax(logits, dim=-1)
+
+
 def head_probs(method: InferenceMethod, features: Tensor, k: int) -> Tensor:
-    """The K posterior samples ``[K, B, 2]`` of the head on ``features``, tempered by the run's
-    temperature when one is set: the one place evaluation and prediction sample the head."""
-    return temper(method.sample(features, k), getattr(method, TEMPERATURE_ATTR, None))
+    """The K posterior samples ``[K, B, 2]`` of the predictive (:func:`head_outputs`)."""
+    return head_outputs(method, features, k)[1]
+
+
+def batch_record(
+    method: InferenceMethod,
+    features: Tensor,
+    k: int,
+    scorer: Scorer | None = None,
+    stats: StreamStats | None = None,
+    **known: Tensor,
+) -> Predictions:
+    """The record of one batch of pooled ``features``: K head samples reduced at once, and the
+    values of every score of ``scorer`` (:func:`bnnkit.scores.store.compute_scores`) on them
+    (their seconds added to ``stats.scores_seconds``)."""
+    logits, probs = head_outputs(method, features, k)
+    values = None
+    if scorer:
+        from bnnkit.scores.base import ScoreInputs
+        from bnnkit.scores.store import compute_scores
+
+        t0 = time.perf_counter()
+        values = compute_scores(scorer, ScoreInputs(features.float(), logits, probs))
+        if stats is not None:
+            stats.scores_seconds += time.perf_counter() - t0
+    return Predictions.from_probs(probs, scores=values, **known)
 
 
 def posterior_samples(
@@ -176,14 +237,16 @@ def predict_features(
     k: int,
     device: torch.device | None = None,
     chunk: int = 1024,
+    scorer: Scorer | None = None,
 ) -> Predictions:
     """K posterior samples over the head for every feature row (on ``device``, default where
-    the features are), streamed in chunks so memory does not grow with K x N."""
+    the features are), and the ``scorer``'s values, streamed in chunks so memory does not grow
+    with K x N."""
     method.head.eval()
     device = features.device if device is None else device
     return Predictions.concat(
         [
-            Predictions.from_probs(head_probs(method, features[s : s + chunk].to(device), k))
+            batch_record(method, features[s : s + chunk].to(device), k, scorer)
             for s in range(0, features.shape[0], chunk)
         ]
     )
@@ -195,7 +258,8 @@ class StreamStats:
 
     broken: list[Broken] = field(default_factory=list)
     features_seconds: float = 0.0
-    sampling_seconds: float = 0.0
+    sampling_seconds: float = 0.0  # the head's samples and the scores
+    scores_seconds: float = 0.0  # of which the scores
 
 
 #: ``on_batch(batch, images, feature_map, predictions)``: called after each batch with the
@@ -213,10 +277,12 @@ def stream_predictive(
     progress: Callable[[int], None] | None = None,
     *,
     on_batch: BatchHook | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[Predictions, StreamStats]:
-    """One backbone pass and K head samples per batch, keeping only per-image results, so peak
-    memory does not grow with the number of images (the pooled features are dropped). The
-    record carries each image's label, generator and dataset index, in loader order."""
+    """One backbone pass and K head samples per batch, keeping only per-image results (and the
+    values of each score of ``scorer``), so peak memory does not grow with the number of images
+    (the pooled features are dropped). The record carries each image's label, generator and
+    dataset index, in loader order."""
     detector.eval()
     method.head.eval()
     parts: list[Predictions] = []
@@ -229,8 +295,12 @@ def stream_predictive(
             fmap = detector.feature_map(images)
             feats = detector.pool_features(fmap).float()
             t1 = time.perf_counter()
-            part = Predictions.from_probs(
-                head_probs(method, feats, k),
+            part = batch_record(
+                method,
+                feats,
+                k,
+                scorer,
+                stats,
                 labels=batch.labels,
                 generators=batch.generators,
                 indices=batch.indices,

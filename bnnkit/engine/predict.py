@@ -1,6 +1,11 @@
 """Predicting image files with a trained run: p(fake), the uncertainty parts and a verdict per
 file (``bnnkit predict`` is a thin layer over :func:`predict_run`).
 
+Abstention: the verdict is ``uncertain`` when the image's value of the score ``threshold.json``
+was calibrated on (any score plugin; a fitted one is loaded from the run's ``scores/``, with the
+fingerprints ``threshold.json`` recorded, never refitted here) is above its threshold; each row
+then carries ``score`` (its name) and ``score_value``.
+
 Streaming: images are decoded, run through the backbone once and sampled over the head batch by
 batch (:func:`~bnnkit.engine.loop.stream_predictive`); only per-image results are kept. A file
 that cannot be read (or explained) gets an error entry and the others carry on. With ``tiles``
@@ -25,7 +30,8 @@ from bnnkit.data.images import is_image_name, list_images
 from bnnkit.engine.build import load_run
 from bnnkit.engine.calibrate import apply_run_temperature
 from bnnkit.engine.explain import explain_hook, tiled_explain_hook
-from bnnkit.engine.loop import make_loader, posterior_samples, stream_predictive
+from bnnkit.engine.loop import Scorer, make_loader, posterior_samples, stream_predictive
+from bnnkit.engine.score_set import load_scores
 from bnnkit.engine.tiles import (
     TILE_FIELDS,
     TiledTransform,
@@ -35,20 +41,24 @@ from bnnkit.engine.tiles import (
     stream_tiled,
 )
 from bnnkit.errors import UsageError
-from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
+from bnnkit.metrics.records import DECOMPOSITION, SCORE_ALIASES, UNCERTAINTY_KEYS, Predictions
 from bnnkit.run.layout import RunLayout
 from bnnkit.run.threshold import abstention_rule, read_threshold, verdict
 
 __all__ = ["FIELDS", "PredictResult", "collect_files", "predict_run", "row_fields"]
 
-#: the columns of a prediction row (the tile spread is added with ``tiles``, ``explain`` with
-#: ``--explain``).
+#: the columns of a prediction row (the abstention score's name and value are added when there
+#: is an abstention rule, the tile spread with ``tiles``, ``explain`` with ``--explain``).
 FIELDS = ["path", "verdict", "p_fake", *UNCERTAINTY_KEYS, "error"]
+SCORE_FIELDS = ["score", "score_value"]
 
 
-def row_fields(tiles: bool = False, explain: bool = False) -> list[str]:
+def row_fields(tiles: bool = False, explain: bool = False, scored: bool = False) -> list[str]:
     """The columns of the rows :func:`predict_run` returns with these options, in order."""
-    return FIELDS[:-1] + (TILE_FIELDS if tiles else []) + ["error"] + (["explain"] * explain)
+    return (
+        FIELDS[:-1] + (SCORE_FIELDS if scored else []) + (TILE_FIELDS if tiles else [])
+        + ["error"] + (["explain"] * explain)
+    )  # fmt: skip
 
 
 @dataclass
@@ -106,9 +116,32 @@ def skipped_message(skipped: dict[str, int]) -> str:
     return f"skipped {n} non-image file{'s' * (n != 1)} ({parts})"
 
 
-def error_row(path: str, why: str, tiled: bool = False) -> dict[str, Any]:
-    empty = dict.fromkeys(["p_fake", *UNCERTAINTY_KEYS, *(TILE_FIELDS if tiled else [])])
+def error_row(path: str, why: str, tiled: bool = False, score: str | None = None) -> dict:
+    empty = dict.fromkeys(["p_fake", *UNCERTAINTY_KEYS])
+    if score is not None:
+        empty.update(score=score, score_value=None)
+    empty.update(dict.fromkeys(TILE_FIELDS if tiled else []))
     return {"path": path, "verdict": "error", **empty, "error": why}
+
+
+def _scorer(layout: RunLayout, rule: dict[str, Any] | None, calibrated, tiled: bool) -> Scorer:
+    """The scores to stream for the abstention rule: its score and those it reads, fits loaded
+    from the run (nothing for a version-1 threshold or a posterior score with ``tiles``: the
+    record gives those)."""
+    if rule is None or (calibrated or {}).get("schema_version") == 1:
+        return {}
+    name = SCORE_ALIASES.get(rule["score"], rule["score"])
+    if tiled:
+        if name not in DECOMPOSITION:
+            raise UsageError(
+                f"--tiles judges an image from several crops; the run abstains on score "
+                f"'{name}', which needs one feature vector per image",
+                hint="predict without --tiles, add --no-abstain, or calibrate on a posterior "
+                f"score: bnnkit evaluate {layout.root} --tiles --abstain-on entropy",
+            )
+        return {}
+    fits = (calibrated or {}).get("score_fit")
+    return load_scores(layout.root, name, rule.get("options"), fits)  # every fit loaded
 
 
 def _tiling_warnings(recipe, tiling: Tiling | None, calibrated) -> list[str]:
@@ -166,6 +199,7 @@ def predict_run(
     recipe, detector, method, _meta = load_run(layout.root, device, inference=inference)
     warnings += _temperature_warnings(layout, method, calibrated)
     rule = abstention_rule(calibrated, max_uncertainty) if abstain else None
+    scorer = _scorer(layout, rule, calibrated, tiles)
     k = posterior_samples(recipe, "predict", requested=samples, calibrated=calibrated)
     files, missing, skipped = collect_files(inputs)
     if skipped:
@@ -189,13 +223,19 @@ def predict_run(
 
     def row(idx: int, part: Predictions, j: int, extra: dict[str, Any]) -> None:
         u, p = part.uncertainty(j), float(part.p_fake[j])
-        rows[idx] = {"path": str(files[idx]), "verdict": verdict(p, u, p_threshold, rule),
-                     "p_fake": p, **u, **extra, "error": None}  # fmt: skip
+        scored: dict[str, Any] = {}
+        if rule is not None:
+            scored = {"score": rule["score"], "score_value": float(part.score(rule["score"])[j])}
+        values = {**u, **({rule["score"]: scored["score_value"]} if rule else {})}
+        rows[idx] = {"path": str(files[idx]), "verdict": verdict(p, values, p_threshold, rule),
+                     "p_fake": p, **u, **scored, **extra, "error": None}  # fmt: skip
 
     torch.manual_seed(recipe.seed)
     if tiling is None:
         hook = explain_hook(detector, method, files, rows, k, device, folder) if explain else None
-        broken = _predict_crops(recipe, detector, method, files, k, device, batch_size, row, hook)
+        broken = _predict_crops(
+            recipe, detector, method, files, k, device, batch_size, row, hook, scorer
+        )
     else:
         explainer = (
             tiled_explain_hook(detector, method, files, rows, k, device, folder)
@@ -217,9 +257,10 @@ def predict_run(
             on_image=on_image, keep_maps=explain,
         )  # fmt: skip
         broken = stats.broken
-    tiled = tiling is not None
-    out = [rows[i] for i in sorted(rows)] + [error_row(b.path, b.reason, tiled) for b in broken]
-    out += [error_row(p, why, tiled) for p, why in missing.items()]
+    tiled, name = tiling is not None, rule["score"] if rule else None
+    out = [rows[i] for i in sorted(rows)]
+    out += [error_row(b.path, b.reason, tiled, name) for b in broken]
+    out += [error_row(p, why, tiled, name) for p, why in missing.items()]
     return PredictResult(out, k, rule, folder, warnings, tiling, skipped)
 
 
@@ -241,7 +282,7 @@ def _temperature_warnings(layout: RunLayout, method, calibrated: dict | None) ->
     return out
 
 
-def _predict_crops(recipe, detector, method, files, k, device, batch_size, row, explainer):
+def _predict_crops(recipe, detector, method, files, k, device, batch_size, row, explainer, scorer):
     """One centre crop (or resize) per image, as in training; ``row(idx, part, j, {})`` per
     image, then ``explainer`` per batch. Returns the unreadable files."""
     d = recipe.data
@@ -262,5 +303,7 @@ def _predict_crops(recipe, detector, method, files, k, device, batch_size, row, 
         if explainer is not None:
             explainer(batch, images, fmap, part)
 
-    _, stats = stream_predictive(detector, method, loader, k, device, on_batch=on_batch)
+    _, stats = stream_predictive(
+        detector, method, loader, k, device, on_batch=on_batch, scorer=scorer
+    )
     return stats.broken

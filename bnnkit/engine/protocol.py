@@ -34,6 +34,7 @@ from typing import Any
 from bnnkit.data.genimage import check_generator_name
 from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.metrics.protocol import ABSTAIN_SCORES, DEFAULT_ABSTAIN_SCORE, OOD_SCORES
+from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.report.protocol import PAPER_ORDER, protocol_rows
 from bnnkit.run.layout import RunLayout
 
@@ -321,12 +322,12 @@ def _cell_entry(cell: Cell) -> dict[str, Any]:
 
 def _summary(m: dict[str, Any], score: str, abstain_on: str) -> dict[str, Any]:
     """The numbers of one cell the table is made of, per generator (see metrics-schema.md)."""
-    by_score = m["abstention"]["by_score"][abstain_on]
+    by_score = abstention_score(m["abstention"], abstain_on)  # metrics.json v3 or v2
     return {
         "accuracy": {g: e["accuracy"] for g, e in m["per_generator"].items()},
         "average_accuracy": m["average_accuracy"],
-        "ood_auroc": {g: e[score]["auroc"] for g, e in m["ood"].items()},
-        "ood_auroc_combined": (m.get("ood_combined") or {}).get(score, {}).get("auroc"),
+        "ood_auroc": {g: ood_score(e, score).get("auroc") for g, e in m["ood"].items()},
+        "ood_auroc_combined": ood_score(m.get("ood_combined"), score).get("auroc"),
         "errors_caught": {g: e["errors_caught_rate"] for g, e in by_score["unseen"].items()},
         "errors_caught_combined": (by_score.get("unseen_combined") or {}).get("errors_caught_rate"),
         "threshold": by_score["threshold"],

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -268,7 +268,7 @@ def _process(detector, method, group, k, device, batch_size, reduce, keep_maps, 
 
 
 def _one(record: Predictions, j: int) -> Predictions:
-    return Predictions(**{f.name: getattr(record, f.name)[j : j + 1] for f in fields(record)})
+    return record.select(slice(j, j + 1))
 
 
 @torch.no_grad()

@@ -3,20 +3,26 @@ Predictions` record (no I/O, no model).
 
 Per condition (clean or a degradation): per-generator and pooled classification reports, the
 GenImage average accuracy, OOD detection of each unseen generator's fakes against seen images
-for every score, selective prediction on seen images, and what abstaining at a calibrated
-threshold does (see ``docs/metrics-schema.md`` for every key).
+for every score, selective prediction on seen images per score, and what abstaining at a
+calibrated threshold on each score does (see ``docs/metrics-schema.md`` for every key, schema
+version 3). The scores are named by their plugin (:mod:`bnnkit.scores`); a record gives the
+values it holds (``Predictions.scores``) and the decomposition's ``max_prob``, ``entropy``,
+``mutual_info``. :func:`ood_score` and :func:`abstention_score` read a metrics.json of version 2
+or 3 by score name, for the tables that compare runs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from bnnkit.metrics.classification import classification_report
 from bnnkit.metrics.ood import ood_report
-from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
+from bnnkit.metrics.records import DECOMPOSITION, SCORE_ALIASES, UNCERTAINTY_KEYS, Predictions
+from bnnkit.metrics.schema import abstention_score, canonical_score, ood_score
 from bnnkit.metrics.selective import (
     accuracy_at_coverage,
     aurc,
@@ -28,18 +34,31 @@ __all__ = [
     "ABSTAIN_SCORES",
     "DEFAULT_ABSTAIN_SCORE",
     "OOD_SCORES",
+    "SCORE_ALIASES",
     "abstention_metrics",
+    "abstention_score",
     "calibrate_thresholds",
+    "canonical_score",
     "clean_json",
     "condition_metrics",
+    "ood_score",
+    "record_scores",
     "selective_report",
 ]
 
-#: OOD scores: 1 - max-probability, predictive entropy (total), mutual information (epistemic).
-OOD_SCORES = ("max_prob", "total", "epistemic")
-#: Scores an abstention threshold can be calibrated on (max_prob ranks like total for 2 classes).
-ABSTAIN_SCORES = ("total", "epistemic")
-DEFAULT_ABSTAIN_SCORE = "total"
+#: Scores every record gives (max-probability, entropy, mutual information), under their plugin
+#: names and the names metrics.json version 2 used (``total``, ``epistemic``). Any score plugin
+#: can be reported and abstained on; these are the ones that need no plugin values.
+OOD_SCORES = (*DECOMPOSITION, *SCORE_ALIASES)
+ABSTAIN_SCORES = OOD_SCORES
+#: the default abstention score: the total predictive entropy
+DEFAULT_ABSTAIN_SCORE = "entropy"
+
+
+def record_scores(data: Predictions) -> list[str]:
+    """The scores a record's metrics are computed for by default: those it holds values of,
+    else the decomposition's three."""
+    return list(data.scores) or list(DECOMPOSITION)
 
 
 def clean_json(value: Any) -> Any:
@@ -64,7 +83,9 @@ def _group_report(data: Predictions, mask: Tensor) -> dict[str, Any]:
     return out
 
 
-def _ood_entry(data: Predictions, seen_mask: Tensor, ood_mask: Tensor) -> dict[str, Any]:
+def _ood_entry(
+    data: Predictions, seen_mask: Tensor, ood_mask: Tensor, scores: Sequence[str]
+) -> dict[str, Any]:
     """Seen-generator images (ID) against fakes of unseen generator(s) (OOD), for every score.
 
     Reals in an unseen generator's folder are ImageNet photos like the seen ones, so only its
@@ -73,9 +94,11 @@ def _ood_entry(data: Predictions, seen_mask: Tensor, ood_mask: Tensor) -> dict[s
     pool = seen_mask | ood_mask
     is_ood = ood_mask[pool]
     entry: dict[str, Any] = {"n_id": int(seen_mask.sum()), "n_ood": int(ood_mask.sum())}
-    for name in OOD_SCORES:
+    blocks = {}
+    for name in scores:
         rep = ood_report(data.score(name)[pool], is_ood)
-        entry[name] = {k: rep[k] for k in ("auroc", "aupr", "fpr95")}
+        blocks[name] = {k: rep[k] for k in ("auroc", "aupr", "fpr95")}
+    entry["scores"] = blocks
     return entry
 
 
@@ -92,9 +115,13 @@ def selective_report(uncertainty: Tensor, correct: Tensor) -> dict[str, Any]:
     }
 
 
-def condition_metrics(data: Predictions, generators: list[str], n_seen: int) -> dict[str, Any]:
+def condition_metrics(
+    data: Predictions, generators: list[str], n_seen: int, scores: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Every metric of one condition: per generator, seen/unseen pooled, GenImage average
-    accuracy, OOD detection per unseen generator and pooled, selective prediction on seen."""
+    accuracy, OOD detection per unseen generator and pooled and selective prediction on seen
+    images, for each of ``scores`` (default :func:`record_scores`)."""
+    scores = [canonical_score(s) for s in (scores or record_scores(data))]
     g, y = data.generators, data.labels
     seen_mask = g < n_seen
     unseen_mask = ~seen_mask
@@ -112,7 +139,7 @@ def condition_metrics(data: Predictions, generators: list[str], n_seen: int) -> 
             "mean_epistemic_unseen_fakes": _mean(data.epistemic[fakes]),
             "mean_epistemic_seen": _mean(data.epistemic[seen_mask]),
         }
-        entry.update(_ood_entry(data, seen_mask, fakes))
+        entry.update(_ood_entry(data, seen_mask, fakes, scores))
         ood[name] = entry
     has_unseen = len(generators) > n_seen
 
@@ -132,25 +159,27 @@ def condition_metrics(data: Predictions, generators: list[str], n_seen: int) -> 
             "unseen": avg(generators[n_seen:]) if has_unseen else float("nan"),
         },
         "ood": ood,
-        "ood_combined": _ood_entry(data, seen_mask, unseen_mask & (y == 1)) if has_unseen else None,
+        "ood_combined": (
+            _ood_entry(data, seen_mask, unseen_mask & (y == 1), scores) if has_unseen else None
+        ),
         "selective": {
-            s: selective_report(data.score(s)[seen_mask], correct[seen_mask])
-            for s in ABSTAIN_SCORES
+            s: selective_report(data.score(s)[seen_mask], correct[seen_mask]) for s in scores
         },
     }
 
 
 def calibrate_thresholds(
-    data: Predictions, n_seen: int, coverage: float
+    data: Predictions, n_seen: int, coverage: float, scores: Sequence[str] | None = None
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per abstention score: the threshold that keeps ``coverage`` of the seen-generator images
-    (:func:`~bnnkit.metrics.selective.threshold_for_coverage`, abstain when ``u > t``), and a
+    """Per score (default :func:`record_scores`): the threshold that keeps ``coverage`` of the
+    seen-generator images (:func:`~bnnkit.metrics.selective.threshold_for_coverage`, abstain
+    when ``u > t``), and a
     2-fold cross-fit estimate of the coverage it reaches on *new* seen images (calibrate on the
     even-positioned images, measure on the odd ones and vice versa). The in-sample coverage is
     at least ``coverage`` by construction; the cross-fit one tells whether it generalises."""
     seen = data.generators < n_seen
     thresholds, crossfit = {}, {}
-    for name in ABSTAIN_SCORES:
+    for name in [canonical_score(s) for s in (scores or record_scores(data))]:
         u = data.score(name)[seen]
         thresholds[name] = threshold_for_coverage(u, coverage)
         folds = [u[0::2], u[1::2]]
@@ -189,9 +218,12 @@ def abstention_metrics(
     score: str,
     coverage: float,
     crossfit: dict[str, float] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What abstaining at ``u > threshold`` does on seen images and on each unseen generator:
-    coverage, accuracy on the kept images, and how many of the errors it catches."""
+    """What abstaining at ``u > threshold`` does on seen images and on each unseen generator,
+    for every score of ``thresholds``: coverage, accuracy on the kept images, and how many of
+    the errors it catches. ``score`` (with its ``options``) is the one ``bnnkit predict``
+    uses."""
     g, correct = data.generators, data.correct
     by_score: dict[str, Any] = {}
     for name, t in thresholds.items():
@@ -209,4 +241,9 @@ def abstention_metrics(
             _abstain_stats(u[unseen], correct[unseen], t) if len(generators) > n_seen else None
         )
         by_score[name] = entry
-    return {"score": score, "coverage_target": coverage, "by_score": by_score}
+    return {
+        "score": score,
+        "options": dict(options or {}),
+        "coverage_target": coverage,
+        "by_score": by_score,
+    }

@@ -8,20 +8,23 @@ generator index and dataset index (evaluation knows them; predicting files does 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bnnkit.metrics.schema import SCORE_ALIASES
 from bnnkit.metrics.uncertainty import decompose
 
-__all__ = ["SCORES", "UNCERTAINTY_KEYS", "Predictions"]
+__all__ = ["DECOMPOSITION", "SCORES", "SCORE_ALIASES", "UNCERTAINTY_KEYS", "Predictions"]
 
 UNCERTAINTY_KEYS = ("total", "aleatoric", "epistemic")
 #: uncertainty scores of an image (higher = less certain): 1 - max-probability, entropy of the
 #: mean predictive (total), mutual information (epistemic), expected entropy (aleatoric).
 SCORES = ("max_prob", *UNCERTAINTY_KEYS)
+#: scores any record can give without a recorded value (from p(fake) and the decomposition)
+DECOMPOSITION = ("max_prob", "entropy", "mutual_info")
 _EMPTY_LONG = torch.zeros(0, dtype=torch.long)
 
 
@@ -41,13 +44,21 @@ class Predictions:
     labels: Tensor = _EMPTY_LONG
     generators: Tensor = _EMPTY_LONG
     indices: Tensor = _EMPTY_LONG
+    scores: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_probs(cls, probs: Tensor, **known: Tensor) -> Predictions:
-        """From K posterior samples ``probs[K, B, 2]`` (reduced at once, so K x B is freed)."""
+    def from_probs(
+        cls, probs: Tensor, *, scores: dict[str, Tensor] | None = None, **known: Tensor
+    ) -> Predictions:
+        """From K posterior samples ``probs[K, B, 2]`` (reduced at once, so K x B is freed) and
+        the batch's score values."""
         probs = probs.float().cpu()
         unc = decompose(probs)
-        return cls(probs.mean(0)[:, 1], unc["total"], unc["aleatoric"], unc["epistemic"], **known)
+        values = {k: v.detach().to("cpu", torch.float64) for k, v in (scores or {}).items()}
+        return cls(
+            probs.mean(0)[:, 1], unc["total"], unc["aleatoric"], unc["epistemic"], **known,
+            scores=values,
+        )  # fmt: skip
 
     @classmethod
     def empty(cls) -> Predictions:
@@ -58,7 +69,22 @@ class Predictions:
     def concat(cls, parts: list[Predictions]) -> Predictions:
         if not parts:
             return cls.empty()
-        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+        names = list(parts[0].scores)
+        if any(list(p.scores) != names for p in parts):
+            raise ValueError("cannot concatenate records that hold different scores")
+        out = {f: torch.cat([getattr(p, f) for p in parts]) for f in cls.tensor_fields()}
+        return cls(**out, scores={n: torch.cat([p.scores[n] for p in parts]) for n in names})
+
+    @classmethod
+    def tensor_fields(cls) -> list[str]:
+        """The names of the per-image tensor fields (every field but ``scores``)."""
+        return [f.name for f in fields(cls) if f.name != "scores"]
+
+    def select(self, index: slice | Tensor) -> Predictions:
+        """The record of a subset of images (``index`` over the images)."""
+        out = {f: getattr(self, f)[index] if getattr(self, f).numel() else getattr(self, f)
+               for f in self.tensor_fields()}  # fmt: skip
+        return Predictions(**out, scores={k: v[index] for k, v in self.scores.items()})
 
     def __len__(self) -> int:
         return int(self.p_fake.numel())
@@ -69,18 +95,26 @@ class Predictions:
         return (self.p_fake >= 0.5).long() == self.labels
 
     def score(self, name: str) -> Tensor:
-        """An uncertainty score per image (higher = less certain), as float64."""
+        """A score per image (higher = less certain / more likely unseen), as float64: the
+        recorded value of score ``name`` (``total`` / ``epistemic`` are the names of
+        ``entropy`` / ``mutual_info`` in metrics.json version 2), else, for ``max_prob``,
+        ``entropy``, ``mutual_info`` and the decomposition's parts, from p(fake) and the
+        decomposition."""
+        canonical = SCORE_ALIASES.get(name, name)
+        if canonical in self.scores:
+            return self.scores[canonical].double()
         if name == "max_prob":  # 1 - max_c mean p_c: what metrics.uncertainty.max_prob_score gives
             p = self.p_fake.double()
             return 1.0 - torch.maximum(p, 1.0 - p)
-        if name in UNCERTAINTY_KEYS:
-            return getattr(self, name).double()
-        raise ValueError(f"unknown uncertainty score {name!r}")
+        part = {v: k for k, v in SCORE_ALIASES.items()}.get(name, name)
+        if part in UNCERTAINTY_KEYS:
+            return getattr(self, part).double()
+        raise ValueError(f"unknown uncertainty score {name!r} (not recorded)")
 
     def uncertainty(self, row: int) -> dict[str, float]:
         """The three uncertainty parts of one image, as floats."""
         return {k: float(getattr(self, k)[row]) for k in UNCERTAINTY_KEYS}
 
     def numpy(self) -> dict[str, np.ndarray]:
-        """Every field as a numpy array (for plots)."""
-        return {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)}
+        """Every tensor field as a numpy array (for plots); the scores are in ``scores``."""
+        return {f: getattr(self, f).detach().cpu().numpy() for f in self.tensor_fields()}

@@ -1,6 +1,6 @@
 """``RUN/report.md``: the evaluation as tables and embedded plots, readable on its own.
 
-Everything comes from the metrics dict (``metrics.json``, schema 2) plus the relative paths of the
+Everything comes from the metrics dict (``metrics.json``, schema 3) plus the relative paths of the
 plots that were written; numbers are printed with three decimals (epistemic uncertainty with
 four), and a missing value (``null``: one class only, nothing evaluated) as an en dash.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.report.tables import (
     SCORE_NAMES,
     abstention_table,
@@ -20,6 +21,7 @@ from bnnkit.report.tables import (
     is_missing,
     ood_table,
     render_markdown,
+    score_summary_table,
     selective_table,
 )
 from bnnkit.run.layout import THRESHOLD_FILE
@@ -65,8 +67,14 @@ def _ood_section(m: Mapping[str, Any]) -> list[str]:
     out = [
         "Seen-generator images (in-distribution) against the unseen generator's fakes "
         "(out-of-distribution; its reals are ImageNet photos like the seen ones). Higher "
-        "uncertainty = more likely unseen. FPR95: fraction of seen images flagged when 95% of "
-        "the unseen fakes are.",
+        "score = more likely unseen. Per score: the OOD AUROC per unseen generator and pooled, "
+        "and the fraction of the unseen generators' errors (wrong verdicts) that abstaining at "
+        "the score's own threshold (calibrated on seen images for the target coverage) catches.",
+        "",
+        render_markdown(score_summary_table(m)),
+        "",
+        "Every score in detail (FPR95: fraction of seen images flagged when 95% of the unseen "
+        "fakes are):",
         "",
         render_markdown(ood_table(m)),
         "",
@@ -87,8 +95,7 @@ def _selective_section(m: Mapping[str, Any]) -> list[str]:
     return [
         "Seen-generator images, most certain kept first. AURC: area under the risk-coverage "
         "curve (lower is better; the optimal value is that of a perfect ranking at this error "
-        "rate). Max-probability ranks exactly like entropy for two classes, so it is not "
-        "repeated." + note,
+        "rate). For two classes max-probability ranks exactly like entropy." + note,
         "",
         render_markdown(selective_table(m)),
     ]
@@ -97,12 +104,13 @@ def _selective_section(m: Mapping[str, Any]) -> list[str]:
 def _abstention_section(m: Mapping[str, Any]) -> list[str]:
     a = m["abstention"]
     score = a["score"]
-    chosen = a["by_score"][score]
+    chosen = abstention_score(a)
     cal = a.get("calibration", {})
     out = [
-        f"Threshold on the **{SCORE_NAMES[score]}** uncertainty, calibrated on {cal.get('n')} "
-        f"seen-generator validation images to keep {_pct(a['coverage_target'])} of them: "
-        f"abstain (verdict `uncertain`) when it exceeds **{_f(chosen['threshold'], 6)}** nats. "
+        f"Threshold on the score **{SCORE_NAMES.get(score, score)}**, calibrated on "
+        f"{cal.get('n')} seen-generator validation images to keep "
+        f"{_pct(a['coverage_target'])} of them: abstain (verdict `uncertain`) when it exceeds "
+        f"**{_f(chosen['threshold'], 6)}**. "
         f"Stored in `{cal.get('file', THRESHOLD_FILE)}` for `bnnkit predict`. The seen "
         f"coverage is in-sample; the 2-fold cross-fit estimate for new seen images is "
         f"{_pct(chosen.get('coverage_crossfit'))}.",
@@ -181,17 +189,17 @@ def render_report(
         summary.append(
             f"- Unseen generators: accuracy {_f(u['accuracy'])}, AUROC {_f(u['auroc'])}; "
             f"epistemic uncertainty tells their fakes from seen images with AUROC "
-            f"{_f((comb.get('epistemic') or {}).get('auroc'))}."
+            f"{_f(ood_score(comb, 'mutual_info').get('auroc'))}."
         )
     summary.append(
         f"- GenImage average accuracy over all generators: {_f(m['average_accuracy']['all'])}."
     )
     a = m["abstention"]
-    chosen = a["by_score"][a["score"]]
+    chosen = abstention_score(a)
     if chosen.get("unseen_combined"):
         uc = chosen["unseen_combined"]
         summary.append(
-            f"- Abstaining on {a['score']} uncertainty above {_f(chosen['threshold'], 4)} keeps "
+            f"- Abstaining on score {a['score']} above {_f(chosen['threshold'], 4)} keeps "
             f"{_pct(chosen['seen']['coverage'])} of seen images and catches "
             f"{uc['errors_caught']} of {uc['errors']} errors on unseen generators."
         )
@@ -230,8 +238,9 @@ def render_report(
         "most 1%/5% of the reals fake.",
         "- NLL in nats; Brier summed over both classes (range 0-2); ECE: top-label, 15 "
         "equal-width bins; adaptive ECE: 15 equal-mass bins.",
-        "- OOD AUROC / AUPR (OOD positive) / FPR95 of an uncertainty score separating seen "
-        "images from unseen fakes.",
+        "- OOD AUROC / AUPR (OOD positive) / FPR95 of a score separating seen images from "
+        "unseen fakes; the scores are described in metrics.json's `scores` block "
+        "(`bnnkit plugins --kind score`).",
         "- `\\*`: generator unseen in training; `–`: undefined (e.g. one class only).",
     ]
     if m.get("broken_files"):

@@ -1,5 +1,7 @@
-"""``RUN/predictions.csv``: per image and condition, p(fake) and the uncertainty parts (nats), so
-any table of the evaluation can be recomputed."""
+"""``RUN/predictions.csv``: per image and condition, p(fake), the uncertainty parts (nats) and the
+value of every score the evaluation computed (one column per score, named by the score; a name
+that is already a column gets the prefix ``score_``), so any table of the evaluation can be
+recomputed."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from bnnkit.metrics.records import UNCERTAINTY_KEYS, Predictions
 
-__all__ = ["HEADER", "predictions_csv"]
+__all__ = ["HEADER", "predictions_csv", "score_columns"]
 
 HEADER = ["condition", "generator", "seen", "label", "path", "p_fake", *UNCERTAINTY_KEYS]
 
@@ -21,6 +23,11 @@ def _relative(path: Path, root: str) -> str:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def score_columns(names: Sequence[str]) -> list[str]:
+    """The CSV column of each score name (``score_<name>`` where the name is a fixed column)."""
+    return [f"score_{n}" if n in HEADER else n for n in names]
 
 
 def predictions_csv(
@@ -34,7 +41,8 @@ def predictions_csv(
     ``root`` (the data root)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HEADER)
+    names = list(next(iter(conditions.values())).scores) if conditions else []
+    writer.writerow(HEADER + score_columns(names))
     for cond, data in conditions.items():
         for row in range(len(data)):
             gi = int(data.generators[row])
@@ -46,6 +54,7 @@ def predictions_csv(
                     int(data.labels[row]),
                     _relative(paths[int(data.indices[row])], root),
                     *(f"{float(getattr(data, k)[row]):.9g}" for k in ("p_fake", *UNCERTAINTY_KEYS)),
+                    *(f"{float(data.scores[n][row]):.17g}" for n in names),
                 ]
             )
     return buf.getvalue()

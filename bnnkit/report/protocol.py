@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.report.tables import Column, Label, Table, is_missing, render_markdown
 from bnnkit.run.fileio import atomic_write_text
 
@@ -98,8 +99,8 @@ def protocol_rows(
     for cell, m in zip(cells, metrics, strict=True):
         per = m["per_generator"]
         acc = {g: per[g]["accuracy"] if g in per else None for g in generators}
-        combined = (m.get("ood_combined") or {}).get(score) or {}
-        caught = m["abstention"]["by_score"][abstain_on].get("unseen_combined") or {}
+        combined = ood_score(m.get("ood_combined"), score)  # metrics.json v3 or v2
+        caught = abstention_score(m["abstention"], abstain_on).get("unseen_combined") or {}
         label, short = _row_labels(protocol, cell)
         rows.append({
             "block": cell.block, "row": label, "short": short, "method": m["method"],

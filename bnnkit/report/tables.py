@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bnnkit.metrics.schema import abstention_score, canonical_score
+
 __all__ = [
     "SCORE_NAMES",
     "Column",
@@ -24,8 +26,6 @@ __all__ = [
     "Table",
     "abstention_table",
     "calibration_table",
-    "COMPARE_COLUMNS",
-    "compare_table",
     "degradation_table",
     "detection_table",
     "fmt_value",
@@ -33,17 +33,35 @@ __all__ = [
     "ood_table",
     "render_markdown",
     "render_rich",
+    "score_label",
+    "score_summary_table",
     "selective_table",
 ]
 
 MD_DASH = "–"
 RICH_DASH = "-"
+#: readable names of the posterior-predictive scores (others are shown by their plugin name)
 SCORE_NAMES = {
     "max_prob": "max-probability (1 − max p)",
+    "entropy": "entropy (total)",
+    "mutual_info": "mutual information (epistemic)",
     "total": "entropy (total)",
     "epistemic": "mutual information (epistemic)",
 }
-_SHORT_SCORES = {"max_prob": "max-prob", "total": "entropy", "epistemic": "MI"}
+_SHORT_SCORES = {"max_prob": "max-prob", "entropy": "entropy", "mutual_info": "MI",
+                 "total": "entropy", "epistemic": "MI"}  # fmt: skip
+
+
+def score_label(name: str, strong: bool = False) -> Label:
+    """A score's row label: its readable name (terminal: short) or its plugin name."""
+    return Label(SCORE_NAMES.get(name, name), short=_SHORT_SCORES.get(name, name), strong=strong)
+
+
+def _ood_blocks(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``{score: {auroc, aupr, fpr95}}`` of an OOD entry (metrics.json version 3 or 2)."""
+    if "scores" in entry:
+        return dict(entry["scores"])
+    return {s: entry[s] for s in ("max_prob", "total", "epistemic") if s in entry}
 
 
 @dataclass(frozen=True)
@@ -240,9 +258,7 @@ def ood_table(m: Mapping[str, Any]) -> Table:
     if len(entries) > 1 and m.get("ood_combined"):
         entries.append((Label("all unseen", strong=True), m["ood_combined"]))
     rows = [
-        (name, Label(SCORE_NAMES[s], short=_SHORT_SCORES[s]), e[s])
-        for name, e in entries
-        for s in SCORE_NAMES
+        (name, score_label(s), block) for name, e in entries for s, block in _ood_blocks(e).items()
     ]
     return Table(
         [
@@ -259,9 +275,43 @@ def ood_table(m: Mapping[str, Any]) -> Table:
     )
 
 
+def score_summary_table(m: Mapping[str, Any]) -> Table:
+    """One row per score: OOD AUROC per unseen generator and pooled, and the fraction of the
+    unseen generators' errors that abstaining at its threshold catches (the abstention score
+    in bold)."""
+    gens = list(m["ood"])
+    combined = m.get("ood_combined") or {}
+    a = m["abstention"]
+    names = list(_ood_blocks(combined)) if combined else list(a["by_score"])
+
+    def auroc(entry: Mapping[str, Any] | None, s: str) -> Any:
+        return (_ood_blocks(entry or {}).get(s) or {}).get("auroc")
+
+    def caught(s: str) -> Any:
+        return (abstention_score(a, s).get("unseen_combined") or {}).get("errors_caught_rate")
+
+    chosen = canonical_score(a["score"])
+    rows = [(score_label(s, strong=canonical_score(s) == chosen), s) for s in names]
+    columns = [Column("score", _label, left=True)]
+    columns += [Column(f"AUROC {g}", lambda r, g=g: auroc(m["ood"][g], r[1]),
+                       short=g) for g in gens]  # fmt: skip
+    if len(gens) > 1:
+        columns.append(Column("AUROC all unseen", lambda r: auroc(combined, r[1]), short="all"))
+    columns.append(Column("unseen errors caught", lambda r: caught(r[1]), kind="pct",
+                          short="caught"))  # fmt: skip
+    return Table(
+        columns,
+        rows,
+        title="scores: OOD AUROC (unseen fakes vs seen images) and unseen errors caught",
+        caption=f"caught: unseen generators' errors abstained on at each score's threshold "
+        f"(target seen coverage {fmt_value(a['coverage_target'], kind='pct')}); bold: the "
+        "score `bnnkit predict` abstains on.",
+    )
+
+
 def selective_table(m: Mapping[str, Any]) -> Table:
     """null = a constant score (MAP's epistemic), which ranks nothing: shown as n/a."""
-    rows = [(Label(SCORE_NAMES[s], short=s), e) for s, e in m["selective"].items()]
+    rows = [(score_label(s), e) for s, e in m["selective"].items()]
     return Table(
         [
             Column("ranked by", _label, left=True),
@@ -279,15 +329,16 @@ def selective_table(m: Mapping[str, Any]) -> Table:
 def abstention_table(m: Mapping[str, Any], scores: Sequence[str] | None = None) -> Table:
     """Abstention per score (default: every score; the chosen one in bold) and image group."""
     a = m["abstention"]
-    chosen = a["by_score"][a["score"]]
+    chosen = abstention_score(a)
     rows = []
     for s in scores or list(a["by_score"]):
-        e = a["by_score"][s]
+        e = abstention_score(a, s)
         groups: list[tuple[Label, Any]] = [(Label("seen generators", short="seen"), e["seen"])]
         groups += [(Label(n, unseen=True, star=False), v) for n, v in e["unseen"].items()]
         if len(e["unseen"]) > 1 and e.get("unseen_combined"):
             groups.append((Label("all unseen"), e["unseen_combined"]))
-        rows += [(Label(s, strong=s == a["score"]), label, v) for label, v in groups]
+        strong = canonical_score(s) == canonical_score(a["score"])
+        rows += [(Label(s, strong=strong), label, v) for label, v in groups]
     cal = a.get("calibration", {})
     return Table(
         [
@@ -303,7 +354,7 @@ def abstention_table(m: Mapping[str, Any], scores: Sequence[str] | None = None) 
             Column("caught", lambda r: r[2]["errors_caught_rate"], kind="pct", only="markdown"),
         ],
         rows,
-        title=f"abstention: {a['score']} uncertainty > {fmt_value(chosen['threshold'], 4)} -> "
+        title=f"abstention: score {a['score']} > {fmt_value(chosen['threshold'], 4)} -> "
         f"uncertain (target coverage {fmt_value(a['coverage_target'], kind='pct')})",
         caption=f"calibrated on {cal.get('n')} seen val images (cross-fit coverage "
         f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}), saved in {cal.get('file')}",
@@ -316,7 +367,7 @@ def degradation_table(m: Mapping[str, Any]) -> Table:
     conditions = {"clean": m, **(m.get("degradations") or {})}
 
     def coverage(c: Mapping[str, Any]) -> Any:
-        return c["abstention"]["by_score"][c["abstention"]["score"]]["seen"]["coverage"]
+        return abstention_score(c["abstention"])["seen"]["coverage"]
 
     gens = [
         Column(f"{g}\\*" if not e.get("seen", True) else g,
@@ -341,46 +392,3 @@ def degradation_table(m: Mapping[str, Any]) -> Table:
         title="degradations",
         caption="epist.: mean epistemic uncertainty of seen images.",
     )
-
-
-# --------------------------------------------------------------------------------------------
-# bnnkit compare: one row per run (rows from bnnkit.cli.compare.run_row)
-
-#: (key in a row, header, digits): the columns of ``bnnkit compare``, in order.
-COMPARE_COLUMNS: list[tuple[str, str, int]] = [
-    ("run", "run", 0),
-    ("method", "method", 0),
-    ("backbone", "backbone", 0),
-    ("samples", "K", 0),
-    ("id_accuracy", "ID acc", 3),
-    ("nll", "NLL", 3),
-    ("ece", "ECE", 3),
-    ("unseen_accuracy", "unseen acc", 3),
-    ("epistemic_auroc", "epist. OOD AUROC", 3),
-    ("train_seconds", "train s", 1),
-    ("predict_ms_per_image", "predict ms/img", 2),
-]
-COMPARE_CAPTION = (
-    "ID = generators seen in training (val split). Unseen acc and epistemic OOD AUROC (unseen "
-    "fakes vs seen-generator images) are means over the unseen generators. Predict time per "
-    "image = backbone + K posterior samples, from `bnnkit evaluate`."
-)
-
-
-def compare_table(
-    rows: list[Mapping[str, Any]], title: str | None = None, drop: Sequence[str] = ()
-) -> Table:
-    """The comparison of runs; ``drop``: keys of columns left out (e.g. a value every run
-    shares, which the terminal title states instead)."""
-
-    def column(key: str, header: str, digits: int) -> Column:
-        get = lambda r, k=key: r[k]  # noqa: E731
-        if key == "run":
-            fold = {"no_wrap": False, "overflow": "fold", "min_width": 12}
-            return Column(header, get, digits, left=True, rich=fold)
-        if key in ("method", "backbone"):
-            return Column(header, get, digits, left=True)
-        return Column(header, get, digits, short=header.replace(" ", "\n", 1))
-
-    columns = [column(*c) for c in COMPARE_COLUMNS if c[0] not in drop]
-    return Table(columns, list(rows), title=title, caption=COMPARE_CAPTION, dash=RICH_DASH)

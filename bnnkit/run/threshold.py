@@ -1,11 +1,13 @@
 """``RUN/threshold.json`` and the abstention rule that ``bnnkit predict`` applies.
 
-``bnnkit evaluate`` calibrates, per abstention score, the uncertainty threshold that keeps the
-target coverage of seen-generator validation images, and writes the chosen one here with the K
-it was calibrated with and the sha256 of the weights (a threshold is only valid for them).
+``bnnkit evaluate`` calibrates, per score, the threshold that keeps the target coverage of
+seen-generator validation images, and writes the chosen score's (``--abstain-on``, any score
+plugin, with its options and, for a fitted score, the fingerprint of its fit in the run) here
+with the K it was calibrated with and the sha256 of the weights (a threshold is only valid for
+them). Version 1 files (scores ``total`` / ``epistemic`` of the decomposition) are still read.
 
-The rule: an image's verdict is ``uncertain`` when its ``score`` uncertainty (nats) is above
-``threshold``; otherwise ``fake`` when p(fake) >= the p-threshold (0.5 by default), else ``real``.
+The rule: an image's verdict is ``uncertain`` when its ``score`` value is above ``threshold``;
+otherwise ``fake`` when p(fake) >= the p-threshold (0.5 by default), else ``real``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.errors import UsageError
-from bnnkit.metrics.protocol import ABSTAIN_SCORES, clean_json
+from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE, clean_json
 from bnnkit.run.checkpoint import model_path
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import THRESHOLD_FILE
@@ -32,7 +34,9 @@ __all__ = [
     "write_threshold",
 ]
 
-THRESHOLD_SCHEMA_VERSION = 1
+THRESHOLD_SCHEMA_VERSION = 2
+#: versions :func:`read_threshold` reads (1: before score plugins, scores total / epistemic)
+THRESHOLD_SCHEMA_VERSIONS = (1, 2)
 
 
 def model_fingerprint(run_dir: Path) -> str:
@@ -65,11 +69,16 @@ def threshold_record(
     seen: list[str],
     n_calibration: int,
     run_dir: Path,
+    options: dict[str, Any] | None = None,
+    score_fit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``threshold.json`` (schema 1) for the chosen abstention ``score``."""
-    return {
+    """The content of ``threshold.json`` (schema 2) for the chosen abstention ``score`` (its
+    ``options``; ``score_fit``: for a fitted score, what ``bnnkit predict`` needs to load the
+    fit from the run: ``fit_on`` and the fingerprint of each fit it uses)."""
+    record = {
         "schema_version": THRESHOLD_SCHEMA_VERSION,
         "score": score,
+        "options": dict(options or {}),
         "threshold": thresholds[score],
         "coverage_target": coverage,
         "coverage_seen": coverage_seen,
@@ -79,8 +88,11 @@ def threshold_record(
         "method": method,
         "calibrated_on": {"split": "val", "generators": seen, "n": n_calibration},
         "model_sha256": model_fingerprint(run_dir),
-        "rule": f"verdict 'uncertain' when {score} uncertainty (nats) > threshold",
+        "rule": f"verdict 'uncertain' when score {score} > threshold",
     }
+    if score_fit:
+        record["score_fit"] = score_fit
+    return record
 
 
 def write_threshold(run_dir: Path, record: dict[str, Any]) -> Path:
@@ -99,9 +111,10 @@ def read_threshold(run_dir: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}", hint="re-run `bnnkit evaluate`") from None
-    if data.get("schema_version") != THRESHOLD_SCHEMA_VERSION or data.get("score") not in (
-        ABSTAIN_SCORES
-    ):
+    version, score = data.get("schema_version"), data.get("score")
+    if version not in THRESHOLD_SCHEMA_VERSIONS or not isinstance(score, str) or not score:
+        raise UsageError(f"{path}: unsupported threshold file", hint="re-run `bnnkit evaluate`")
+    if version == 1 and score not in ("total", "epistemic"):
         raise UsageError(f"{path}: unsupported threshold file", hint="re-run `bnnkit evaluate`")
     if data.get("model_sha256") != model_fingerprint(run_dir):
         return None
@@ -111,11 +124,12 @@ def read_threshold(run_dir: Path) -> dict[str, Any] | None:
 def abstention_rule(
     calibrated: dict[str, Any] | None, max_uncertainty: float | None = None
 ) -> dict[str, Any] | None:
-    """The rule ``predict`` applies: ``--max-uncertainty`` on the calibrated score (total when
-    there is no calibration), else the calibrated threshold, else None (never abstain)."""
+    """The rule ``predict`` applies: ``--max-uncertainty`` on the calibrated score (the total
+    predictive entropy when there is no calibration), else the calibrated threshold, else None
+    (never abstain). The rule names the score (and its options)."""
     rule: dict[str, Any] | None = None
     if max_uncertainty is not None:
-        score = calibrated["score"] if calibrated else "total"
+        score = calibrated["score"] if calibrated else DEFAULT_ABSTAIN_SCORE
         rule = {"score": score, "threshold": max_uncertainty, "source": "--max-uncertainty"}
     elif calibrated is not None:
         rule = {
@@ -126,13 +140,16 @@ def abstention_rule(
         }
     if rule is not None and rule["threshold"] is None:
         return None
+    if rule is not None and calibrated is not None:
+        rule["options"] = calibrated.get("options") or {}
     return rule
 
 
 def verdict(
     p_fake: float, uncertainty: dict[str, float], p_threshold: float, rule: dict[str, Any] | None
 ) -> str:
-    """``uncertain`` above the rule's threshold, else ``fake`` / ``real`` at ``p_threshold``."""
+    """``uncertain`` when ``uncertainty[rule's score]`` (the image's scores by name) is above the
+    rule's threshold, else ``fake`` / ``real`` at ``p_threshold``."""
     if rule is not None and uncertainty[rule["score"]] > rule["threshold"]:
         return "uncertain"
     return "fake" if p_fake >= p_threshold else "real"
