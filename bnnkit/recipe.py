@@ -75,10 +75,20 @@ class ModelConfig(_Strict):
     attention: PluginRef = Field(default_factory=lambda: PluginRef(name="none"))
     head: PluginRef | None = None
     pool: Literal["avg", "max"] = "avg"
+    input_filter: Literal["none", "laplacian"] = Field(
+        "none",
+        description="fixed filter in front of the backbone: laplacian = the high-frequency "
+        "residual, where generator fingerprints live (makes a random frozen backbone usable)",
+    )
+    standardise: Literal["auto"] | bool = Field(
+        "auto",
+        description="standardise pooled features (mean/std of the training features) before "
+        'the head in the head phase; auto = on with train.backbone = "frozen"',
+    )
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=0, description="0 for (and only for) training-free methods")
     head_epochs: int = Field(0, ge=0, description="head-only phase epochs; 0 = train.epochs")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -292,6 +302,27 @@ def _normalisation_problems(mean: list[float] | None, std: list[float] | None) -
     return problems
 
 
+def _epoch_problems(raw: _Raw, method: Any) -> list[str]:
+    """``train.epochs = 0`` exactly for training-free methods (``trains = False``)."""
+    epochs, head_epochs = raw.get("train.epochs"), raw.get("train.head_epochs")
+    if not getattr(method.obj, "trains", True):
+        problems = []
+        if epochs not in (0, _MISSING):
+            problems.append(
+                f"train.epochs: {method.name} is training-free (it calibrates on real training "
+                f"images, nothing is optimised); set train.epochs = 0, got {epochs}"
+            )
+        if head_epochs not in (0, _MISSING):
+            problems.append(f"train.head_epochs: {method.name} is training-free; leave it 0")
+        return problems
+    if epochs == 0:
+        return [
+            f"train.epochs: {method.name} needs at least 1 epoch (0 is for training-free "
+            "methods such as wepe and rigid)"
+        ]
+    return []
+
+
 def _plugin_problems(raw: _Raw, registry: Any) -> list[str]:
     """Plugin names, their options against each plugin's declaration, and the head/method
     pairing."""
@@ -317,6 +348,8 @@ def _plugin_problems(raw: _Raw, registry: Any) -> list[str]:
     lookup("backbone")
     lookup("attention")
     method = lookup("method")
+    if method is not None:
+        problems += _epoch_problems(raw, method)
     given_head = raw.get("model.head.name")
     if method is not None and (given_head is _MISSING or isinstance(given_head, str)):
         head = resolve_head(None if given_head is _MISSING else given_head, method)

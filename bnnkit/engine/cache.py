@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from bnnkit.data.dataset import ImageDataset, collate, draft_size
 from bnnkit.data.index import samples_digest
 from bnnkit.engine.feature_store import FeatureEntry, FeatureRows, Shard
-from bnnkit.engine.loop import Features, StreamStats, head_probs, worker_count
+from bnnkit.engine.loop import Features, Scorer, StreamStats, batch_record, worker_count
 from bnnkit.metrics.records import Predictions
 from bnnkit.model.detector import Detector
 
@@ -56,6 +56,11 @@ def model_digest(detector: Detector, recipe: Any) -> str:
             {
                 "backbone": recipe.model.backbone.name,
                 "pool": detector.pool,
+                **(
+                    {}
+                    if detector.input_filter_name == "none"
+                    else {"input_filter": detector.input_filter_name}
+                ),  # fmt: skip
                 "image_size": recipe.data.image_size,
                 "preprocess": recipe.data.preprocess,
                 "jpeg_draft": draft_size(
@@ -103,13 +108,16 @@ def _compute(
     @torch.no_grad()
     def compute(batches: list[list[int]]) -> Iterator[tuple]:
         detector.eval()
+        # its own generator: iterating a DataLoader draws a base seed, from the global RNG
+        # when it has none, and a run must not train differently when its features were cached
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                            collate_fn=collate, pin_memory=device.type == "cuda")  # fmt: skip
+                            collate_fn=collate, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
         for batch in loader:
             broken = [(b, where[b.path]) for b in batch.broken]
             if len(batch):
                 images = batch.images.to(device, non_blocking=True)
-                feats = detector.features(images).float().cpu()
+                feats = detector.raw_features(images).float().cpu()  # stored raw
             else:
                 feats = torch.zeros(0, detector.feature_dim)
             yield feats, batch.labels, batch.indices, broken
@@ -132,7 +140,8 @@ def cached_features(
 ) -> Features:
     """Pooled features of ``dataset`` (in dataset order, unreadable files dropped) from the
     cache, computing only the folders' shards that are missing or fail verification. The
-    features are read lazily (:class:`~bnnkit.engine.feature_store.FeatureRows`)."""
+    features are read lazily (:class:`~bnnkit.engine.feature_store.FeatureRows`); the shards
+    hold raw features, read through the detector's standardisation (the head's input)."""
     digest = model_digest(detector, recipe)
     dim, dtype = detector.feature_dim, recipe.train.feature_dtype
     shards: list[Shard] = []
@@ -170,17 +179,21 @@ def cached_features(
             gens.append(torch.full((shard.rows,), gen_index[gen], dtype=torch.long))
         broken.extend(entry.broken())
     cat = (lambda ts: torch.cat(ts)) if shards else (lambda ts: torch.zeros(0, dtype=torch.long))
-    return Features(FeatureRows(shards, dim), cat(labels), cat(gens), cat(indices), broken)
+    # raw on disk; read as the head's input (the detector's standardisation, fixed now)
+    rows = FeatureRows(shards, dim, detector.standardiser.snapshot())
+    return Features(rows, cat(labels), cat(gens), cat(indices), broken)
 
 
 @torch.no_grad()
 def cached_predictive(
-    method: Any, feats: Features, k: int, device: torch.device, batch_size: int
-) -> tuple[Predictions, StreamStats]:
+    method: Any, feats: Features, k: int, device: torch.device, batch_size: int,
+    scorer: Scorer | None = None,
+) -> tuple[Predictions, StreamStats]:  # fmt: skip
     """What :func:`~bnnkit.engine.loop.stream_predictive` gives over a loader of
     ``batch_size`` in dataset order, from cached features instead of images: the head is
-    sampled on the same batches (rows grouped by ``index // batch_size``), so with the same
-    seed the draws, and hence the record, are the same."""
+    sampled (and the ``scorer`` computed) on the same batches (rows grouped by
+    ``index // batch_size``), so with the same seed the draws, and hence the record, are the
+    same."""
     method.head.eval()
     stats = StreamStats(broken=list(feats.broken))
     parts: list[Predictions] = []
@@ -193,8 +206,12 @@ def cached_predictive(
         x = feats.features[a:b].to(device)
         t1 = time.perf_counter()
         parts.append(
-            Predictions.from_probs(
-                head_probs(method, x, k),
+            batch_record(
+                method,
+                x,
+                k,
+                scorer,
+                stats,
                 labels=feats.labels[a:b],
                 generators=feats.generators[a:b],
                 indices=feats.indices[a:b],
@@ -217,10 +234,11 @@ def run_feature_cache(recipe: Any, meta: dict[str, Any]) -> Path | None:
 
 def cached_condition(
     detector: Detector, method: Any, dataset: ImageDataset, recipe: Any, device: torch.device,
-    k: int, cache_dir: Path, progress: Any,
+    k: int, cache_dir: Path, progress: Any, scorer: Scorer | None = None,
 ) -> tuple[Predictions, StreamStats]:  # fmt: skip
     """The clean condition of evaluation from the feature cache (folders not cached yet are
-    extracted into it): the record :func:`~bnnkit.engine.loop.stream_predictive` would give."""
+    extracted into it): the record :func:`~bnnkit.engine.loop.stream_predictive` would give
+    (with the ``scorer``'s values)."""
     t0 = time.perf_counter()
     feats = cached_features(
         detector, dataset, device, recipe, "val", cache_dir, progress,
@@ -228,6 +246,6 @@ def cached_condition(
     )  # fmt: skip
     extract = time.perf_counter() - t0
     torch.manual_seed(recipe.seed)  # the draws of the image path (evaluation's seed rule)
-    record, stats = cached_predictive(method, feats, k, device, recipe.eval.batch_size)
+    record, stats = cached_predictive(method, feats, k, device, recipe.eval.batch_size, scorer)
     stats.features_seconds += extract
     return record, stats

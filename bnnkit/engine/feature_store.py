@@ -171,11 +171,18 @@ def open_shard(path: Path, record: dict, dim: int, dtype: str) -> Shard:
 class FeatureRows:
     """The features of a list of shards, read lazily: ``rows[idx]`` (a tensor of row numbers,
     a slice or an int) gathers float32 rows from the memory-mapped shards; ``.to(device)``
-    materialises them all (for methods that need every feature at once)."""
+    materialises them all (for methods that need every feature at once).
 
-    def __init__(self, shards: list[Shard], dim: int) -> None:
+    The shards hold raw features; ``transform`` (the detector's standardisation, fixed when
+    the rows are opened) is applied to every row read: :meth:`raw` gives the untransformed
+    rows, :meth:`with_transform` the same shards under another transform."""
+
+    def __init__(
+        self, shards: list[Shard], dim: int, transform: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         self.shards = shards
         self.dim = dim
+        self.transform = transform
         self._starts = np.cumsum([0, *[s.rows for s in shards]])
         self.shape = torch.Size((int(self._starts[-1]), dim))
         self.dtype = torch.float32
@@ -203,7 +210,16 @@ class FeatureRows:
         for s in np.unique(seg):
             mask = seg == s
             out[mask] = self.shards[s].array[idx[mask] - self._starts[s]]
-        return torch.from_numpy(out)
+        rows = torch.from_numpy(out)
+        return rows if self.transform is None else self.transform(rows)
+
+    def with_transform(self, transform: Callable[[Tensor], Tensor] | None) -> FeatureRows:
+        """The same shards, read through ``transform`` instead."""
+        return FeatureRows(self.shards, self.dim, transform)
+
+    def raw(self) -> FeatureRows:
+        """The same shards without a transform (the stored features)."""
+        return self.with_transform(None)
 
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         return self[:].to(*args, **kwargs)

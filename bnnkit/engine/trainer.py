@@ -47,6 +47,7 @@ from bnnkit.engine.run_state import (
     seed_everything,
 )
 from bnnkit.engine.signals import StopSignals
+from bnnkit.engine.standardise import standardised, standardises
 from bnnkit.engine.train_data import Datasets, TrainData
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
@@ -74,6 +75,7 @@ class Trainer:
         cache_dir: Path | None = None,
         resume: bool = False,
         dist: DistInfo | None = None,
+        data: TrainData | None = None,
     ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
@@ -84,7 +86,8 @@ class Trainer:
         self.resume = resume
         self.dist = dist or DistInfo()
         self.accel = Acceleration.from_recipe(recipe.train, device)
-        self.data = TrainData(recipe, device, self.dist, cache_dir or Path(".bnnkit-cache"))
+        # ``data``: e.g. a whole-detector ensemble member's bootstrap resample (engine.members)
+        self.data = data or TrainData(recipe, device, self.dist, cache_dir or Path(".bnnkit-cache"))
         self.log = TrainingLog(
             run_dir, writes=self.dist.is_main, tensorboard="tensorboard" in recipe.train.log
         )
@@ -247,8 +250,8 @@ class Trainer:
         gradients averaged by one explicit all-reduce (see :mod:`bnnkit.engine.distributed`)."""
         for p in [*detector.backbone.parameters(), *detector.attention.parameters()]:
             p.requires_grad_(False)
-        feats = self.data.features(detector, ds.train_plain, "train", progress)
-        val_feats = self._val_feats = self.data.features(detector, ds.val, "val", progress)
+        feats, val_feats = self._head_features(detector, ds, progress)
+        self._val_feats = val_feats
         steps = self.data.steps_per_epoch(feats.labels.shape[0])
         method.begin_phase(phase.name, phase.epochs, steps)
         optimizer = self._optimizer(method, [{"params": list(detector.head.parameters())}])
@@ -259,6 +262,20 @@ class Trainer:
             reduce_gradients=lambda params: average_gradients(params, self.dist),
             validate=lambda: self._validate(method, val_feats), train_body=False,
         )  # fmt: skip
+
+    def _head_features(
+        self, detector: Any, ds: Datasets, progress: Progress
+    ) -> tuple[Features, Features]:
+        """The head phase's (train, val) features: raw (the cache stores raw features), then,
+        when ``model.standardise`` says so (:func:`standardises`), standardised with the mean
+        and std of the training features alone, which the detector keeps for every later use."""
+        detector.standardiser.reset()  # a resume fits the same statistics again
+        feats = self.data.features(detector, ds.train_plain, "train", progress)
+        val = self.data.features(detector, ds.val, "val", progress)
+        if not standardises(self.recipe):
+            return feats, val
+        detector.standardiser.fit(feats.features)
+        return standardised(detector, feats), standardised(detector, val)
 
     def _load_optimizer(self, optimizer: torch.optim.Optimizer, saved: dict | None) -> None:
         if not saved:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from bnnkit.data.dataset import IMAGENET, Normalisation
@@ -30,19 +32,124 @@ def backbone_normalisation(backbone: nn.Module) -> Normalisation:
         raise ValueError(f"backbone {type(backbone).__name__} declares a bad input {exc}") from None
 
 
-class Detector(nn.Module):
-    """image -> backbone feature map -> attention (map -> map) -> global pool -> head -> logits.
+#: ``model.input_filter`` values: a fixed filter in front of the backbone
+INPUT_FILTERS = ("none", "laplacian")
 
-    ``features`` stops before the head: it is what the frozen-backbone cache stores and what every
-    inference method samples its head over, so the backbone runs once per image.
+
+class LaplacianFilter(nn.Module):
+    """A fixed per-channel 3x3 Laplacian (reflect padding) in front of the backbone: the image's
+    high-frequency residual, where generator fingerprints live (the SRM-style residual of image
+    forensics), so that even a random or generic frozen backbone sees them rather than the
+    scene. No parameters: nothing to train or save."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        self.register_buffer("kernel", kernel.view(1, 1, 3, 3), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        from torch.nn import functional as F
+
+        c = images.shape[1]
+        kernel = self.kernel.expand(c, 1, 3, 3).to(images.dtype)
+        return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), kernel, groups=c)
+
+
+def make_input_filter(name: str) -> nn.Module:
+    """The module of an ``input_filter`` name (:data:`INPUT_FILTERS`)."""
+    if name == "laplacian":
+        return LaplacianFilter()
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"input_filter must be one of {', '.join(INPUT_FILTERS)}, got {name!r}")
+
+
+class FeatureStandardiser(nn.Module):
+    """Per-feature ``(x - mean) / std`` of the pooled features before the head, with ``mean``
+    and ``std`` fit on the training features (:meth:`fit`); identity (0 and 1) until then.
+    Saved with the detector (buffers ``standardiser.mean``/``.std``); a checkpoint from before
+    they existed loads as identity."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.register_load_state_dict_pre_hook(self._identity_if_missing)
+
+    def _identity_if_missing(self, module: Any, state: dict, prefix: str, *args: Any) -> None:
+        if prefix + "mean" not in state and prefix + "std" not in state:  # an older checkpoint
+            state[prefix + "mean"] = torch.zeros_like(self.mean)
+            state[prefix + "std"] = torch.ones_like(self.std)
+
+    @property
+    def active(self) -> bool:
+        return bool((self.mean != 0).any() or (self.std != 1).any())
+
+    def reset(self) -> None:
+        """Back to identity."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
+
+    @torch.no_grad()
+    def fit(self, rows: Any, chunk: int = 65536) -> None:
+        """Fit ``mean``/``std`` on ``rows`` (``N x dim``: a tensor or anything sliced into
+        tensors, e.g. the cache's memory-mapped rows), in chunks, accumulated in float64.
+        Features that (almost) do not vary keep scale 1, as scikit-learn's StandardScaler."""
+        n = int(rows.shape[0])
+        if n == 0:
+            self.reset()
+            return
+        total = torch.zeros(self.mean.shape, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for s in range(0, n, chunk):
+            x = rows[s : s + chunk].detach().to("cpu", torch.float64)
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+        mean = total / n
+        std = (squares / n - mean * mean).clamp_min(0).sqrt()
+        flat = std <= 1e-6 * float(std.max()) + 1e-30
+        std = torch.where(flat, torch.ones_like(std), std)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(std.to(self.std.dtype))
+
+    def forward(self, features: Tensor) -> Tensor:
+        mean, std = self.mean.to(features.dtype), self.std.to(features.dtype)
+        return (features - mean) / std
+
+    def snapshot(self) -> Callable[[Tensor], Tensor]:
+        """The transform with the current statistics, fixed (on the CPU): for lazily read rows."""
+        mean, std = self.mean.detach().cpu().clone(), self.std.detach().cpu().clone()
+        return lambda x: (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
+
+
+class Detector(nn.Module):
+    """image -> [input filter] -> backbone feature map -> attention (map -> map) -> global pool
+    -> [standardiser] -> head -> logits.
+
+    ``features`` stops before the head: it is what every inference method samples its head over,
+    so the backbone runs once per image. ``raw_features`` stops before the standardiser: it is
+    what the frozen-backbone cache stores (one extraction serves every run on that backbone,
+    whatever statistics their training features give); every consumer of raw features hands
+    them to the head through :meth:`standardise` (the cache's reader does it,
+    :func:`bnnkit.engine.cache.cached_features`). The standardiser is identity unless the
+    trainer fit it (``model.standardise``).
 
     ``normalisation`` is the input normalisation the detector's images must have (the backbone's
     own unless a recipe overrides it; for a loaded run, what it was trained with): every
     transform that feeds it (train, evaluate, predict) and ``--explain``'s display use it.
     """
 
-    def __init__(self, backbone: nn.Module, attention: nn.Module, head: Head, pool: str = "avg"):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        attention: nn.Module,
+        head: Head,
+        pool: str = "avg",
+        input_filter: str = "none",
+    ):
         super().__init__()
+        self.input_filter_name = input_filter
+        self.input_filter = make_input_filter(input_filter)
         self.backbone = backbone
         self.attention = attention
         self.head = head
@@ -50,17 +157,30 @@ class Detector(nn.Module):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.normalisation: Normalisation = backbone_normalisation(backbone)
+        self.standardiser = FeatureStandardiser(int(backbone.out_channels))
 
     @property
     def feature_dim(self) -> int:
         return int(self.backbone.out_channels)
 
     def feature_map(self, images: Tensor) -> Tensor:
-        return self.attention(self.backbone(images))
+        return self.attention(self.backbone(self.input_filter(images)))
+
+    def pool_raw(self, fmap: Tensor) -> Tensor:
+        """The global pooling of a :meth:`feature_map` to one raw feature vector per image."""
+        return fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
+
+    def standardise(self, raw: Tensor) -> Tensor:
+        """Raw pooled features -> the head's input (the fitted standardisation, or identity)."""
+        return self.standardiser(raw)
 
     def pool_features(self, fmap: Tensor) -> Tensor:
-        """The global pooling of a :meth:`feature_map` to one feature vector per image."""
-        return fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
+        """The head's input from a :meth:`feature_map`: pooled, then standardised."""
+        return self.standardise(self.pool_raw(fmap))
+
+    def raw_features(self, images: Tensor) -> Tensor:
+        """Pooled features before the standardiser (what the frozen cache stores)."""
+        return self.pool_raw(self.feature_map(images))
 
     def features(self, images: Tensor) -> Tensor:
         return self.pool_features(self.feature_map(images))
@@ -80,4 +200,6 @@ def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: i
     )
     head_opts = model_cfg.head.options() if model_cfg.head is not None else {}
     head = registry.get("head", head_name).obj(channels, num_classes, **head_opts)
-    return Detector(backbone, attention, head, pool=model_cfg.pool)
+    return Detector(
+        backbone, attention, head, pool=model_cfg.pool, input_filter=model_cfg.input_filter
+    )
