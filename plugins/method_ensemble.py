@@ -14,7 +14,15 @@ member the gradient of its own bootstrap objective; weight decay comes from the 
 
 ``train.backbone = "finetune"``: the detector is first fine-tuned with MAP (its own ``linear``
 head), then the M heads train on the frozen features. The detector's head is not used to predict.
-M whole detectors (one backbone per member) are not offered: that is M trainings.
+
+``members = "detectors"`` (with ``size = M``, default 5): a deep ensemble of M whole detectors
+(backbone + attention + head), each a MAP detector with its own seed and, with
+``bootstrap = true``, its own bootstrap resample of the training images, trained one after
+another into ``RUN/members/m<i>/`` (:mod:`bnnkit.engine.members`, resumable per member). The
+run's detector is then a :class:`bnnkit.model.ensemble.EnsembleDetector` (built by
+:meth:`BootstrapEnsemble.build_detector`): M backbone passes per image, features ``[B, M*D]``,
+and ``sample_logits`` returns the M members' logits ``[M, B, C]``. ``members = <int>`` keeps
+meaning M heads on one backbone, as in runs made before whole detectors existed.
 
 ``sample(features, k)`` returns the M members' probabilities ``[M, B, C]`` whatever ``k``: the
 ensemble's posterior is the uniform mixture over its M members, and these M rows are that mixture
@@ -28,17 +36,22 @@ would have dropped members.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
 from bnnkit.methods.base import InferenceMethod, LossParts
+from bnnkit.model.detector import Detector, build_detector
 from bnnkit.model.heads import Head
-from bnnkit.options import Field, PluginOptions
+from bnnkit.options import Field, PluginOptions, options_model
+
+#: ``inference.members`` value that selects whole detectors instead of heads
+DETECTORS = "detectors"
 
 
 def bootstrap_counts(num_members: int, n: int, generator: torch.Generator) -> Tensor:
@@ -79,18 +92,61 @@ class LinearEnsemble(nn.Module):
 class BootstrapEnsemble(InferenceMethod):
     heads = ("linear",)
     joint_finetune = False
-    summary = "bootstrap ensemble of M MAP linear heads, trained at once (vectorised)"
+    summary = "bootstrap ensemble of M MAP linear heads (vectorised) or of M whole detectors"
 
     class Options(PluginOptions):
-        members: int = Field(5, ge=1, description="number of heads M")
+        members: Annotated[int, Field(ge=1)] | Literal["detectors"] = Field(
+            5,
+            description='M heads on one backbone, or "detectors": `size` whole detectors '
+            "(backbone + attention + head), trained one after another",
+        )
+        size: int = Field(
+            5, ge=1, description='members = "detectors": the number of whole detectors M'
+        )
         bootstrap: bool = Field(
             True, description="each member sees a bootstrap resample (false: init noise only)"
         )
 
+        @field_validator("size")
+        @classmethod
+        def _size_needs_detectors(cls, value: int, info: ValidationInfo) -> int:
+            if info.data.get("members", DETECTORS) != DETECTORS:
+                raise ValueError(
+                    'only used with members = "detectors"; with members = <int> that int is '
+                    "the number of heads"
+                )
+            return value
+
+    @classmethod
+    def detector_members(cls, options: dict[str, Any]) -> int:
+        """M when ``options`` (the ``[inference]`` keys) ask for whole detectors, else 0: the
+        trainer then trains M member detectors (:mod:`bnnkit.engine.members`)."""
+        opts = options_model(cls).parse(options, "inference", owner=cls.__name__)
+        return int(opts.size) if opts.members == DETECTORS else 0
+
+    @classmethod
+    def build_detector(
+        cls, model_cfg: Any, head_name: str, registry: Any, options: dict[str, Any]
+    ) -> Detector:
+        """One detector (M heads mode), or an :class:`~bnnkit.model.ensemble.EnsembleDetector`
+        of M freshly built detectors (whole-detector mode; their weights come from the members'
+        runs or the run's checkpoint)."""
+        size = cls.detector_members(options)
+        if not size:
+            return build_detector(model_cfg, head_name, registry)
+        from bnnkit.model.ensemble import EnsembleDetector
+
+        members = [build_detector(model_cfg, head_name, registry) for _ in range(size)]
+        return EnsembleDetector(members)
+
     def __init__(self, head: Head, *, num_train: int, **options: Any) -> None:
         super().__init__(head, num_train=num_train, **options)
-        members = int(self.opts.members)
         self.bootstrap = bool(self.opts.bootstrap)
+        self.whole = self.opts.members == DETECTORS
+        if self.whole:  # the members' bootstrap lives in their training data (engine.members)
+            self.size = int(self.opts.size)
+            return
+        members = int(self.opts.members)
         # drawn from the global RNG, which the trainer seeds with the recipe's seed
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
         generator = torch.Generator().manual_seed(self.seed)
@@ -122,6 +178,8 @@ class BootstrapEnsemble(InferenceMethod):
     def training_loss(
         self, features: Tensor, targets: Tensor, indices: Tensor | None = None
     ) -> LossParts:
+        if self.whole:  # members train as MAP detectors of their own; this is the mixture's NLL
+            return super().training_loss(features, targets, indices)
         logits = self.members(features)  # [M, B, C]
         m, b, c = logits.shape
         nll = F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m), reduction="none").view(
@@ -143,12 +201,15 @@ class BootstrapEnsemble(InferenceMethod):
     ) -> torch.optim.Optimizer:
         """The trainer's groups (the detector's head: unused here, so it gets no gradient and stays
         as the MAP fine-tune left it) plus one group for the M member heads."""
-        groups = [*param_groups, {"params": list(self.members.parameters())}]
+        extra = [] if self.whole else [{"params": list(self.members.parameters())}]
+        groups = [*param_groups, *extra]
         return super().configure_optimizer(
             groups, optimizer=optimizer, lr=lr, weight_decay=weight_decay
         )
 
     def to(self, device: torch.device) -> BootstrapEnsemble:
+        if self.whole:  # everything is in the detector
+            return self
         self.members.to(device)  # in place: parameters keep their identity for the optimiser
         self.counts = self.counts.to(device)
         return self
@@ -159,13 +220,19 @@ class BootstrapEnsemble(InferenceMethod):
         mixture; more rows would only repeat members, and unevenly unless M divides ``k``)."""
         if k < 1:
             raise ValueError(f"need k >= 1 posterior samples, got {k}")
+        if self.whole:  # the EnsembleHead: member m's head on member m's features
+            return self.head.sample_logits(features, k)
         return self.members(features)
 
     # -- persistence ----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Tensor]:
+        if self.whole:  # the members' weights are the detector's
+            return {}
         return {"members.weight": self.members.weight, "members.bias": self.members.bias}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if self.whole:
+            return super().load_extra_state(state)
         expected = {"members.weight", "members.bias"}
         if set(state) != expected:
             raise ValueError(f"ensemble state needs {sorted(expected)}, got {sorted(state)}")
@@ -180,6 +247,9 @@ class BootstrapEnsemble(InferenceMethod):
             self.members.bias.copy_(b)
 
     def extra_meta(self) -> dict[str, Any]:
+        if self.whole:
+            return {"members": DETECTORS, "size": self.size, "bootstrap": self.bootstrap,
+                    "backbone_passes": self.size}  # fmt: skip
         return {
             "members": self.members.num_members,
             "bootstrap": self.bootstrap,
@@ -187,7 +257,7 @@ class BootstrapEnsemble(InferenceMethod):
         }
 
     def load_extra_meta(self, meta: dict[str, Any]) -> None:
-        if "bootstrap_seed" in meta:
+        if not self.whole and "bootstrap_seed" in meta:
             self.seed = int(meta["bootstrap_seed"])
             self.counts = self._counts().to(self.counts.device)
 

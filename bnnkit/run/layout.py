@@ -20,6 +20,8 @@ A run directory ``runs/<recipe>-<timestamp>/`` holds::
     report.md                the evaluation report
     plots/*.png              its figures
     eval_partial/            finished conditions of an interrupted evaluation (deleted once done)
+    members/m<i>/            a whole-detector ensemble's member runs (ordinary run directories)
+    members.json             that ensemble's record of its members (seeds, which are finished)
 
 Other modules use these constants or :class:`RunLayout` and never spell a name themselves.
 """
@@ -48,6 +50,8 @@ STATE_GLOB = "state-*.safetensors"
 PREVIOUS_CHECKPOINT_DIR = "checkpoint-previous"
 EVAL_PARTIAL_DIR = "eval_partial"
 EVAL_PARTIAL_SUFFIX = ".safetensors"
+MEMBERS_DIR = "members"
+MEMBERS_FILE = "members.json"
 
 #: plot kind -> file name under ``RUN/plots/``. ``degradations`` only with ``--degrade``.
 PLOT_FILES: dict[str, str] = {
@@ -72,6 +76,7 @@ RUN_FILES: tuple[str, ...] = (
     TEMPERATURE_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
+    MEMBERS_FILE,
 )
 
 
@@ -138,6 +143,14 @@ class RunLayout:
     #: the directory of the previous checkpoint (a self-contained checkpoint set)
     previous = _Entry(PREVIOUS_CHECKPOINT_DIR)
     eval_partial = _Entry(EVAL_PARTIAL_DIR)
+
+    #: a whole-detector ensemble's member runs and its record of them
+    members = _Entry(MEMBERS_DIR)
+    members_record = _Entry(MEMBERS_FILE)
+
+    def member(self, index: int) -> Path:
+        """The run directory of ensemble member ``index``: ``members/m<index>``."""
+        return self.members / f"m{index}"
 
     def eval_partial_condition(self, condition: str) -> Path:
         return self.eval_partial / eval_partial_file(condition)
