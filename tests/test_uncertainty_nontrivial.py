@@ -24,6 +24,9 @@ from bnnkit.plugins import get_registry
 
 BAYESIAN = ["bbb", "lrt", "mcdropout", "sgld", "psgld", "sghmc", "kflaplace", "ensemble"]
 ALIASES = {"vi": "bbb"}
+#: training-free methods score backbone perturbations, not a head on given features: their spread
+#: is checked in tests/test_training_free.py
+TRAINING_FREE = {"wepe", "rigid"}
 D, N, K = 8, 128, 32
 # MC-dropout's spread comes from a fixed rate, not from the data: it does not shrink near the
 # training features (dropping feature 0 leaves a near-coin flip there too)
@@ -98,7 +101,7 @@ def test_the_lists_cover_every_builtin_method():
     registry = get_registry()
     entries = registry.entries["method"]
     builtins = {name for name, entry in entries.items() if entry.package == "bnnkit"}
-    assert builtins == {*BAYESIAN, "map", *ALIASES}
+    assert builtins == {*BAYESIAN, "map", *ALIASES, *TRAINING_FREE}
     for alias, name in ALIASES.items():
         assert registry.get("method", alias).obj is registry.get("method", name).obj
 

@@ -6,6 +6,9 @@
   ``finetune-map`` (the detector fine-tuned with cross-entropy), then phase ``head``: the method
   on the pooled features, extracted once.
 - ``frozen`` backbone: phase ``head`` only, on features cached on disk.
+- ``train.epochs = 0`` (training-free methods only; recipe validation enforces it): one
+  ``head`` phase of no epochs: the features are extracted (cached when frozen) and the method's
+  ``after_training`` runs, nothing is optimised.
 
 The backbone phases last ``train.epochs`` epochs; the head phase ``train.head_epochs``
 (0 or unset: ``train.epochs``).
@@ -44,6 +47,8 @@ def plan_phases(
     ``"frozen"``), ``joint_finetune`` the method's flag of that name."""
     if backbone not in ("finetune", "frozen"):
         raise ValueError(f"train.backbone must be 'finetune' or 'frozen', got {backbone!r}")
+    if epochs == 0:  # a training-free method: features and after_training only
+        return [Phase("head", 0)]
     head = Phase("head", head_epochs or epochs)
     if backbone == "frozen":
         return [head]

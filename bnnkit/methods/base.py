@@ -72,6 +72,8 @@ class InferenceMethod:
     - ``needs_val_features``: :meth:`calibrate` receives the validation set's features (a
       post-hoc fit, e.g. temperature scaling, on data the method did not train on).
     - ``clip_gradients``: whether ``train.grad_clip`` applies (False for SG-MCMC samplers).
+    - ``trains``: False for a training-free method (``wepe``, ``rigid``): its recipe has
+      ``train.epochs = 0``, the run extracts features and calls ``after_training`` only.
 
     With ``train.backbone = "frozen"`` every method trains on cached pooled features.
     ``train.head_epochs`` (default: ``train.epochs``) sets the epochs of that head-only phase.
@@ -85,6 +87,8 @@ class InferenceMethod:
     needs_val_features: ClassVar[bool] = False
     #: False for samplers, whose dynamics ``train.grad_clip`` would bias.
     clip_gradients: ClassVar[bool] = True
+    #: False for training-free methods (``train.epochs = 0``: no optimisation at all).
+    trains: ClassVar[bool] = True
     summary: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
