@@ -415,6 +415,8 @@ def bench_sweep(s: Settings, device: torch.device) -> dict[str, Any]:
         obj = registry.entries["method"][name].obj
         if id(obj) in seen_classes:  # an alias (vi -> bbb): same class, trained once
             continue
+        if not getattr(obj, "trains", True):  # training-free (wepe, rigid): no head to train
+            continue
         seen_classes[id(obj)] = name
         methods[name] = name
     log(f"frozen sweep: {len(methods)} methods ({', '.join(methods)}) on "

@@ -25,13 +25,14 @@ def _positive(value: object) -> bool:
 
 
 def _builtin_methods() -> set[str]:
-    """bnnkit's own methods, one name per class (aliases such as ``vi`` dropped)."""
+    """bnnkit's own methods that train a head, one name per class (aliases such as ``vi``
+    dropped; the training-free ``wepe`` and ``rigid`` have nothing to train)."""
     from bnnkit.plugins import get_registry
 
     entries = get_registry().entries["method"]
     first: dict[int, str] = {}
     for name in sorted(entries):
-        if entries[name].package == "bnnkit":
+        if entries[name].package == "bnnkit" and getattr(entries[name].obj, "trains", True):
             first.setdefault(id(entries[name].obj), name)
     return set(first.values())
 

@@ -71,6 +71,28 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path, trained_run, 
     assert not marker.exists()
 
 
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file starts with its header length (8 bytes, little-endian): when that
+    length is 128 mod 256 its first byte is 0x80, a pickle's first byte. Such a real model file
+    was refused as a pickle (a resnet50_lrt run's, after the standardiser's buffers changed the
+    header size)."""
+    from safetensors.torch import load_file, save_file
+
+    from bnnkit.run.checkpoint import refuse_pickles
+
+    path = tmp_path / "model.safetensors"
+    for pad in range(300):
+        save_file({"w": torch.ones(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    refuse_pickles(tmp_path, {"model": path.name})  # no UnsafeFileError
+    assert load_file(str(path))["w"].tolist() == [1.0, 1.0]
+    path.write_bytes(pickle.dumps({"w": 1}, protocol=4))
+    with pytest.raises(UnsafeFileError):
+        refuse_pickles(tmp_path, {"model": path.name})
+
+
 def _save(run, step: int) -> None:
     save_checkpoint(run, torch.nn.Linear(3, 2), {"step": torch.tensor([step])}, {"epoch": step},
                     tag=f"s{step}")  # fmt: skip

@@ -312,14 +312,25 @@ def save_checkpoint(
             old.unlink(missing_ok=True)
 
 
+def _safetensors_header(head: bytes, size: int) -> bool:
+    """Whether ``head`` (a file's first 9 bytes) starts a safetensors file: an 8-byte
+    little-endian header length that fits the file, then the JSON header's ``{``."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 2 <= n <= size - 8
+
+
 def refuse_pickles(run_dir: Path, files: dict[str, str]) -> None:
     """Refuse checkpoint files that are not safetensors (e.g. a planted pickle)."""
     for name in files.values():
         path = Path(run_dir) / name
         if path.is_file():
             with open(path, "rb") as fh:
-                head = fh.read(2)
-            if head[:1] == b"\x80" or head == b"PK":  # pickle protocol 2+ / torch.save zip
+                head = fh.read(9)
+            if _safetensors_header(head, path.stat().st_size):
+                continue  # its first byte may be 0x80 too: the header length's low byte
+            if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
                 raise UnsafeFileError(
                     f"{path} is a pickle/torch.save file, not safetensors; refusing to load it "
                     "because unpickling can run arbitrary code"
