@@ -38,15 +38,20 @@ from bnnkit.cli._common import choice_option, console, device_option, overrides_
     type=click.Path(path_type=Path, file_okay=False),
     help='Feature cache shared by every cell (train.backbone = "frozen"); default OUT/cache.',
 )
-@choice_option(
+@click.option(
     "--score",
-    ["epistemic", "total", "max_prob"],
-    "Uncertainty whose OOD AUROC (unseen generators' fakes vs seen images) is tabled.",
+    "scores",
+    multiple=True,
+    metavar="NAME",
+    help="OOD score every cell's evaluation reports (repeatable; `bnnkit plugins --kind score`"
+    "); the first is the table's OOD AUROC column. Default: evaluate's set, mutual_info tabled.",
 )
-@choice_option(
+@click.option(
     "--abstain-on",
-    ["total", "epistemic"],
-    "Uncertainty of the abstention threshold whose caught unseen errors are tabled.",
+    default="entropy",
+    show_default=True,
+    metavar="NAME",
+    help="Score of the abstention threshold whose caught unseen errors are tabled (any score).",
 )
 @click.option("--plots", is_flag=True, help="Also write each cell's evaluation plots.")
 @device_option
@@ -76,7 +81,7 @@ def command(
     generators: str | None,
     out: Path | None,
     cache_dir: Path | None,
-    score: str,
+    scores: tuple[str, ...],
     abstain_on: str,
     plots: bool,
     device: str,
@@ -125,10 +130,11 @@ def command(
     folder = out or new_protocol_dir(name)
     shown.print(f"[bold]bnnkit protocol[/] {name}: {', '.join(recipes)}")
     shown.print(f"out:    {folder}  (rerun with --out {folder} to finish an interrupted run)")
+    score = scores[0] if scores else "mutual_info"
     result = run_protocol(
         name, list(recipes), list(overrides), out=folder, generators=gens, cache_dir=cache_dir,
-        score=score, abstain_on=abstain_on, device=device, plots=plots, launcher=launcher,
-        jobs=jobs, slurm=slurm, on_cell=on_cell,
+        score=score, scores=list(scores) or None, abstain_on=abstain_on, device=device,
+        plots=plots, launcher=launcher, jobs=jobs, slurm=slurm, on_cell=on_cell,
     )  # fmt: skip
     blocks = [result.rows]  # sdv4: one table, a row per recipe; cross, loo: one per recipe
     if name != "sdv4":
@@ -137,8 +143,8 @@ def command(
     for rows in blocks:
         title = f"bnnkit protocol {name}" + ("" if name == "sdv4" else f": {rows[0]['block']}")
         table = protocol_table(
-            rows, result.record["generators"], protocol=name, score=score,
-            abstain_on=abstain_on, title=title,
+            rows, result.record["generators"], protocol=name, score=result.record["score"],
+            abstain_on=result.record["abstain_on"], title=title,
         )  # fmt: skip
         shown.print(render_rich(table), width=max(shown.width, 120))
     shown.print(f"[green]done[/] in {result.record['seconds']:.1f} s")

@@ -33,15 +33,16 @@ from typing import Any
 
 from bnnkit.data.genimage import check_generator_name
 from bnnkit.errors import BnnkitError, UsageError
-from bnnkit.metrics.protocol import ABSTAIN_SCORES, DEFAULT_ABSTAIN_SCORE, OOD_SCORES
+from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE
 from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.report.protocol import PAPER_ORDER, protocol_rows
 from bnnkit.run.layout import RunLayout
+from bnnkit.scores.store import resolve_names
 
 PROTOCOLS = ("sdv4", "cross", "loo")
 PROTOCOL_FILE = "protocol.json"
 DEFAULT_PROTOCOLS_ROOT = "protocols"
-DEFAULT_OOD_SCORE = "epistemic"
+DEFAULT_OOD_SCORE = "mutual_info"
 #: recipe keys a protocol sets for each cell; a --set of them would be overridden, so refused
 _CELL_KEYS = ("data.train_generators", "data.holdout")
 
@@ -62,6 +63,8 @@ class Cell:
     abstain_on: str = DEFAULT_ABSTAIN_SCORE
     device: str = "auto"
     plots: bool = False
+    #: the scores each cell's evaluation reports (empty: evaluate's default set)
+    scores: tuple[str, ...] = ()
 
 
 def _cells_of(protocol: str, generators: list[str]) -> list[tuple[str, list[str], list[str]]]:
@@ -111,6 +114,7 @@ def plan_cells(
     abstain_on: str = DEFAULT_ABSTAIN_SCORE,
     device: str = "auto",
     plots: bool = False,
+    scores: Sequence[str] = (),
 ) -> list[Cell]:
     """Every cell of ``protocol`` for each recipe (validated with the overrides now, so a typo
     fails before anything runs)."""
@@ -118,8 +122,7 @@ def plan_cells(
 
     if not recipes:
         raise UsageError("give at least one --recipe", hint="e.g. --recipe quickstart")
-    if abstain_on not in ABSTAIN_SCORES:
-        raise UsageError(f"--abstain-on {abstain_on!r}: choose one of {', '.join(ABSTAIN_SCORES)}")
+    abstain_on, *chosen = resolve_names([abstain_on, *scores])
     for item in overrides:
         if item.partition("=")[0].strip() in _CELL_KEYS:
             raise UsageError(
@@ -138,7 +141,7 @@ def plan_cells(
             name = load_recipe(ref, sets).name  # validates every cell's recipe
             folder = str(out / "cells" / name / key)
             cell = Cell(name, key, ref, tuple(train), tuple(unseen), tuple(sets), folder,
-                        str(cache), abstain_on, device, plots)  # fmt: skip
+                        str(cache), abstain_on, device, plots, tuple(chosen))  # fmt: skip
             cells.append(cell)
         if name in blocks:
             raise UsageError(f"--recipe {recipe}: a recipe named {name!r} is given twice")
@@ -180,9 +183,12 @@ def _metrics_match(cell: Cell, run: Path) -> bool:
     if not f.is_file():
         return False
     m = json.loads(f.read_text(encoding="utf-8"))
-    return m.get("seen_generators") == list(cell.train) and sorted(
-        m.get("ood_generators") or []
-    ) == sorted(cell.unseen)
+    wanted = {cell.abstain_on, *cell.scores}
+    return (
+        m.get("seen_generators") == list(cell.train)
+        and sorted(m.get("ood_generators") or []) == sorted(cell.unseen)
+        and wanted <= set((m.get("abstention") or {}).get("by_score") or {})
+    )
 
 
 def cell_done(cell: Cell) -> bool:
@@ -209,8 +215,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if status != "skipped" or not _metrics_match(cell, run_dir):
         # a frozen run's evaluation reads the feature cache its training filled (the shared one)
         Run(run_dir).evaluate(
-            ood=list(cell.unseen), device=cell.device, abstain_on=cell.abstain_on, plots=cell.plots
-        )
+            ood=list(cell.unseen), device=cell.device, abstain_on=cell.abstain_on,
+            plots=cell.plots, scores=list(cell.scores) or None,
+        )  # fmt: skip
         status = "evaluated" if status == "skipped" else status
     layout = RunLayout(run_dir)
     return {
@@ -254,6 +261,7 @@ def run_protocol(
     launcher: str = "local",
     jobs: int = 1,
     slurm: dict[str, Any] | None = None,
+    scores: Sequence[str] | None = None,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
 ) -> ProtocolResult:
     """Run (or finish) every cell of ``protocol`` and write ``protocol.json``, ``table.md``,
@@ -262,13 +270,15 @@ def run_protocol(
     from bnnkit.engine.protocol_launch import launch
     from bnnkit.report.protocol import write_protocol_tables
 
-    if score not in OOD_SCORES:
-        raise UsageError(f"--score {score!r}: choose one of {', '.join(OOD_SCORES)}")
+    (score,) = resolve_names([score])
+    if scores:  # the tabled score is always evaluated
+        scores = list(dict.fromkeys([*resolve_names(scores), score]))
     out = Path(out)
     cells = plan_cells(
         protocol, recipes, overrides, out, generators=generators, cache_dir=cache_dir,
-        abstain_on=abstain_on, device=device, plots=plots,
+        abstain_on=abstain_on, device=device, plots=plots, scores=scores or (),
     )  # fmt: skip
+    abstain_on = cells[0].abstain_on
     out.mkdir(parents=True, exist_ok=True)
     gens = select_generators(generators)
     record: dict[str, Any] = {
@@ -278,6 +288,7 @@ def run_protocol(
         "overrides": list(overrides),
         "score": score,
         "abstain_on": abstain_on,
+        "scores": list(cells[0].scores) or "default",
         "cache_dir": cells[0].cache_dir,
         "launcher": launcher,
         "cells": [{**_cell_entry(c), "status": "pending"} for c in cells],
