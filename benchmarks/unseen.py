@@ -69,19 +69,21 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def method_recipe(method: str, folder: Path) -> Path:
+def method_recipe(method: str, folder: Path, quick: bool) -> Path:
     """The quickstart recipe with ``method``'s head and options (written to ``folder``)."""
     base = tomllib.loads(bundled()["quickstart"])
     head, options = METHODS[method]
     base["name"] = f"unseen_{method}"
     base["inference"] = {"name": method, **options}
     if head:
-        base["model"]["head"] = {
-            "name": head,
-            **({"posterior_rho_init": -4.0} if head == "bbb" else {}),
-        }
-    else:
-        base["model"].pop("head", None)
+        base["model"]["head"] = {"name": head}
+        if head == "bbb":
+            base["model"]["head"]["posterior_rho_init"] = -4.0
+    else:  # training-free: its own head, nothing optimised
+        base["model"]["head"] = {"name": method}
+        base["train"]["epochs"] = 0
+    if quick and base["train"]["epochs"]:
+        base["train"]["epochs"] = 4
     path = folder / f"unseen_{method}.toml"
     path.write_text(tomli_w.dumps(base), encoding="utf-8")
     return path
@@ -154,11 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", help=f"comma-separated (default all: {','.join(METHODS)})")
     ap.add_argument("--scores", help="comma-separated (default every registered score)")
     ap.add_argument("--per-class", type=int, default=None, help="train images per class (40)")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (0)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=Path, help="run everything under this folder and keep it")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--md", type=Path, help="write the markdown table here")
     args = ap.parse_args(argv)
+    args.out, args.md = (p.resolve() if p else None for p in (args.out, args.md))
     from bnnkit.plugins import get_registry
 
     methods = (
@@ -176,22 +180,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_class = args.per_class or (12 if args.quick else 40)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bnnkit-bench-unseen-") as tmp:
-        work = args.keep or Path(tmp)
+        work = (args.keep or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
+        here = Path.cwd()
+        os.chdir(work)  # bnnkit's relative caches (.bnnkit-cache) stay in the work folder
         root = work / "data"
         if not (root / ".synth-done").exists():
-            synthesize(root, train_per_class=per_class, val_per_class=max(8, per_class // 2),
-                       generators=gens)  # fmt: skip
+            synthesize(root, seed=args.data_seed, train_per_class=per_class,
+                       val_per_class=max(8, per_class // 2), generators=gens)  # fmt: skip
             (root / ".synth-done").touch()
         overrides = [
             f"data.root={json.dumps(str(root))}",
             'train.backbone="frozen"',
             f"eval.coverage={COVERAGE}",
-            *(["train.epochs=4", "eval.samples=8"] if args.quick else []),
+            *(["eval.samples=8"] if args.quick else []),
         ]
         results: dict[str, dict[str, Any]] = {}
         for method in methods:
-            recipe = method_recipe(method, work)
+            recipe = method_recipe(method, work, args.quick)
             tm = time.perf_counter()
             result = run_protocol(
                 "loo", str(recipe), overrides, out=work / "protocol" / method,
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 folds.append(fold_numbers(metrics, scores))
             results[method] = {s: aggregate(folds, s) for s in scores}
             log(f"{method}: {time.perf_counter() - tm:.1f} s")
+        os.chdir(here)
     best = max(
         ((m, s, r["caught"]) for m, per in results.items() for s, r in per.items()
          if r["caught"] is not None),
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "unseen-generator errors caught, leave-one-generator-out (synthetic)",
         "settings": {"methods": methods, "scores": scores, "generators": gens,
-                     "train_per_class": per_class, "coverage": COVERAGE,
+                     "train_per_class": per_class, "data_seed": args.data_seed,
+                     "coverage": COVERAGE,
                      "backbone": "test_resnet (frozen, random init)", "device": args.device},
         "results": results,
         "best": {"method": best[0], "score": best[1], "caught": best[2]},

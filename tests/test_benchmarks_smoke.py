@@ -130,3 +130,35 @@ def test_scale_benchmark_every_stage(tmp_path):
     assert _positive(result["decode"]["ratio"])
     assert result["jpeg_draft"]["max_abs_pixel_difference"] >= 0
     assert set(result["meets_targets"]) == set(result["figures"])
+
+
+UNSEEN = REPO / "benchmarks" / "unseen.py"
+
+
+def test_unseen_benchmark_quick_reports_caught_per_method_and_score(tmp_path):
+    """``benchmarks/unseen.py --quick``: leave-one-out over three synthetic generators, two
+    methods x three scores; one JSON object whose figures are fractions of the errors actually
+    counted (``errors_caught <= errors``), the best pair among them, and the markdown table."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    md = tmp_path / "table.md"
+    proc = subprocess.run(
+        [sys.executable, str(UNSEEN), "--quick", "--md", str(md)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert set(result["results"]) == {"map", "bbb"}
+    caught = []
+    for per_score in result["results"].values():
+        assert set(per_score) == {"entropy", "mutual_info", "knn"}
+        for figures in per_score.values():
+            assert set(figures["per_generator"]) == {"midjourney", "sdv4", "biggan"}
+            assert 0 <= figures["errors_caught"] <= figures["errors"]
+            if figures["errors"]:
+                assert figures["caught"] == figures["errors_caught"] / figures["errors"]
+                caught.append(figures["caught"])
+            assert 0.0 <= figures["seen_abstained"] <= 0.25  # calibrated for 10 %
+    assert caught, "no unseen-generator errors at all: the benchmark measures nothing"
+    assert result["best"]["caught"] == max(caught)
+    assert "| map |" in md.read_text() and "knn" in md.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]

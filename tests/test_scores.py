@@ -149,15 +149,19 @@ def test_posterior_scores_equal_the_prediction_records(name: str, old: str) -> N
 
 def test_fused_rank_normalises_with_mid_ranks() -> None:
     seen = {"a": torch.tensor([2.0, 1, 3, 2]), "b": torch.full((4,), 7.0)}
-    fused = build_score("fused", {"scores": ["a", "b"]})
-    fused.fit(ScoreInputs(torch.zeros(4, 0), torch.zeros(0), torch.zeros(0), seen), torch.zeros(4))
     query = {"a": torch.tensor([0.0, 2, 2.5, 3, 5]), "b": torch.tensor([7.0, 7, 8, 6, 7])}
     # a's ECDF on [1, 2, 2, 3]: (#below + #at-or-below) / 8; b is constant 7
     a = [0 / 8, (1 + 3) / 8, (3 + 3) / 8, (3 + 4) / 8, 8 / 8]
     b = [(0 + 4) / 8, 4 / 8, 8 / 8, 0 / 8, 4 / 8]
-    expected = torch.tensor([(x + y) / 2 for x, y in zip(a, b, strict=True)], dtype=torch.float64)
-    out = fused(ScoreInputs(torch.zeros(5, 0), torch.zeros(0), torch.zeros(0), query))
-    torch.testing.assert_close(out, expected)
+    for combine, rule in (("mean", lambda x, y: (x + y) / 2), ("max", max)):
+        fused = build_score("fused", {"scores": ["a", "b"], "combine": combine})
+        fused.fit(
+            ScoreInputs(torch.zeros(4, 0), torch.zeros(0), torch.zeros(0), seen), torch.zeros(4)
+        )
+        expected = torch.tensor([rule(x, y) for x, y in zip(a, b, strict=True)]).double()
+        out = fused(ScoreInputs(torch.zeros(5, 0), torch.zeros(0), torch.zeros(0), query))
+        torch.testing.assert_close(out, expected, msg=combine)
+    assert build_score("fused").opts.combine == "max"
 
 
 def test_fused_error_weights_follow_the_seen_errors() -> None:
