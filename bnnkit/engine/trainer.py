@@ -317,6 +317,9 @@ class Trainer:
             method.calibrate(val.features.to(self.device), val.labels.to(self.device))
         if self.dist.is_main and val is not None and self.log.last is not None:
             self.log.complete_last(self._validate(method, val))  # the posterior that is saved
+        elif self.dist.is_main and val is not None and not method.trains:
+            # training-free: no epoch ran; one row says how the calibrated detector validates
+            self.log.append({"phase": "head", "epoch": 0, **self._validate(method, val)})
         self._checkpoint(detector, method, None, Position("done"), tag="final", complete=True)
         broken = self.data.broken
         if self.dist.enabled:
