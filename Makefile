@@ -25,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/bnnkit train recipes/quickstart.toml
 	$(BIN)/bnnkit evaluate --ood midjourney
 	@echo "midjourney* was held out: compare its accuracy with 'all seen' (the drop on an unseen"
-	@echo "generator), its epistemic AUROC (does uncertainty flag it?) and, under 'abstention',"
-	@echo "how many of its errors the uncertainty threshold catches."
+	@echo "generator); under 'scores', which score flags its fakes (OOD AUROC) and how many of its"
+	@echo "errors each score's threshold catches; under 'abstention', what the default one does."
 
 # `make test` is the full suite (what .ci/run calls; it fits CI's 15 minutes on 2 cores).
 # `make test-fast` skips the tests marked slow (torchrun, kill/resume, benchmark script,

