@@ -305,22 +305,16 @@ def _normalisation_problems(mean: list[float] | None, std: list[float] | None) -
 def _epoch_problems(raw: _Raw, method: Any) -> list[str]:
     """``train.epochs = 0`` exactly for training-free methods (``trains = False``)."""
     epochs, head_epochs = raw.get("train.epochs"), raw.get("train.head_epochs")
-    if not getattr(method.obj, "trains", True):
-        problems = []
-        if epochs not in (0, _MISSING):
-            problems.append(
-                f"train.epochs: {method.name} is training-free (it calibrates on real training "
-                f"images, nothing is optimised); set train.epochs = 0, got {epochs}"
-            )
-        if head_epochs not in (0, _MISSING):
-            problems.append(f"train.head_epochs: {method.name} is training-free; leave it 0")
-        return problems
-    if epochs == 0:
-        return [
-            f"train.epochs: {method.name} needs at least 1 epoch (0 is for training-free "
-            "methods such as wepe and rigid)"
-        ]
-    return []
+    if getattr(method.obj, "trains", True):
+        zero = f"{method.name} needs at least 1 epoch (0 is for training-free methods: wepe, rigid)"
+        return [f"train.epochs: {zero}"] if epochs == 0 else []
+    why = f"{method.name} is training-free (it calibrates on real images, nothing is optimised)"
+    problems = []
+    if epochs not in (0, _MISSING):
+        problems.append(f"train.epochs: {why}; set train.epochs = 0, got {epochs}")
+    if head_epochs not in (0, _MISSING):
+        problems.append(f"train.head_epochs: {why}; leave it 0")
+    return problems
 
 
 def _plugin_problems(raw: _Raw, registry: Any) -> list[str]:
