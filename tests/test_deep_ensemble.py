@@ -146,6 +146,14 @@ def test_resume_skips_finished_members_and_matches_uninterrupted(
     m0 = RunLayout(run).member(0)
     stamp = {p.name: p.stat().st_mtime_ns for p in m0.iterdir() if p.is_file()}
     assert not RunLayout(run).checkpoint.exists()
+    early = runner.invoke(main, ["evaluate", str(run), "--no-plots"])  # not combined yet
+    assert early.exit_code == 2 and "members are not all trained" in early.output, early.output
+    assert f"bnnkit train --resume {run}" in early.output.replace("\n", "")
+    from bnnkit.api import Run
+    from bnnkit.errors import UsageError
+
+    with pytest.raises(UsageError, match="members are not all trained"):  # the API's path
+        Run(run).evaluate(device="cpu", plots=False)
 
     calls = {"n": 0}
 

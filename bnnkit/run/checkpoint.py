@@ -206,6 +206,12 @@ def find_checkpoint(run_dir: Path, *, warn: bool = True) -> CheckpointSet:
     try:
         found = replace(_verified(layout.previous), fallback=reason)
     except CorruptCheckpoint as exc:
+        if layout.members_record.is_file() and not layout.checkpoint.exists():
+            raise UsageError(  # a whole-detector ensemble stopped before its members combined
+                f"{layout.root} is a whole-detector ensemble whose members are not all trained "
+                "yet (it has no checkpoint of its own until they are)",
+                hint=f"finish it with: bnnkit train --resume {layout.root}",
+            ) from None
         kept = "no previous checkpoint is kept" if not layout.previous.is_dir() else str(exc)
         raise UsageError(
             f"the checkpoint of {layout.root} cannot be used: {reason}; {kept}",

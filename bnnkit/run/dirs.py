@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bnnkit.errors import UsageError
-from bnnkit.run.layout import CHECKPOINT_FILE, RECIPE_FILE
+from bnnkit.run.layout import CHECKPOINT_FILE, MEMBERS_FILE, RECIPE_FILE
 
 __all__ = ["DEFAULT_RUNS_ROOT", "create_run_dir", "is_run_dir", "latest_run", "resolve_run"]
 
@@ -61,6 +61,12 @@ def resolve_run(run: str | Path | None, runs_root: str | Path = DEFAULT_RUNS_ROO
     if not path.is_dir():
         raise UsageError(f"run directory '{run}' does not exist")
     if not is_run_dir(path):
+        if (path / MEMBERS_FILE).is_file():  # a whole-detector ensemble, members unfinished
+            raise UsageError(
+                f"'{run}' is a whole-detector ensemble whose members are not all trained yet "
+                "(it has no checkpoint of its own until they are)",
+                hint=f"finish it with: bnnkit train --resume {run}",
+            )
         raise UsageError(
             f"'{run}' is not a finished bnnkit run (no {CHECKPOINT_FILE} / {RECIPE_FILE})",
             hint="a run directory is made by `bnnkit train`",
