@@ -146,6 +146,18 @@ def test_resume_skips_finished_members_and_matches_uninterrupted(
     m0 = RunLayout(run).member(0)
     stamp = {p.name: p.stat().st_mtime_ns for p in m0.iterdir() if p.is_file()}
     assert not RunLayout(run).checkpoint.exists()
+
+    def ctrl_c_before_member_1(self, index, sub):  # SIGINT outside a member's own handler
+        if index == 1:
+            raise KeyboardInterrupt
+        return real_train_member(self, index, sub)
+
+    with monkeypatch.context() as m:
+        m.setattr(EnsembleTrainer, "_train_member", ctrl_c_before_member_1)
+        stopped = runner.invoke(main, ["train", "--resume", str(run), "-q"])
+    assert stopped.exit_code == 128 + signal.SIGINT, stopped.output
+    assert "stopped between members; 1 of 3 finished" in stopped.output.replace("\n", " ")
+    assert "Traceback" not in stopped.output
     early = runner.invoke(main, ["evaluate", str(run), "--no-plots"])  # not combined yet
     assert early.exit_code == 2 and "members are not all trained" in early.output, early.output
     assert f"bnnkit train --resume {run}" in early.output.replace("\n", "")

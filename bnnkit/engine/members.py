@@ -24,6 +24,7 @@ backbone (only the heads would differ: that is ``members = <int>``), so it is re
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,16 +155,25 @@ class EnsembleTrainer:
             )
         resumed_from = "all members finished" if self.resume else None
         first = True
-        for i in range(self.size):
-            sub = self.layout.member(i)
-            if is_complete(sub):
-                continue
-            self._write_record()
-            done = self._train_member(i, sub)
-            if self.resume and first:  # where training picked up again
-                at = f", {done.resumed_from}" if done.resumed_from else ""
-                resumed_from = f"member {i + 1} of {self.size}{at}"
-            first = False
+        try:
+            for i in range(self.size):
+                sub = self.layout.member(i)
+                if is_complete(sub):
+                    continue
+                self._write_record()
+                done = self._train_member(i, sub)
+                if self.resume and first:  # where training picked up again
+                    at = f", {done.resumed_from}" if done.resumed_from else ""
+                    resumed_from = f"member {i + 1} of {self.size}{at}"
+                first = False
+        except KeyboardInterrupt:  # Ctrl-C between members (inside one, the trainer stops)
+            finished = sum(is_complete(self.layout.member(i)) for i in range(self.size))
+            stop = TrainingInterrupted(
+                f"SIGINT: stopped between members; {finished} of {self.size} finished and kept",
+                hint=f"resume with: bnnkit train --resume {root}",
+            )
+            stop.exit_code = 128 + signal.SIGINT
+            raise stop from None
         self._write_record()
         result = self._assemble() if self.dist.is_main else TrainResult(root)
         result.resumed_from = resumed_from
