@@ -68,6 +68,12 @@ class TimmOptions(PluginOptions):
     drop_path_rate: float = Field(
         0.0, ge=0, lt=1, description="stochastic depth rate (for models that have it)"
     )
+    img_size: int | None = Field(
+        None,
+        ge=8,
+        description="input size of a ViT-style model whose position embeddings fix it (e.g. 224 "
+        "for DINOv2, built for 518; pretrained position embeddings are interpolated)",
+    )
 
 
 def create_timm_backbone(
@@ -82,6 +88,8 @@ def create_timm_backbone(
     kwargs: dict = {"num_classes": 0, "global_pool": ""}
     if opts.drop_path_rate:
         kwargs["drop_path_rate"] = opts.drop_path_rate
+    if opts.img_size is not None:
+        kwargs["img_size"] = opts.img_size
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -93,6 +101,13 @@ def create_timm_backbone(
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise
+        raise UsageError(
+            f"model.backbone.img_size: timm model '{name}' takes no input size ({exc})",
+            hint="img_size is for ViT-style models (vit_*, deit_*, ...); remove it here",
+        ) from None
     except (RuntimeError, OSError, ValueError) as exc:
         if not pretrained:
             raise

@@ -276,3 +276,18 @@ def test_old_run_without_recorded_normalisation_loads_as_imagenet(
     result = runner.invoke(main, ["predict", str(old), str(tmp_path / "x.png"), "--format", "json"])
     assert result.exit_code == 0, result.output
     _assert_uses(applied["FileDataset"], IMAGENET.mean, IMAGENET.std)
+
+
+def test_timm_img_size_option_sets_a_vits_input_size_and_is_refused_elsewhere():
+    """``model.backbone.img_size``: a ViT built for 160 px (timm's test_vit) is built for 32 px
+    instead (2 x 2 patches of 16 px, its position embeddings sized to match); a CNN, which has no
+    such argument, gets a clear error."""
+    from bnnkit.errors import UsageError
+    from bnnkit_plugins.backbone_timm import create_timm_backbone
+
+    assert create_timm_backbone("test_vit").model.patch_embed.img_size == (160, 160)
+    vit = create_timm_backbone("test_vit", img_size=32)
+    assert vit.model.patch_embed.img_size == (32, 32)
+    assert vit(torch.zeros(1, 3, 32, 32)).shape[-2:] == (2, 2)
+    with pytest.raises(UsageError, match="model.backbone.img_size"):
+        create_timm_backbone("test_resnet", img_size=32)
