@@ -16,7 +16,7 @@ every inference method and every OOD score. For each method x score:
 Prints ONE JSON object on stdout (progress on stderr) and, with ``--md FILE``, a markdown table.
 
     python benchmarks/unseen.py                      # every method, every score (minutes)
-    python benchmarks/unseen.py --quick              # 2 methods, 3 scores, 2 folds (a smoke test)
+    python benchmarks/unseen.py --quick              # 2 methods, 3 scores, 3 folds (a smoke test)
     python benchmarks/unseen.py --methods map,bbb --scores knn,mahalanobis --out /tmp/u.json
 """
 
@@ -129,11 +129,11 @@ def aggregate(folds: list[dict[str, dict[str, Any]]], score: str) -> dict[str, A
     }
 
 
-def markdown(results: dict[str, dict[str, Any]], scores: list[str]) -> str:
+def markdown(results: dict[str, dict[str, Any]], scores: list[str], gens: list[str]) -> str:
     head = "| method | " + " | ".join(scores) + " |"
     lines = [
         "Unseen-generator errors caught at 10 % seen abstention (OOD AUROC), leave-one-out "
-        "over the eight synthetic generators, frozen tiny backbone.",
+        f"over {len(gens)} synthetic generators ({', '.join(gens)}), frozen tiny backbone.",
         "",
         head,
         "|" + "---|" * (len(scores) + 1),
@@ -152,7 +152,7 @@ def markdown(results: dict[str, dict[str, Any]], scores: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 methods, 3 scores, 2 folds, tiny data")
+    ap.add_argument("--quick", action="store_true", help="2 methods, 3 scores, 3 folds, tiny data")
     ap.add_argument("--methods", help=f"comma-separated (default all: {','.join(METHODS)})")
     ap.add_argument("--scores", help="comma-separated (default every registered score)")
     ap.add_argument("--per-class", type=int, default=None, help="train images per class (40)")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    table = markdown(results, scores)
+    table = markdown(results, scores, gens)
     print(table, file=sys.stderr)
     if args.md:
         args.md.write_text(table)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnnkit.errors import UsageError
+from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT, latest_run, resolve_run
 from bnnkit.run.layout import RECIPE_FILE, RunLayout
 
@@ -176,6 +176,7 @@ def train(
     The trainer's summary (history, seconds, skipped files) is ``run.result``."""
     from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
     from bnnkit.engine.members import EnsembleTrainer, ensemble_size, member_of
+    from bnnkit.engine.signals import TrainingInterrupted
     from bnnkit.engine.trainer import Trainer
     from bnnkit.recipe import load_recipe
     from bnnkit.run.dirs import create_run_dir
@@ -215,15 +216,23 @@ def train(
             r, run_dir, dev, note, console=console if info.is_main else None,
             cache_dir=Path(cache_dir), resume=resume is not None, dist=info,
         ).run()  # fmt: skip
-    except UsageError:
-        # a configuration problem found while building: leave no empty run directory behind
-        started = RunLayout(run_dir).checkpoint.exists() or RunLayout(run_dir).members.exists()
-        if resume is None and info.is_main and not started:
+    except BnnkitError as exc:
+        # a problem found while building (a bad option, hub weights that cannot be fetched):
+        # leave no run directory behind that holds nothing to resume
+        fresh = resume is None and info.is_main and not isinstance(exc, TrainingInterrupted)
+        if fresh and not _has_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         shutdown(info)
     return Run(Path(run_dir), result)
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    """Whether a run (or any member of a whole-detector ensemble) saved a checkpoint."""
+    layout = RunLayout(run_dir)
+    members = layout.members.iterdir() if layout.members.is_dir() else []
+    return layout.checkpoint.exists() or any(RunLayout(m).checkpoint.exists() for m in members)
 
 
 def run_protocol(

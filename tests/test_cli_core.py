@@ -179,6 +179,9 @@ def test_predict_formats_and_bad_files(runner, trained_run, synth_root, tmp_path
     assert csv_out.output.splitlines()[0].startswith("path,verdict,p_fake")
     table = runner.invoke(main, args)
     assert table.exit_code == 0 and "error" in table.output
+    # nothing readable at all: the error rows still come out, and the exit code says so
+    bad = runner.invoke(main, ["predict", str(trained_run), str(tmp_path / "missing.png")])
+    assert bad.exit_code == 1 and "no file could be predicted" in bad.output
 
 
 def test_same_seed_gives_identical_metrics(runner, synth_root, tmp_path):

@@ -219,6 +219,16 @@ def test_frozen_pretrained_backbone_is_refused_and_member_resume_too(
     assert 'train.backbone: "frozen" with pretrained weights' in text
     assert "model.backbone.pretrained = false" in text
     assert not any(runs.iterdir())  # no half-made run left behind
+    # hub weights that cannot be fetched (HF_HUB_OFFLINE): the first member fails to build, and
+    # the ensemble's folder (recipe, members.json, an empty members/m0) is not left behind
+    result = _train(synth_root, runs, tmp_path / "cache", **{"model.backbone.pretrained": True})
+    assert result.exit_code != 0 and "could not load pretrained weights" in result.output
+    assert not any(runs.iterdir()), sorted(p.name for p in runs.rglob("*"))
+    recipe = tmp_path / "ens.toml"  # `recipes validate` says it before any training
+    recipe.write_text(DEEP.read_text().replace('backbone = "finetune"', 'backbone = "frozen"')
+                      .replace("pretrained = false", "pretrained = true"))  # fmt: skip
+    result = runner.invoke(main, ["recipes", "validate", str(recipe)])
+    assert result.exit_code == 2 and "with pretrained weights" in result.output, result.output
     member = RunLayout(uninterrupted).member(0)
     result = runner.invoke(main, ["train", "--resume", str(member)])
     assert result.exit_code == 2 and "resume the ensemble" in result.output

@@ -16,6 +16,21 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+def print_table(out: Console, table, cap: int = 220) -> None:
+    """Print a rich table at its natural width (up to ``cap`` columns) even when the console is
+    narrower (80 columns, or a pipe): a long line wraps in the terminal, but no column is
+    squeezed to nothing or truncated (file paths, run names, numbers)."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(out, out.options.update_width(cap), table).maximum
+    width = out.width
+    out.width = max(width, min(natural, cap))  # print(width=) cannot exceed the console's
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
 @cache
 def err_console() -> Console:
     return Console(stderr=True, highlight=False)

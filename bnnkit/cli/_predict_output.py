@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from bnnkit.cli._common import console, fmt
+from bnnkit.cli._common import console, fmt, print_table
 
 
 def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bool) -> None:
@@ -84,7 +84,7 @@ def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, 
             Console(file=fh, width=120, highlight=False).print(table)
         out.print(f"wrote {output}")
     else:
-        out.print(table)
+        print_table(out, table)
     if explain:
         written = [r["explain"] for r in rows if r.get("explain")]
         if written:

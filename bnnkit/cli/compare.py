@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from bnnkit.cli._common import console, fmt, format_option, print_json
+from bnnkit.cli._common import console, fmt, format_option, print_json, print_table
 
 # metrics.json versions whose keys this reads: seen.{accuracy,nll,ece}, ood.<generator>.accuracy,
 # the mutual information's OOD AUROC (ood.<generator>.epistemic.auroc in 1 and 2,
@@ -112,7 +112,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return render_markdown(compare_table(rows))
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def show_table(rows: list[dict[str, Any]]) -> None:
     from bnnkit.report.compare import compare_table
     from bnnkit.report.tables import render_rich
 
@@ -125,7 +125,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if (len(rows) > 1 or key == "abstain_score") and len(values) == 1:
             title += f"; {label} {fmt(values.pop())}"
             drop.append(key)
-    console().print(render_rich(compare_table(rows, title, drop)))
+    print_table(console(), render_rich(compare_table(rows, title, drop)))
 
 
 @click.command("compare")
@@ -155,4 +155,4 @@ def command(runs: tuple[Path, ...], out_format: str) -> None:
     elif out_format == "markdown":
         click.echo(markdown(rows))
     else:
-        print_table(rows)
+        show_table(rows)

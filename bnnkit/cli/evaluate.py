@@ -57,8 +57,9 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     multiple=True,
     metavar="NAME",
     help="Score to report OOD detection, selective prediction and abstention for "
-    "(repeatable; `bnnkit plugins --kind score` lists them). Default: max_prob, entropy, "
-    "mutual_info, energy, mahalanobis, knn, fused.",
+    "(repeatable; `bnnkit plugins --kind score` lists them). Given, they replace the default "
+    "set: max_prob, entropy, mutual_info, energy, mahalanobis, knn, fused. Scores use their "
+    "default options here (bnnkit.api's Run.evaluate takes score_options).",
 )
 @click.option(
     "--abstain-on",

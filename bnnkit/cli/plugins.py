@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bnnkit.cli._common import console, print_json
+from bnnkit.cli._common import console, print_json, print_table
 
 
 @click.command("plugins")
@@ -86,7 +86,7 @@ def command(as_json: bool, kind: str | None) -> None:
                 summary += f"  [dim]({cells[0]}; fit {fit})[/]"
         cells = cells if scores_only else []
         table.add_row(r["kind"], r["name"], pkg, summary, *cells, ", ".join(r["options"]) or "-")
-    console().print(table)
+    print_table(console(), table)
     if kind:  # one kind: every plugin's options in full
         _print_options(rows)
     for note in registry.notes:
@@ -110,4 +110,4 @@ def _print_options(rows: list[dict]) -> None:
             table.add_column(col)
         for o in r["option_info"]:
             table.add_row(o["name"], o["type"], repr(o["default"]), o["help"])
-        console().print(table)
+        print_table(console(), table)

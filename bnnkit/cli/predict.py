@@ -95,7 +95,7 @@ def command(
     is loaded from RUN/scores/) is above it; otherwise 'fake' if p(fake) >= --threshold, else
     'real'. A file that cannot
     be read gets an error entry; the others are still predicted, and non-image files in
-    folders are counted in a warning.
+    folders are counted in a warning. The exit code is 1 when no file could be predicted.
 
     With --tiles a large image is judged as a whole: a grid of crops at the recipe's size
     covers it, and the rows add the spread across tiles (tiles, tile_scale, tile_p_fake_max,
@@ -127,3 +127,6 @@ def command(
     for warning in result.warnings:
         err_console().print(f"[yellow]warning:[/] {warning}")
     emit(result, fmt_, output, run_dir, explain)
+    if result.rows and all(r["p_fake"] is None for r in result.rows):
+        err_console().print("[red]error:[/] no file could be predicted (see the error entries)")
+        raise SystemExit(1)

@@ -50,6 +50,13 @@ def construction_problems(recipe: Recipe, registry: Any, *, num_train: int = 2) 
         method_cls(head, num_train=num_train, **recipe.inference.options())
     except Exception as exc:
         problems.append(_message(KIND_PATHS["method"], exc))
+    from bnnkit.engine.members import check_recipe, ensemble_size
+
+    try:  # what training refuses across keys (a whole-detector ensemble's backbones)
+        if ensemble_size(recipe):
+            check_recipe(recipe)
+    except BnnkitError as exc:
+        problems.append(exc.message)
     return problems
 
 

@@ -162,7 +162,7 @@ def protocol_table(
     caption = (
         f"Accuracy (%) per test generator; OOD AUROC: {score} score, unseen generators' fakes "
         f"against seen images; errors caught: unseen generators' misclassified images the "
-        f"{abstain_on}-uncertainty threshold abstains on."
+        f"threshold on the {abstain_on} score abstains on."
     )
     if any(r["source"] == "published" for r in rows):
         caption += f" Published rows (†): {PUBLISHED_SOURCE}, not run here."
