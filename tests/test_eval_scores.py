@@ -217,6 +217,10 @@ def test_a_registered_score_plugin_is_evaluated_and_abstained_on(knn_run, tmp_pa
         (row,) = json.loads(out)["predictions"]
         assert row["score"] == "feature_norm"
         assert row["score_value"] == pytest.approx(values[0], abs=1e-5)  # batch of one
+    # the plugin is gone (uninstalled): say which score the run needs, not "did you mean"
+    code, out = _cli(["predict", run, synth_root / rows[0]["path"]])
+    assert code == 2 and "abstains on score 'feature_norm'" in out, out
+    assert "did you mean" not in out and "--no-abstain" in out
 
 
 # -- compare: v3 and old v2 runs ----------------------------------------------------------------
@@ -250,6 +254,7 @@ def test_compare_shows_the_catch_rate_of_each_runs_abstention_score(knn_run, tmp
     assert new_row["caught_rate"] == want
     mi = m["ood"]["midjourney"]["scores"]["mutual_info"]["auroc"]
     assert new_row["epistemic_auroc"] == mi
+    assert new_row["abstain_auroc"] == m["ood"]["midjourney"]["scores"]["knn"]["auroc"]
     assert (old_row["abstain_score"], old_row["caught_rate"]) == ("entropy", 0.25)
     assert old_row["epistemic_auroc"] == 0.7
     code, out = _cli(["compare", knn_run, old])

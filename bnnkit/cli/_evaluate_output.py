@@ -16,11 +16,12 @@ def print_metrics(metrics: dict, out=None) -> None:
     out.print(t.render_rich(t.calibration_table(metrics)))
     out.print(f"GenImage average accuracy: {fmt(metrics['average_accuracy']['all'])}")
     for name, o in metrics["ood"].items():
+        auroc = ood_score(o, "mutual_info").get("auroc")  # only when mutual_info was requested
         out.print(
             f"[bold magenta]unseen generator: {name}[/]: accuracy {fmt(o['accuracy'])}, "
-            f"fakes detected {fmt(o['fake_detection_rate'])}\n"
-            f"  epistemic AUROC [bold]{fmt(ood_score(o, 'mutual_info').get('auroc'))}[/] "
-            f"(mean epistemic: its fakes {fmt(o['mean_epistemic_unseen_fakes'], 4)}, "
+            f"fakes detected {fmt(o['fake_detection_rate'])}\n  "
+            + (f"epistemic AUROC [bold]{fmt(auroc)}[/] " if auroc is not None else "")
+            + f"(mean epistemic: its fakes {fmt(o['mean_epistemic_unseen_fakes'], 4)}, "
             f"seen {fmt(o['mean_epistemic_seen'], 4)})"
         )
     if metrics["ood"]:

@@ -65,6 +65,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     abstention = metrics.get("abstention") or {}
     score = abstention.get("score")
     caught = abstention_score(abstention).get("unseen_combined") or {}
+    score_aurocs = [ood_score(o, score).get("auroc") for o in ood.values()] if score else []
     return {
         "run": run_dir.name,
         "path": str(run_dir),
@@ -77,6 +78,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "unseen_accuracy": _mean([u["accuracy"] for u in unseen.values()]),
         "epistemic_auroc": _mean([u["epistemic_auroc"] for u in unseen.values()]),
         "abstain_score": canonical_score(score) if score else None,
+        "abstain_auroc": _mean(score_aurocs),
         "caught_rate": caught.get("errors_caught_rate"),
         "caught": [caught.get("errors_caught"), caught.get("errors")] if caught else None,
         "train_seconds": checkpoint.get("train_seconds"),

@@ -42,7 +42,7 @@ from bnnkit.engine.tiles import (
 )
 from bnnkit.errors import UsageError
 from bnnkit.metrics.records import DECOMPOSITION, SCORE_ALIASES, UNCERTAINTY_KEYS, Predictions
-from bnnkit.run.layout import RunLayout
+from bnnkit.run.layout import THRESHOLD_FILE, RunLayout
 from bnnkit.run.threshold import abstention_rule, read_threshold, verdict
 
 __all__ = ["FIELDS", "PredictResult", "collect_files", "predict_run", "row_fields"]
@@ -141,6 +141,15 @@ def _scorer(layout: RunLayout, rule: dict[str, Any] | None, calibrated, tiled: b
             )
         return {}
     fits = (calibrated or {}).get("score_fit")
+    from bnnkit.plugins import get_registry
+
+    if name not in get_registry().entries["score"]:  # e.g. a plugin since uninstalled
+        raise UsageError(
+            f"this run's {THRESHOLD_FILE} abstains on score '{name}', which no installed "
+            "plugin provides",
+            hint="install the package that provides it, predict with --no-abstain, or "
+            f"calibrate on another score: bnnkit evaluate {layout.root} --abstain-on entropy",
+        )
     return load_scores(layout.root, name, rule.get("options"), fits)  # every fit loaded
 
 

@@ -23,6 +23,7 @@ COMPARE_COLUMNS: list[tuple[str, str, int]] = [
     ("unseen_accuracy", "unseen acc", 3),
     ("epistemic_auroc", "epist. OOD AUROC", 3),
     ("abstain_score", "abstain on", 0),
+    ("abstain_auroc", "its OOD AUROC", 3),
     ("caught_rate", "unseen caught", 1),
     ("train_seconds", "train s", 1),
     ("predict_ms_per_image", "predict ms/img", 2),
@@ -31,8 +32,8 @@ COMPARE_CAPTION = (
     "ID = generators seen in training (val split). Unseen acc and epistemic OOD AUROC (unseen "
     "fakes vs seen-generator images) are means over the unseen generators. Unseen caught: the "
     "fraction of the unseen generators' errors the run's abstention threshold (on the score "
-    "'abstain on') catches. Predict time per image = backbone + K posterior samples, from "
-    "`bnnkit evaluate`."
+    "'abstain on', whose mean OOD AUROC is 'its OOD AUROC') catches. Predict time per image = "
+    "backbone + K posterior samples, from `bnnkit evaluate`."
 )
 
 
