@@ -216,3 +216,25 @@ def test_every_builtin_score_passes_check_score() -> None:
             )
         )
         values[name] = check_score(score, given, labels, fresh=lambda n=name: build_score(n))
+
+
+def test_check_score_explains_a_fit_that_does_not_survive_its_state() -> None:
+    """A fitted score that keeps its fit in an attribute but not in ``state_dict``: the
+    conformance check says what is wrong instead of a bare AttributeError."""
+    from bnnkit.scores.base import Score
+
+    class Forgetful(Score):
+        fit_on = "train"
+
+        def fit(self, inputs, labels) -> None:
+            self.centre = inputs.features.double().mean(0)
+            self.fitted = True
+
+        def __call__(self, inputs):
+            self.check_fitted()
+            return self.as_output((inputs.features.double() - self.centre).norm(dim=1))
+
+    feats = torch.randn(12, 3)
+    ins = ScoreInputs(feats, torch.zeros(1, 12, 2), torch.full((1, 12, 2), 0.5))
+    with pytest.raises(AssertionError, match="did not survive state_dict"):
+        check_score(Forgetful(), ins, torch.arange(12) % 2, fresh=Forgetful)

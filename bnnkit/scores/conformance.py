@@ -86,7 +86,15 @@ def check_score(
         again = fresh()
         again.load_state_dict(load(data), meta)
         assert again.fitted, f"{name}.load_state_dict did not set fitted"
+        try:
+            loaded = again(inputs)
+        except Exception as exc:  # e.g. an attribute fit() set that the state did not carry
+            raise AssertionError(
+                f"{name}: its fit did not survive state_dict() -> load_state_dict() (a fresh "
+                f"instance raised {type(exc).__name__}: {exc}); save every fitted tensor in "
+                "state_dict and restore it in load_state_dict"
+            ) from exc
         torch.testing.assert_close(
-            again(inputs), values, msg=lambda m: f"{name}: a loaded fit scores differently ({m})"
+            loaded, values, msg=lambda m: f"{name}: a loaded fit scores differently ({m})"
         )
     return values
