@@ -333,3 +333,30 @@ def test_the_fit_subset_is_balanced_over_generator_and_class():
     assert torch.bincount(cells, minlength=4).tolist() == [4, 4, 4, 4]
     assert torch.equal(rows, balanced_rows(labels, groups, 16, seed=0))  # seeded
     assert balanced_rows(labels, groups, 0, seed=0).numel() == 50  # 0 = every row
+
+
+def test_score_options_from_the_command_line(knn_run, tmp_path, synth_root):
+    """``--set score.NAME.KEY=VALUE``: the score is built (and fitted) with the option, which
+    metrics.json and threshold.json record and predict uses; malformed items are refused."""
+    from bnnkit.engine.eval_options import score_overrides
+    from bnnkit.errors import UsageError
+
+    opts, rest = score_overrides(["score.knn.k=3", "inference.x=1", "score.fused.scores=['knn']"])
+    assert opts == {"knn": {"k": 3}, "fused": {"scores": ["knn"]}} and rest == ["inference.x=1"]
+    for bad in ("score.knn=3", "score.knn.k", "score..k=1"):
+        with pytest.raises(UsageError, match="score.NAME.KEY=VALUE"):
+            score_overrides([bad])
+    run = tmp_path / "k3"
+    shutil.copytree(knn_run, run)
+    args = ["--ood", "midjourney", "--score", "knn", "--abstain-on", "knn", "--no-plots"]
+    code, out = _cli(["evaluate", run, *args, "--set", "score.knn.k=3"])
+    assert code == 0, out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["scores"]["knn"]["options"]["k"] == 3
+    assert json.loads((run / "threshold.json").read_text())["options"]["k"] == 3
+    assert json.loads((run / "scores" / "knn.json").read_text())["options"]["k"] == 3
+    image = sorted((synth_root / "imagenet_midjourney" / "val").rglob("*.png"))[0]
+    code, out = _cli(["predict", run, image, "--format", "json"])
+    assert code == 0, out
+    code, out = _cli(["evaluate", run, *args, "--set", "score.knn.kk=3"])
+    assert code == 2 and "did you mean" in out

@@ -58,8 +58,8 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     metavar="NAME",
     help="Score to report OOD detection, selective prediction and abstention for "
     "(repeatable; `bnnkit plugins --kind score` lists them). Given, they replace the default "
-    "set: max_prob, entropy, mutual_info, energy, mahalanobis, knn, fused. Scores use their "
-    "default options here (bnnkit.api's Run.evaluate takes score_options).",
+    "set: max_prob, entropy, mutual_info, energy, mahalanobis, knn, fused. Options: --set "
+    "score.NAME.KEY=VALUE.",
 )
 @click.option(
     "--abstain-on",
@@ -78,10 +78,11 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     "mahalanobis or knn is fitted on when the run has no fit of it yet; 0 = all.",
 )
 @overrides_option(
-    "inference.KEY=VALUE",
-    "Evaluation-time option of the run's inference method, VALUE parsed as TOML "
-    "(repeatable), e.g. inference.prior_precision=10 for kflaplace. Recorded in metrics.json "
-    "and threshold.json; predict samples with the options the threshold was calibrated with.",
+    "KEY=VALUE",
+    "Evaluation-time option of the run's inference method (inference.KEY=VALUE) or of a score "
+    "(score.NAME.KEY=VALUE), VALUE parsed as TOML (repeatable), e.g. "
+    "inference.prior_precision=10 for kflaplace, score.knn.k=10. Recorded in metrics.json and "
+    "threshold.json; predict uses the options the threshold was calibrated with.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip RUN/plots/*.png (report.md keeps tables).")
 @click.option(
@@ -139,9 +140,11 @@ def command(
     from bnnkit.api import Run
     from bnnkit.data.degrade import parse_degradations
     from bnnkit.engine.device import select_device
+    from bnnkit.engine.eval_options import score_overrides
     from bnnkit.run import layout
 
     degradations = parse_degradations(degrade)
+    score_options, overrides = score_overrides(list(overrides))
     the_run = Run.load(run, runs_dir)
     run_dir = the_run.path
     dev, note = select_device(device)
@@ -157,6 +160,7 @@ def command(
         coverage=coverage,
         abstain_on=abstain_on,
         scores=list(scores) or None,
+        score_options=score_options or None,
         fit_limit=fit_limit,
         plots=not no_plots,
         overrides=list(overrides),

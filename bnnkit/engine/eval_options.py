@@ -1,5 +1,6 @@
-"""``bnnkit evaluate``'s options checked against the run: the unseen generators (``--ood``) and
-the evaluation-time options of the run's inference method (``--set inference.KEY=VALUE``)."""
+"""``bnnkit evaluate``'s options checked against the run: the unseen generators (``--ood``),
+the evaluation-time options of the run's inference method (``--set inference.KEY=VALUE``) and
+the scores' options (``--set score.NAME.KEY=VALUE``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from bnnkit.data.genimage import check_generator_name
 from bnnkit.errors import UsageError
 from bnnkit.overrides import parse_value
 
-__all__ = ["inference_overrides", "resolve_ood"]
+__all__ = ["inference_overrides", "resolve_ood", "score_overrides"]
 
 
 def resolve_ood(recipe, ood: list[str] | None) -> list[str]:
@@ -41,3 +42,24 @@ def inference_overrides(overrides: list[str] | None) -> dict[str, Any]:
             )
         out[name] = parse_value(value.strip())
     return out
+
+
+def score_overrides(overrides: list[str] | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Split ``--set`` items: ``score.NAME.KEY=VALUE`` (an option of score NAME, VALUE parsed as
+    TOML, e.g. ``score.knn.k=10``) as ``{NAME: {KEY: value}}``, and the other items, unchanged.
+    The score's own declaration checks the values when it is built."""
+    options: dict[str, dict[str, Any]] = {}
+    rest: list[str] = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if parts[0] != "score":
+            rest.append(item)
+            continue
+        if not sep or len(parts) != 3 or not all(parts):
+            raise UsageError(
+                f"--set {item!r}: a score option is score.NAME.KEY=VALUE",
+                hint="e.g. --set score.knn.k=10 (`bnnkit plugins --kind score` lists options)",
+            )
+        options.setdefault(parts[1], {})[parts[2]] = parse_value(value.strip())
+    return options, rest
