@@ -230,9 +230,12 @@ def train(
 
 def _has_checkpoints(run_dir: Path) -> bool:
     """Whether a run (or any member of a whole-detector ensemble) saved a checkpoint."""
-    layout = RunLayout(run_dir)
-    members = layout.members.iterdir() if layout.members.is_dir() else []
-    return layout.checkpoint.exists() or any(RunLayout(m).checkpoint.exists() for m in members)
+    from bnnkit.run.checkpoint import has_checkpoint
+
+    members = RunLayout(run_dir).members
+    return has_checkpoint(run_dir) or (
+        members.is_dir() and any(has_checkpoint(m) for m in members.iterdir())
+    )
 
 
 def run_protocol(

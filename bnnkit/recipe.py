@@ -13,133 +13,16 @@ import difflib
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from bnnkit.data.layout import GENERATORS
 from bnnkit.errors import PluginError, RecipeError
 from bnnkit.options import KIND_PATHS, describe_value
 from bnnkit.overrides import apply_overrides
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class PluginRef(BaseModel):
-    """A plugin by ``name`` plus its options as further keys of the same table."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    name: str
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class BackboneRef(PluginRef):
-    pretrained: bool | str = False
-
-
-class DataConfig(_Strict):
-    root: str = "data/synth"
-    train_generators: list[str] = Field(
-        default_factory=lambda: [g for g in GENERATORS if g != "midjourney"]
-    )
-    holdout: list[str] = Field(default_factory=lambda: ["midjourney"])
-    image_size: int = Field(64, ge=16, le=2048)
-    preprocess: Literal["crop", "resize"] = "crop"
-    train_limit: int = Field(0, ge=0, description="images per generator and class; 0 = all")
-    val_limit: int = Field(0, ge=0)
-    balance: bool = True
-    num_workers: int | Literal["auto"] = "auto"
-    mean: list[float] | None = Field(
-        None, description="input normalisation mean (R, G, B; 0-1 scale); default: the backbone's"
-    )
-    std: list[float] | None = Field(
-        None, description="input normalisation std (R, G, B; 0-1 scale); default: the backbone's"
-    )
-    jpeg_draft: bool = Field(
-        False,
-        description='preprocess = "resize": decode JPEGs at reduced scale (>= image_size) first; '
-        "faster on large photos, pixels within a few levels of a full decode",
-    )
-    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
-        None, description='resize interpolation (preprocess = "resize"); default: the backbone\'s'
-    )
-
-
-class ModelConfig(_Strict):
-    backbone: BackboneRef
-    attention: PluginRef = Field(default_factory=lambda: PluginRef(name="none"))
-    head: PluginRef | None = None
-    pool: Literal["avg", "max"] = "avg"
-    input_filter: Literal["none", "laplacian"] = Field(
-        "none",
-        description="fixed filter in front of the backbone: laplacian = the high-frequency "
-        "residual, where generator fingerprints live (makes a random frozen backbone usable)",
-    )
-    standardise: Literal["auto"] | bool = Field(
-        "auto",
-        description="standardise pooled features (mean/std of the training features) before "
-        'the head in the head phase; auto = on with train.backbone = "frozen"',
-    )
-
-
-class TrainConfig(_Strict):
-    epochs: int = Field(3, ge=0, description="0 for (and only for) training-free methods")
-    head_epochs: int = Field(0, ge=0, description="head-only phase epochs; 0 = train.epochs")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    backbone_lr_scale: float = Field(1.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    backbone: Literal["finetune", "frozen"] = "finetune"
-    feature_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="stored dtype of the frozen-feature cache (computed in float32)"
-    )
-    device: str = "auto"
-    grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    log: list[Literal["tensorboard"]] = Field(
-        default_factory=list, description="extra loggers beside history.csv"
-    )
-
-
-class EvalConfig(_Strict):
-    samples: int = Field(32, ge=1)
-    batch_size: int = Field(64, ge=1)
-    coverage: float = Field(0.95, gt=0, le=1)
-
-
-class Recipe(_Strict):
-    name: str = "recipe"
-    description: str = ""
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig
-    inference: PluginRef = Field(default_factory=lambda: PluginRef(name="map"))
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-
-    def head_name(self, registry: Any) -> str:
-        head = self.model.head.name if self.model.head is not None else None
-        return resolve_head(head, registry.get("method", self.inference.name))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(self.model_dump(mode="json"))
-
-
-# --------------------------------------------------------------------------------------------
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
+from bnnkit.recipe_schema import Recipe, fields_at, model_at, resolve_head
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -152,27 +35,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise RecipeError([f"not valid TOML: {exc}"], source=str(path)) from None
 
 
-def _model_at(loc: tuple[Any, ...]) -> Any:
-    """The schema model at a location (``("data",)`` -> DataConfig), or None."""
-    model: Any = Recipe
-    for part in loc:
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return None
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-    return model
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at a location in the schema (for did-you-mean on unknown keys)."""
-    model = _model_at(loc)
-    return list(model.model_fields) if model is not None else []
-
-
 def _format_pydantic(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
@@ -182,9 +44,9 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
         path = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             parent, key = loc[:-1], str(loc[-1])
-            close = difflib.get_close_matches(key, _fields_at(parent), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, fields_at(parent), n=1, cutoff=0.6)
             hint = f"; did you mean '{'.'.join([*map(str, parent), close[0]])}'?" if close else ""
-            allowed = _fields_at(parent)
+            allowed = fields_at(parent)
             if not close and allowed:
                 hint = f"; allowed keys: {', '.join(allowed)}"
             problems.append(f"{path}: unknown key{hint}")
@@ -228,7 +90,7 @@ class _Raw:
             if isinstance(node, dict) and part in node:
                 node = node[part]
                 continue
-            model = _model_at(tuple(parts[:i]))
+            model = model_at(tuple(parts[:i]))
             if not isinstance(node, dict) or model is None or part not in model.model_fields:
                 return _MISSING
             default = model.model_fields[part].get_default(call_default_factory=True)
@@ -236,11 +98,6 @@ class _Raw:
                 return _MISSING
             node = default.model_dump() if isinstance(default, BaseModel) else default
         return node
-
-
-def resolve_head(head: str | None, method: Any) -> str:
-    """The head a recipe uses: ``[model.head] name``, else the method entry's default."""
-    return head if head is not None else method.obj.default_head
 
 
 def _check_generators(path: str, names: list[str]) -> list[str]:

@@ -56,6 +56,13 @@ def format_option(choices: list[str], help: str | None = None, dest: str = "out_
     return choice_option("--format", choices, help, dest)
 
 
+def abstain_on_option(help: str):
+    """``--abstain-on NAME``: the score of an abstention threshold (any score plugin)."""
+    return click.option(
+        "--abstain-on", default="entropy", show_default=True, metavar="NAME", help=help
+    )
+
+
 def overrides_option(metavar: str, help: str):
     """``--set KEY=VALUE`` (repeatable), collected into ``overrides``."""
     return click.option("--set", "overrides", multiple=True, metavar=metavar, help=help)

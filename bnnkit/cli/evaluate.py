@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bnnkit.cli._common import (
+    abstain_on_option,
     console,
     device_option,
     overrides_option,
@@ -61,13 +62,9 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     "set: max_prob, entropy, mutual_info, energy, mahalanobis, knn, fused. Options: --set "
     "score.NAME.KEY=VALUE.",
 )
-@click.option(
-    "--abstain-on",
-    default="entropy",
-    show_default=True,
-    metavar="NAME",
-    help="Score the abstention threshold is calibrated on, saved for `bnnkit predict` (any "
-    "score; added to --score; total = entropy, epistemic = mutual_info).",
+@abstain_on_option(
+    "Score the abstention threshold is calibrated on, saved for `bnnkit predict` (any "
+    "score; added to --score; total = entropy, epistemic = mutual_info)."
 )
 @click.option(
     "--fit-limit",

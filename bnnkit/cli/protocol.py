@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from bnnkit.cli._common import choice_option, console, device_option, overrides_option
+from bnnkit.cli._common import (
+    abstain_on_option,
+    choice_option,
+    console,
+    device_option,
+    overrides_option,
+)
 
 
 @click.command("protocol")
@@ -46,12 +52,8 @@ from bnnkit.cli._common import choice_option, console, device_option, overrides_
     help="OOD score every cell's evaluation reports (repeatable; `bnnkit plugins --kind score`"
     "); the first is the table's OOD AUROC column. Default: evaluate's set, mutual_info tabled.",
 )
-@click.option(
-    "--abstain-on",
-    default="entropy",
-    show_default=True,
-    metavar="NAME",
-    help="Score of the abstention threshold whose caught unseen errors are tabled (any score).",
+@abstain_on_option(
+    "Score of the abstention threshold whose caught unseen errors are tabled (any score)."
 )
 @click.option("--plots", is_flag=True, help="Also write each cell's evaluation plots.")
 @device_option

@@ -46,8 +46,14 @@ from bnnkit.errors import UsageError
 from bnnkit.metrics.classification import accuracy, nll
 from bnnkit.options import options_model
 from bnnkit.plugins import get_registry
-from bnnkit.recipe import PluginRef, Recipe, dump_recipe
-from bnnkit.run.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from bnnkit.recipe import Recipe, dump_recipe
+from bnnkit.recipe_schema import PluginRef
+from bnnkit.run.checkpoint import (
+    is_complete,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import MEMBERS_DIR, RunLayout
 from bnnkit.run.log import format_history
@@ -99,10 +105,6 @@ def member_of(run_dir: Path) -> Path | None:
     if parent.name == MEMBERS_DIR and RunLayout(parent.parent).members_record.is_file():
         return parent.parent
     return None
-
-
-def is_complete(run_dir: Path) -> bool:
-    return has_checkpoint(run_dir) and bool(read_meta(run_dir).get("complete"))
 
 
 @dataclass

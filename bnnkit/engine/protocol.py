@@ -36,6 +36,7 @@ from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE
 from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.report.protocol import PAPER_ORDER, protocol_rows
+from bnnkit.run.checkpoint import is_complete
 from bnnkit.run.layout import RunLayout
 from bnnkit.scores.store import resolve_names
 
@@ -173,11 +174,6 @@ def _cell_run(cell: Cell) -> Path | None:
     return None
 
 
-def _complete(run: Path) -> bool:
-    f = RunLayout(run).checkpoint
-    return f.is_file() and bool(json.loads(f.read_text(encoding="utf-8")).get("complete"))
-
-
 def _metrics_match(cell: Cell, run: Path) -> bool:
     f = RunLayout(run).metrics
     if not f.is_file():
@@ -193,7 +189,7 @@ def _metrics_match(cell: Cell, run: Path) -> bool:
 
 def cell_done(cell: Cell) -> bool:
     run = _cell_run(cell)
-    return run is not None and _complete(run) and _metrics_match(cell, run)
+    return run is not None and is_complete(run) and _metrics_match(cell, run)
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -210,7 +206,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if run_dir is None:
         run = train(cell.recipe, cell.overrides, runs_dir=cell.folder, **opts)
         run_dir, status = run.path, "trained"
-    elif not _complete(run_dir):
+    elif not is_complete(run_dir):
         run_dir, status = train(resume=run_dir, **opts).path, "resumed"
     if status != "skipped" or not _metrics_match(cell, run_dir):
         # a frozen run's evaluation reads the feature cache its training filled (the shared one)

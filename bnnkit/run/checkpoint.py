@@ -348,6 +348,17 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     return dict(find_checkpoint(Path(run_dir), warn=False).meta)
 
 
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run's usable checkpoint (the latest, else the previous one) is of the
+    finished run; False when it has none that can be used."""
+    if not has_checkpoint(run_dir):
+        return False
+    try:
+        return bool(read_meta(run_dir).get("complete"))
+    except UsageError:
+        return False
+
+
 def load_checkpoint(
     run_dir: Path,
     model: nn.Module,
