@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.bnnkit-installed
 # Hub downloads cannot work here: fail fast instead of retrying for ~46 s.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-fast test-all lint venv clean
+.PHONY: demo test test-fast test-all gpu-check lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: test
+
+# `make gpu-check`: the tests marked gpu, benchmarks/run.py --device cuda and a fine-tune
+# throughput figure, under 8 minutes, as ONE JSON object on stdout. Without a CUDA GPU (CI) it
+# prints {"gpu": false, "status": "no GPU: skipped", ...} and exits 0. See benchmarks/README.md.
+gpu-check: $(STAMP)
+	@$(BIN)/python benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check bnnkit plugins tests benchmarks examples docs
