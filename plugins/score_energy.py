@@ -1,10 +1,14 @@
 """Score: ``energy``, the free energy of the posterior-mean logits (Liu et al. 2020).
 
-``-T logsumexp(mean_k logits[k, b] / T)`` through :meth:`pytorch_ood.detector.EnergyBased.score`
-(option ``t``, default 1: the energy temperature, not the run's calibration temperature, which
-evaluate has already applied to the logits). The logits are averaged over the K posterior
-samples before the energy is taken. No fit. For a method that only overrides ``sample`` the
-logits are log probabilities, whose energy carries little information.
+``E = -T logsumexp(mean_k logits[k, b] / T)`` through
+:meth:`pytorch_ood.detector.EnergyBased.score`, returned as is: the free energy itself (not its
+negative), low on images like the training data and higher = more likely unseen, as every
+score here. Liu et al. threshold the negative free energy ``-E`` as an in-distribution score;
+that is the same ranking reversed. Option ``t`` (default 1) is the energy temperature, not the
+run's calibration temperature, which evaluate has already applied to the logits. The logits
+are averaged over the K posterior samples before the energy is taken. No fit. For a method that
+only overrides ``sample`` the logits are log probabilities, whose energy carries little
+information.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from bnnkit.scores.base import Score, ScoreInputs
 
 
 class Energy(Score):
-    summary = "negative free energy of the posterior-mean logits"
+    summary = "free energy -T logsumexp(logits / T) of the posterior-mean logits"
     source = "pytorch-ood EnergyBased (Liu et al. 2020)"
 
     class Options(PluginOptions):

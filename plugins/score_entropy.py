@@ -2,6 +2,8 @@
 
 ``H(mean_k p[k, b])``, :func:`bnnkit.metrics.uncertainty.decompose`'s ``total``: what
 ``Predictions.score("total")`` gave before scores were plugins (``total`` is an alias). No fit.
+Computed in float64 from the logits (:func:`bnnkit.metrics.uncertainty.decompose_from_logits`),
+so a near-saturated predictive keeps a small positive entropy instead of 0.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from torch import Tensor
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import decompose
+from bnnkit.metrics.uncertainty import predictive_uncertainty
 from bnnkit.scores.base import Score, ScoreInputs
 
 
@@ -19,7 +21,8 @@ class PredictiveEntropy(Score):
     source = "bnnkit (decompose: total)"
 
     def __call__(self, inputs: ScoreInputs) -> Tensor:
-        return self.as_output(decompose(inputs.probs.detach().float().cpu())["total"])
+        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
+        return self.as_output(predictive_uncertainty(logits, probs)["total"])
 
 
 @hookimpl

@@ -1,10 +1,22 @@
 """Score: ``fused``, several scores rank-normalised on seen validation images and combined.
 
 In the spirit of the combined-uncertainty rejection of Yumlembam et al. (2025): each component
-score (option ``scores``) is mapped through its empirical CDF on the **seen-generator
-validation images** (mid-rank: ``(#{ref < x} + #{ref <= x}) / 2n``, so ties get the average of
-their ranks and a constant component maps to 0.5 everywhere), and the normalised values are
-combined (option ``combine``). The unseen generators are never used to fit anything.
+score (option ``scores``) is mapped through its empirical CDF on **seen-generator images of
+the run's calibration split** (``evaluate`` fits it on one half of them and sets its threshold
+on the other; a run without a calibration split uses its seen validation images) (mid-rank:
+``(#{ref < x} + #{ref <= x}) / 2n``, so ties get the average of their ranks), continued
+linearly beyond the reference's range (:func:`tailed_rank`: above the largest seen value the
+normalised value exceeds 1 by the distance in units of the upper half-range), and the
+normalised values are combined (option ``combine``). The unseen generators are never used to
+fit anything.
+
+A component that is constant ``c`` on the seen images (e.g. ``mutual_info`` under MAP) maps an
+image to 0.5 where its value equals ``c``, to 1 where it is above ``c`` and to 0 below. It is
+therefore not neutral: under ``combine = "max"`` it floors the fused score at 0.5 (every image
+whose other components are all below their seen medians ties at 0.5, which flattens the lower
+half of the ranking; abstention thresholds above 0.5 are unaffected) and sets it to 1 for any
+image on which it departs upwards from ``c``; under ``"mean"`` it adds ``0.5 w / sum(w)``
+(a shift that keeps the others' ranking) where it equals ``c``, and ``w / sum(w)`` above it.
 
 ``combine = "max"`` (default) takes the largest normalised value: an image is as unusual as its
 most unusual component says, so the abstention threshold fires when *any* measure is in its
@@ -16,7 +28,7 @@ benchmark is also where this default was chosen, so check it on your own data.
 
 The default components cover the three families of scores: ``entropy`` (predictive
 uncertainty, which flags the *errors* an abstention should catch), ``mutual_info`` (the
-posterior's epistemic disagreement; constant, hence neutral, for MAP), and feature-space
+posterior's epistemic disagreement; constant for MAP, see above), and feature-space
 novelty: ``mahalanobis`` and ``rel_mahalanobis`` (a class-conditional Gaussian, and the same
 relative to a class-agnostic one, which discounts directions in which every image varies) and
 ``knn`` (non-parametric).
@@ -54,8 +66,24 @@ def mid_rank_ecdf(reference: Tensor, values: Tensor) -> Tensor:
     return (below + upto).double() / (2 * reference.numel())
 
 
+def tailed_rank(reference: Tensor, values: Tensor) -> Tensor:
+    """:func:`mid_rank_ecdf` inside the reference's range, continued linearly beyond it:
+    ``1 + (v - max) / (max - median)`` above the largest reference value and
+    ``(v - min) / (median - min)`` (negative) below the smallest (a zero half-range counts
+    as 1). Without the tails every image beyond the seen range would tie at 1, so a threshold
+    set on new seen images (not the reference) would often be 1 and abstain on nothing, and the
+    images furthest from the seen ones could not be ranked among themselves."""
+    ranks = mid_rank_ecdf(reference, values)
+    lo, hi = reference[0], reference[-1]
+    median = reference[(reference.numel() - 1) // 2]
+    up = float(hi - median) or 1.0
+    down = float(median - lo) or 1.0
+    ranks = torch.where(values > hi, 1.0 + (values - hi) / up, ranks)
+    return torch.where(values < lo, (values - lo) / down, ranks)
+
+
 class Fused(Score):
-    summary = "max (or mean) of component scores rank-normalised on seen validation images"
+    summary = "max (or mean) of component scores rank-normalised on seen calibration images"
     source = "bnnkit (Yumlembam et al. 2025)"
     fit_on = "seen"
 
@@ -124,7 +152,7 @@ class Fused(Score):
         self.check_fitted()
         values = self._components(inputs)
         ranks = torch.stack(
-            [mid_rank_ecdf(self.reference[n], v) for n, v in zip(self.needs, values, strict=True)]
+            [tailed_rank(self.reference[n], v) for n, v in zip(self.needs, values, strict=True)]
         )
         if self.opts.combine == "max":
             return self.as_output(ranks[self.weights > 0].max(0).values)

@@ -11,8 +11,11 @@ jitter from 0 upwards; here the ridge starts at ``reg`` and is raised tenfold (u
 when a covariance is not positive definite, the value used is in the fit's meta.
 
 The features are projected and whitened first (option ``dims``, at most half the smallest
-class's count: :mod:`bnnkit.scores.features`); the whitening shifts every log-density by the
-same constant, so the ranking is the density's.
+class's count: :mod:`bnnkit.scores.features`). Whitening divides each principal coordinate by its
+standard deviation, which shifts every log-density by the same constant; the score adds it
+back, so it is the negative log-density of the features' coordinates in the kept principal
+subspace (of the features themselves when ``dims`` keeps every direction), not of their
+whitened image (fits saved before this correction are refitted).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class GaussianDensity(DetectorScore):
     source = "pytorch-ood GMM (DDU, Mukhoti et al. 2023)"
     _attrs = ("_mu", "_precision", "_log_det", "_log_weights")
     _dtype = torch.float64
+    _convention = "log-density of the principal coordinates"
 
     class Options(ProjectedOptions):
         reg: float = Field(1e-6, gt=0, description="first ridge on each class covariance")
@@ -56,6 +60,13 @@ class GaussianDensity(DetectorScore):
             self.reg_used = reg
             return detector
         raise UsageError(f"score 'gmm': no class covariance is positive definite up to reg={reg}")
+
+    def _values(self, detector_scores: Tensor) -> Tensor:
+        # the whitened coordinates are the principal ones divided by their standard deviations
+        # sigma_i (the basis's column norms are 1 / sigma_i): -log p = -log p_white + sum log s_i
+        if self.projection is None:
+            return detector_scores
+        return detector_scores - self.projection.basis.norm(dim=0).log().sum()
 
     def meta(self) -> dict[str, Any]:
         reg = getattr(self, "reg_used", None)

@@ -4,6 +4,14 @@ pytorch-ood's :class:`~pytorch_ood.detector.KNN` (scikit-learn's exact ``Nearest
 features L2-normalised (option ``normalize``, the paper's choice), score = Euclidean distance to
 the k-th nearest of the normalised training features (both classes together).
 
+Which features: the ones the head sees (``ScoreInputs.features``). When the run standardises
+them (``model.standardise``; ``auto``: on for a frozen backbone) these are the pooled features
+centred on the training mean and divided by the training standard deviation per coordinate
+(a diagonal standardisation, not a full whitening), so kNN L2-normalises *standardised*
+features, not the raw penultimate activations of the paper (non-negative after a ReLU there).
+Centring changes the angles between features, so the neighbours can differ from the paper's;
+without standardisation (fine-tuned runs by default) they are the raw pooled features.
+
 ``k = "auto"`` is ``max(1, min(50, N // 10))`` for N training images: the paper's k = 50 was
 for 50 000 CIFAR images (0.1 %); on bnnkit's tiny runs (50-500 images) a tenth of the set keeps
 the k-th neighbour a local density estimate that averages over more than one image, capped at
@@ -33,7 +41,7 @@ def auto_k(n: int) -> int:
 
 
 class KNearest(Score):
-    summary = "distance to the k-th nearest normalised training feature"
+    summary = "distance to the k-th nearest L2-normalised (standardised) training feature"
     source = "pytorch-ood KNN (Sun et al. 2022)"
     fit_on = "train"
 

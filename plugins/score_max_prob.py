@@ -2,7 +2,10 @@
 
 ``1 - max_c mean_k p[k, b, c]`` (Hendrycks & Gimpel 2017, averaged over the K posterior samples):
 what ``Predictions.score("max_prob")`` gave before scores were plugins. In ``[0, 0.5]`` for two
-classes; no fit.
+classes; no fit. Computed in float64 from the logits as the other classes' predictive
+probability (``min_c mean_k p`` for two classes,
+:func:`bnnkit.metrics.uncertainty.max_prob_from_logits`): the float32 ``1 - max`` was exactly 0
+for every image with a logit gap above ~16.6, so confident images tied.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from torch import Tensor
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import max_prob_score
+from bnnkit.metrics.uncertainty import predictive_uncertainty
 from bnnkit.scores.base import Score, ScoreInputs
 
 
@@ -20,7 +23,8 @@ class MaxProb(Score):
     source = "bnnkit (Hendrycks & Gimpel 2017)"
 
     def __call__(self, inputs: ScoreInputs) -> Tensor:
-        return self.as_output(max_prob_score(inputs.probs.detach().float().cpu()))
+        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
+        return self.as_output(predictive_uncertainty(logits, probs)["max_prob"])
 
 
 @hookimpl

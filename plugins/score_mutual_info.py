@@ -2,7 +2,8 @@
 
 BALD's ``H(mean_k p) - mean_k H(p_k)``, :func:`bnnkit.metrics.uncertainty.decompose`'s
 ``epistemic``: what ``Predictions.score("epistemic")`` gave before scores were plugins
-(``epistemic`` is an alias). Exactly 0 for deterministic methods (MAP). No fit.
+(``epistemic`` is an alias). Exactly 0 for deterministic methods (MAP). No fit. Computed in
+float64 from the logits (:func:`bnnkit.metrics.uncertainty.decompose_from_logits`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import decompose
+from bnnkit.metrics.uncertainty import predictive_uncertainty
 from bnnkit.scores.base import Score, ScoreInputs
 
 
@@ -20,7 +21,8 @@ class MutualInformation(Score):
     source = "bnnkit (decompose: epistemic; Houlsby et al. 2011)"
 
     def __call__(self, inputs: ScoreInputs) -> Tensor:
-        return self.as_output(decompose(inputs.probs.detach().float().cpu())["epistemic"])
+        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
+        return self.as_output(predictive_uncertainty(logits, probs)["epistemic"])
 
 
 @hookimpl

@@ -10,6 +10,13 @@ a linear-head ensemble: the mean of affine maps is affine) this recovers the mea
 exactly when N > D, whatever the method, and it is the best affine approximation otherwise; it
 needs nothing but what evaluation already has. The energy term uses these fitted logits.
 
+The value is ``alpha * |x_res| - logsumexp(logits)``: the log-odds of the paper's ViM score (the
+softmax probability of the virtual logit ``alpha * |x_res|`` beside the C logits), the same
+ranking without its saturation at 1. As in the paper, ``x_res`` is the part of ``x - o``
+(``o = -pinv(W) b``, where the logits vanish) outside the top-``d`` eigenvectors of the
+training ``(x - o)``'s second moment, and ``alpha`` the mean training max-logit over the mean
+training residual norm.
+
 ``d = "auto"`` is ``max(1, min(D // 2, r // 2))`` with ``r`` the numerical rank of the centred
 training features: the paper keeps a principal subspace of roughly half the width on wide
 backbones, and on tiny runs (r <= N - 1 < D) the subspace must be smaller than the training

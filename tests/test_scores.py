@@ -150,9 +150,10 @@ def test_posterior_scores_equal_the_prediction_records(name: str, old: str) -> N
 def test_fused_rank_normalises_with_mid_ranks() -> None:
     seen = {"a": torch.tensor([2.0, 1, 3, 2]), "b": torch.full((4,), 7.0)}
     query = {"a": torch.tensor([0.0, 2, 2.5, 3, 5]), "b": torch.tensor([7.0, 7, 8, 6, 7])}
-    # a's ECDF on [1, 2, 2, 3]: (#below + #at-or-below) / 8; b is constant 7
-    a = [0 / 8, (1 + 3) / 8, (3 + 3) / 8, (3 + 4) / 8, 8 / 8]
-    b = [(0 + 4) / 8, 4 / 8, 8 / 8, 0 / 8, 4 / 8]
+    # a's ECDF on [1, 2, 2, 3]: (#below + #at-or-below) / 8, continued beyond the range in units
+    # of the half-ranges (median 2: 1 below, 1 above); b is constant 7 (half-ranges count as 1)
+    a = [(0 - 1) / 1, (1 + 3) / 8, (3 + 3) / 8, (3 + 4) / 8, 1 + (5 - 3) / 1]
+    b = [(0 + 4) / 8, 4 / 8, 1 + (8 - 7) / 1, (6 - 7) / 1, 4 / 8]
     for combine, rule in (("mean", lambda x, y: (x + y) / 2), ("max", max)):
         fused = build_score("fused", {"scores": ["a", "b"], "combine": combine})
         fused.fit(
@@ -238,3 +239,20 @@ def test_check_score_explains_a_fit_that_does_not_survive_its_state() -> None:
     ins = ScoreInputs(feats, torch.zeros(1, 12, 2), torch.full((1, 12, 2), 0.5))
     with pytest.raises(AssertionError, match="did not survive state_dict"):
         check_score(Forgetful(), ins, torch.arange(12) % 2, fresh=Forgetful)
+
+
+def test_fused_ranks_images_beyond_the_seen_range_instead_of_tying_them_at_one():
+    """Beyond the reference's largest value the normalised value keeps growing (it used to be
+    1 for all of them, so a threshold set on new seen images was often exactly 1 and abstained
+    on nothing); below the smallest it keeps falling; inside, the mid-rank ECDF."""
+    from bnnkit_plugins.score_fused import mid_rank_ecdf, tailed_rank
+
+    ref = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    inside = torch.tensor([0.5, 2.0, 3.5], dtype=torch.float64)
+    assert torch.equal(tailed_rank(ref, inside), mid_rank_ecdf(ref, inside))
+    far = tailed_rank(ref, torch.tensor([4.5, 6.0, 10.0], dtype=torch.float64))
+    assert far.tolist() == [1.25, 2.0, 4.0]  # 1 + (v - 4) / (4 - 2)
+    low = tailed_rank(ref, torch.tensor([-1.0, -4.0], dtype=torch.float64))
+    assert low.tolist() == [-0.5, -2.0]
+    flat = tailed_rank(torch.ones(3, dtype=torch.float64), torch.tensor([1.0, 3.0]).double())
+    assert flat.tolist() == [0.5, 3.0]  # a constant reference: half-range counts as 1

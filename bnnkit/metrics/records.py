@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bnnkit.metrics.schema import SCORE_ALIASES
-from bnnkit.metrics.uncertainty import decompose
+from bnnkit.metrics.uncertainty import decompose, decompose_from_logits
 
 __all__ = ["DECOMPOSITION", "SCORES", "SCORE_ALIASES", "UNCERTAINTY_KEYS", "Predictions"]
 
@@ -48,12 +48,23 @@ class Predictions:
 
     @classmethod
     def from_probs(
-        cls, probs: Tensor, *, scores: dict[str, Tensor] | None = None, **known: Tensor
+        cls,
+        probs: Tensor,
+        *,
+        scores: dict[str, Tensor] | None = None,
+        logits: Tensor | None = None,
+        **known: Tensor,
     ) -> Predictions:
         """From K posterior samples ``probs[K, B, 2]`` (reduced at once, so K x B is freed) and
-        the batch's score values."""
+        the batch's score values. With the ``logits`` the probs are the softmax of, the
+        decomposition is computed from them (float64, :func:`decompose_from_logits`: a
+        saturated predictive keeps a positive entropy, as the ``entropy`` and ``mutual_info``
+        scores do); the parts are float64 either way."""
         probs = probs.float().cpu()
-        unc = decompose(probs)
+        if logits is not None and logits.shape == probs.shape:
+            unc = decompose_from_logits(logits.detach().cpu())
+        else:
+            unc = decompose(probs.double())
         values = {k: v.detach().to("cpu", torch.float64) for k, v in (scores or {}).items()}
         return cls(
             probs.mean(0)[:, 1], unc["total"], unc["aleatoric"], unc["epistemic"], **known,
@@ -62,8 +73,8 @@ class Predictions:
 
     @classmethod
     def empty(cls) -> Predictions:
-        z = torch.zeros(0)
-        return cls(z, z, z, z)
+        z = torch.zeros(0, dtype=torch.float64)
+        return cls(torch.zeros(0), z, z, z)
 
     @classmethod
     def concat(cls, parts: list[Predictions]) -> Predictions:
@@ -103,9 +114,9 @@ class Predictions:
         canonical = SCORE_ALIASES.get(name, name)
         if canonical in self.scores:
             return self.scores[canonical].double()
-        if name == "max_prob":  # 1 - max_c mean p_c: what metrics.uncertainty.max_prob_score gives
+        if name == "max_prob":  # 1 - max_c mean p_c = min_c mean p_c for two classes
             p = self.p_fake.double()
-            return 1.0 - torch.maximum(p, 1.0 - p)
+            return torch.minimum(p, 1.0 - p)
         part = {v: k for k, v in SCORE_ALIASES.items()}.get(name, name)
         if part in UNCERTAINTY_KEYS:
             return getattr(self, part).double()

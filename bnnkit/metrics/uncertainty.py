@@ -7,6 +7,13 @@ each ``probs[k, b]`` a probability vector.
 torchmetrics has no Bayesian uncertainty decomposition, so it is written here by hand. Entropies
 use natural logarithms (nats) and ``torch.xlogy`` so that ``0 * log 0 = 0`` exactly (one-hot
 samples give entropy 0, never ``nan``).
+
+The ``*_from_logits`` functions take the logits ``[K, B, C]`` instead and compute in float64
+from log-probabilities (``log_softmax``, then a log-mean-exp over the samples), so a saturated
+predictive keeps its resolution: in float32, ``max_c p`` rounds to exactly 1 once the logit gap
+exceeds ~16.6 (and ``1 - max`` to 0), and the smaller probability underflows to 0 past a gap of
+~100 (and the entropy with it); from the logits in float64 both stay positive and ordered up to
+a gap of ~700.
 """
 
 from __future__ import annotations
@@ -14,7 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["decompose", "entropy", "max_prob_score", "predictive_mean"]
+__all__ = [
+    "decompose",
+    "decompose_from_logits",
+    "entropy",
+    "log_predictive_mean",
+    "max_prob_from_logits",
+    "max_prob_score",
+    "predictive_mean",
+    "predictive_uncertainty",
+]
 
 
 def _check_probs(probs: Tensor) -> Tensor:
@@ -28,7 +44,7 @@ def entropy(p: Tensor, dim: int = -1) -> Tensor:
 
     Uses ``xlogy`` so that terms with :math:`p_c = 0` contribute exactly 0.
     """
-    return -torch.xlogy(p, p).sum(dim=dim)
+    return 0.0 - torch.xlogy(p, p).sum(dim=dim)  # 0 - x: never -0.0
 
 
 def predictive_mean(probs: Tensor) -> Tensor:
@@ -81,10 +97,21 @@ def decompose(probs: Tensor) -> dict[str, Tensor]:
             "epistemic": epistemic.to(dtype)}  # fmt: skip
 
 
+def _one_minus_max(p: Tensor) -> Tensor:
+    """``1 - max_c p_c`` of probability vectors ``[B, C]`` computed as the sum of the other
+    classes (``min_c p_c`` for two), so that it does not round to 0 when ``max_c p_c`` rounds
+    to 1."""
+    top = p.argmax(dim=-1, keepdim=True)
+    return p.scatter(-1, top, 0.0).sum(dim=-1)
+
+
 def max_prob_score(probs: Tensor) -> Tensor:
     r"""Uncertainty score from the top class: :math:`u_b = 1 - \max_c \bar p_{b,c}`.
 
-    Higher means more uncertain; for 2 classes it lies in ``[0, 0.5]``.
+    Higher means more uncertain; for 2 classes it lies in ``[0, 0.5]``. Computed in float64 as
+    the sum of the other classes' probabilities (the smaller one for two classes), which keeps
+    its resolution where ``1 - max`` would round to 0; returned in the dtype of ``probs``.
+    :func:`max_prob_from_logits` keeps it past float32's range too.
 
     Args:
         probs: ``[K, B, C]`` sampled class probabilities.
@@ -92,4 +119,72 @@ def max_prob_score(probs: Tensor) -> Tensor:
     Returns:
         ``[B]`` scores.
     """
-    return 1.0 - predictive_mean(probs).max(dim=-1).values
+    probs = _check_probs(probs)
+    return _one_minus_max(_sample_mean(probs.double())).to(probs.dtype)
+
+
+# -- from the logits, in float64 -------------------------------------------------------------
+
+
+def _check_logits(logits: Tensor) -> Tensor:
+    if logits.ndim != 3:
+        raise ValueError(f"expected logits of shape [K, B, C], got shape {tuple(logits.shape)}")
+    return logits.double()
+
+
+def _log_mean_exp(x: Tensor) -> Tensor:
+    """``log mean_k exp(x[k])`` over dim 0, stably (shifted by the maximum; a class at ``-inf``
+    in every sample stays ``-inf``). Exactly ``x[0]`` when every sample is ``x[0]``."""
+    top = x.max(dim=0).values
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return shift + (x - shift).exp().mean(dim=0).log()
+
+
+def _entropy_of_log(log_p: Tensor) -> Tensor:
+    """Entropy in nats of distributions given by their log-probabilities (last dim). The top
+    class's term uses ``log1p(-rest)`` (``rest`` the other classes' total), not its own log:
+    near saturation that log is ``-rest`` but rounds to 0 (e.g. ``log_softmax`` of a gap of 90
+    gives exactly 0), which would drop a ``1 / (gap + 1)`` share of the entropy. A class of
+    probability 0 (``-inf``, or one that underflows) contributes 0."""
+    p = log_p.exp()
+    top = p.argmax(dim=-1, keepdim=True)
+    terms = torch.where(p > 0, p * log_p, torch.zeros_like(p)).scatter(-1, top, 0.0)
+    rest = p.scatter(-1, top, 0.0).sum(dim=-1)
+    return 0.0 - (terms.sum(dim=-1) + (1.0 - rest) * torch.log1p(-rest))  # never -0.0
+
+
+def log_predictive_mean(logits: Tensor) -> Tensor:
+    r"""``log`` of the posterior predictive :math:`\bar p_{b,c}`, ``[B, C]`` float64, from the
+    K samples of the logits ``[K, B, C]``: ``log_softmax`` per sample, then a log-mean-exp over
+    the samples (no probability is formed before the logarithm, so none rounds to 0 or 1)."""
+    return _log_mean_exp(torch.log_softmax(_check_logits(logits), dim=-1))
+
+
+def max_prob_from_logits(logits: Tensor) -> Tensor:
+    r""":math:`1 - \max_c \bar p_{b,c}` (``[B]``, float64) from the logits ``[K, B, C]``: the sum
+    of the other classes' predictive probabilities, exactly :math:`\min_c \bar p_{b,c}` for two
+    classes. Strictly ordered where the float32 ``1 - max`` of :func:`max_prob_score` on the
+    softmax ties at 0 (logit gaps above ~16.6)."""
+    return _one_minus_max(log_predictive_mean(logits).exp())
+
+
+def decompose_from_logits(logits: Tensor) -> dict[str, Tensor]:
+    """:func:`decompose` (``total``, ``aleatoric``, ``epistemic``; ``[B]`` float64 each) from the
+    logits ``[K, B, C]``, in float64 from log-probabilities: the entropy of a near-saturated
+    predictive stays positive (about ``gap * exp(-gap)``) where the float32 softmax rounds it to
+    0. ``epistemic`` is exactly 0 when the K samples of an item are identical, as in
+    :func:`decompose`."""
+    log_p = torch.log_softmax(_check_logits(logits), dim=-1)
+    total = _entropy_of_log(_log_mean_exp(log_p))
+    aleatoric = _sample_mean(_entropy_of_log(log_p))
+    return {"total": total, "aleatoric": aleatoric, "epistemic": (total - aleatoric).clamp_min(0.0)}
+
+
+def predictive_uncertainty(logits: Tensor, probs: Tensor) -> dict[str, Tensor]:
+    """``max_prob`` and the decomposition (``[B]`` float64 each) of one batch: from the
+    ``logits`` when they are given with the shape of ``probs`` (their softmax, as in
+    :class:`bnnkit.scores.ScoreInputs`), else from ``probs`` (still in float64)."""
+    if logits.ndim == 3 and logits.shape == probs.shape:
+        return {"max_prob": max_prob_from_logits(logits), **decompose_from_logits(logits)}
+    probs = _check_probs(probs).double()
+    return {"max_prob": max_prob_score(probs), **decompose(probs)}

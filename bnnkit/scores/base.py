@@ -40,13 +40,19 @@ from torch import Tensor
 from bnnkit.errors import UsageError
 from bnnkit.options import NoOptions, PluginOptions, options_model
 
-__all__ = ["FitOn", "Score", "ScoreInputs", "ScoreNotFitted"]
+__all__ = ["FitOn", "Score", "ScoreInputs", "ScoreNotFitted", "StaleFit"]
 
 FitOn = Literal["train", "seen"] | None
 
 
 class ScoreNotFitted(UsageError):
     """A fitted score was used before it was fitted (or its fit was not found in the run)."""
+
+
+class StaleFit(UsageError):
+    """Raised by :meth:`Score.load_state_dict` for a saved fit this version would score
+    differently (e.g. one made before a score's values were corrected): the fit is then stale,
+    like one made for other weights, and ``bnnkit evaluate`` refits it."""
 
 
 @dataclass
@@ -125,7 +131,8 @@ class Score:
         return {}
 
     def load_state_dict(self, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` and :meth:`meta` returned; sets ``fitted``."""
+        """Restore what :meth:`state_dict` and :meth:`meta` returned; sets ``fitted``. Raise
+        :class:`StaleFit` for a fit an older version saved that would now give other values."""
         self.fitted = True
 
     def check_fitted(self) -> None:

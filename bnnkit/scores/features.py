@@ -34,7 +34,7 @@ from torch import Tensor
 
 from bnnkit.errors import UsageError
 from bnnkit.options import Field, PluginOptions
-from bnnkit.scores.base import Score, ScoreInputs
+from bnnkit.scores.base import Score, ScoreInputs, StaleFit
 
 __all__ = ["AutoInt", "DetectorScore", "ProjectedOptions", "Whitening", "fit_whitening"]
 
@@ -106,6 +106,9 @@ class DetectorScore(Score):
     fit_on = "train"
     _attrs: ClassVar[tuple[str, ...]] = ()
     _dtype: ClassVar[torch.dtype] = torch.float32
+    #: the convention of the values (recorded in the fit's meta as ``values``); a saved fit
+    #: without it (or with another) is stale: :meth:`_values` changed what the scores mean
+    _convention: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -122,6 +125,11 @@ class DetectorScore(Score):
 
     def _fit_detector(self, z: Tensor, labels: Tensor) -> Any:
         return self._detector().fit_features(z, labels)
+
+    def _values(self, detector_scores: Tensor) -> Tensor:
+        """The score from the detector's output (a subclass rescales or shifts it to the
+        paper's definition)."""
+        return detector_scores
 
     # -- fitting and scoring -----------------------------------------------------------------
     def _project(self, features: Tensor) -> Tensor:
@@ -142,12 +150,14 @@ class DetectorScore(Score):
             "n": int(labels.numel()),
             "features": int(inputs.features.shape[1]),
             "dims": "all" if self.projection is None else self.projection.dims,
+            **({"values": self._convention} if self._convention else {}),
         }
         self.fitted = True
 
     def __call__(self, inputs: ScoreInputs) -> Tensor:
         self.check_fitted()
-        return self.as_output(self.detector.predict_features(self._project(inputs.features)))
+        z = self._project(inputs.features)
+        return self.as_output(self._values(self.detector.predict_features(z).double()))
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
@@ -164,6 +174,12 @@ class DetectorScore(Score):
         return dict(self.facts)
 
     def load_state_dict(self, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        if self._convention and meta.get("values") != self._convention:
+            raise StaleFit(
+                f"it was saved by an older bnnkit, whose '{type(self).__name__}' values were "
+                f"on another scale (now: {self._convention})",
+                hint="bnnkit evaluate refits it (and recalibrates the threshold on it)",
+            )
         detector = self._detector()
         missing = [
             a for a in self._attrs if not hasattr(detector, a) or f"detector.{a}" not in state

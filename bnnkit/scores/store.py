@@ -42,7 +42,7 @@ from torch import Tensor
 
 from bnnkit.errors import PluginError
 from bnnkit.run.fileio import atomic_write_bytes, atomic_write_json
-from bnnkit.scores.base import Score, ScoreInputs, ScoreNotFitted
+from bnnkit.scores.base import Score, ScoreInputs, ScoreNotFitted, StaleFit
 
 __all__ = [
     "ALIASES",
@@ -64,13 +64,15 @@ FORMAT = 1
 #: names of the uncertainty scores before they were plugins (old runs, old flags)
 ALIASES: dict[str, str] = {"total": "entropy", "epistemic": "mutual_info"}
 #: what ``bnnkit evaluate`` reports without ``--score``: the three posterior scores, a logit
-#: score, the two feature-space densities (both cheap on a CPU) and their fusion
+#: score, three feature-space scores (cheap on a CPU; ``rel_mahalanobis`` is the default
+#: abstention score) and their fusion
 DEFAULT_SCORES: tuple[str, ...] = (
     "max_prob",
     "entropy",
     "mutual_info",
     "energy",
     "mahalanobis",
+    "rel_mahalanobis",
     "knn",
     "fused",
 )
@@ -176,7 +178,10 @@ def _check(
         return None, f"score '{name}' was fitted with other options ({saved.get('options')})"
     from safetensors.torch import load
 
-    score.load_state_dict(load(data), saved.get("meta", {}))
+    try:
+        score.load_state_dict(load(data), saved.get("meta", {}))
+    except StaleFit as exc:
+        return None, f"the fit of score '{name}' is stale: {exc.message}"
     return score, None
 
 
