@@ -11,6 +11,13 @@ Input normalisation comes from the model's own pretrained config
 It is declared as ``input_mean``/``input_std``/``input_interpolation``, which bnnkit records in
 the run and uses in every transform. Interpolations torchvision cannot apply to tensors (``box``,
 ``hamming``, ``lanczos``) become ``bicubic``.
+
+Readout: by default a ViT-style model's patch tokens are folded into a ``(B, C, h, w)`` grid
+(its prefix tokens dropped), which the detector pools. :meth:`TimmBackbone.use_cls_token`
+switches the backbone to its CLS embedding instead: row 0 of ``forward_features`` (after the
+final norm; what timm's ``forward_head(pre_logits=True)`` gives with ``global_pool = "token"``)
+as a ``(B, C, 1, 1)`` map. ``model.pool = "cls"`` does this, and the training-free methods'
+ViT recipes use it (WePe and RIGID read DINOv2's CLS embedding).
 """
 
 from __future__ import annotations
@@ -36,9 +43,29 @@ class TimmBackbone(nn.Module):
         self.out_channels = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
         self.input_mean, self.input_std, self.input_interpolation = _data_config(model)
+        self.readout = "map"  # or "cls": see use_cls_token
+
+    @property
+    def has_cls_token(self) -> bool:
+        """Whether the model has a CLS token (timm puts it first among the prefix tokens)."""
+        return getattr(self.model, "cls_token", None) is not None and self.num_prefix_tokens > 0
+
+    def use_cls_token(self) -> None:
+        """Make ``forward`` return the CLS embedding after the final norm, ``(B, C, 1, 1)``
+        (see the module docstring). A model without a CLS token (a CNN, Swin, a ViT built
+        with ``class_token = False``) raises ``ValueError``."""
+        if not self.has_cls_token:
+            kind = "tokens but no CLS token" if hasattr(self.model, "patch_embed") else "a map"
+            raise ValueError(
+                f"model.pool = 'cls' reads a ViT-style backbone's CLS token; timm model "
+                f"'{type(self.model).__name__}' has {kind}: use pool = 'avg' or 'max'"
+            )
+        self.readout = "cls"
 
     def forward(self, images: Tensor) -> Tensor:
         out = self.model.forward_features(images)
+        if self.readout == "cls":
+            return out[:, 0, :, None, None]  # the CLS row after the final norm
         if out.ndim == 4:
             if out.shape[1] != self.out_channels and out.shape[-1] == self.out_channels:
                 out = out.permute(0, 3, 1, 2)  # NHWC models (e.g. some ConvNeXt/Swin variants)

@@ -29,7 +29,9 @@ def resolve_ood(recipe, ood: list[str] | None) -> list[str]:
 def inference_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """``inference.KEY=VALUE`` items (``bnnkit evaluate --set``) as ``{KEY: value}``: options of
     the run's inference method that apply at evaluation time (e.g. ``prior_precision`` of
-    kflaplace). Anything else, or the method's name, is refused."""
+    kflaplace). Anything else, or the method's name, is refused; so, when the run loads, is an
+    option a run was built with (a training-free ``wepe``/``rigid`` run's ``sigma``, ``seed``,
+    ``quantile``, ...: :meth:`~bnnkit.methods.training_free.TrainingFreeMethod.load_extra_meta`)."""
     out: dict[str, Any] = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")

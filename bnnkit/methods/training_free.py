@@ -4,13 +4,17 @@ times; fakes move more. Nothing is optimised.
 The detector (:mod:`bnnkit.model.perturbed`, built by :meth:`TrainingFreeMethod.build_detector`)
 turns each image into P disagreements ``s_k = 1 - cos(clean, perturbed_k)``: those are the
 pooled features, so the frozen-feature cache, streaming evaluation, the feature-space scores and
-``predict`` work on them unchanged, and each image costs P + 1 backbone passes. The head
-(``PerturbationHead``, registered under the method's own name) is a calibration fitted in
-:meth:`~TrainingFreeMethod.after_training` on **real** training images only: per perturbation,
-``location_k`` is the reals' ``quantile`` of ``s_k`` and ``scale_k`` their robust spread, and
-``p_k(fake) = sigmoid((s_k - location_k) / scale_k)``. The P perturbations are the posterior's
-members (``sample`` returns P rows whatever ``k``), so the epistemic part (mutual information)
-is how much the perturbations disagree about an image.
+``predict`` work on them unchanged, and each image costs P + 1 backbone passes. With a ViT-style
+backbone, ``model.pool = "cls"`` makes the features of the disagreement the CLS embedding, as
+both papers use (DINOv2's); the bundled ViT recipes set it. The head (``PerturbationHead``,
+registered under the method's own name) is a calibration fitted in
+:meth:`~TrainingFreeMethod.after_training` on **real** images only (the calibration reals the
+trainer hands it): per perturbation, ``s_k`` is standardised by the reals' ``quantile`` and
+robust spread into ``z_k``, and ``p_k(fake) = sigmoid(z_k)`` (logits ``(-z_k / 2, z_k / 2)``),
+with one shift of every ``z_k`` so that the posterior-mean ``p(fake)`` (the mean of the P
+``p_k``) is 0.5 at the reals' ``quantile``. The P perturbations are the posterior's members
+(``sample`` returns P rows whatever ``k``), so the epistemic part (mutual information) is how
+much the perturbations disagree about an image.
 
 A recipe of a training-free method says ``train.epochs = 0`` (validation insists): the trainer
 then plans one ``head`` phase of no epochs (:func:`bnnkit.engine.phases.plan_phases`): features
@@ -21,7 +25,10 @@ Seeds: ``inference.seed``, or else the recipe's ``seed`` (the trainer seeds torc
 building; :func:`torch.initial_seed` reads it back), gives P seeds
 (:func:`~bnnkit.model.perturbed.perturbation_seeds`). They are buffers of the detector's backbone,
 saved in the checkpoint, so a loaded run redraws the same perturbations; ``checkpoint.json``'s
-``method_meta`` shows them with the calibration.
+``method_meta`` shows them with the calibration. They, ``quantile`` and ``calibration_images``
+are fixed when the run is made: ``evaluate``/``predict`` with another value (``--set
+inference.sigma=...``) is refused (a :class:`~bnnkit.errors.UsageError`), not silently replaced
+by the checkpoint's.
 """
 
 from __future__ import annotations
@@ -56,7 +63,11 @@ class TrainingFreeOptions(PluginOptions):
     )
     seed: int | None = Field(None, description="seed of the perturbations; default: the recipe's")
     quantile: float = Field(
-        0.95, gt=0, lt=1, description="reals' disagreement quantile where p(fake) = 0.5"
+        0.95,
+        gt=0,
+        lt=1,
+        description="the calibration reals' quantile where the posterior-mean p(fake) = 0.5 "
+        "(0.95: 5 % of them are called fake)",
     )
     calibration_images: int = Field(
         0, ge=0, description="real training images the calibration uses (spread evenly); 0 = all"
@@ -96,6 +107,7 @@ class TrainingFreeMethod(InferenceMethod):
     def __init__(self, head: Any, *, num_train: int, **options: Any) -> None:
         super().__init__(head, num_train=num_train, **options)
         self.calibrated_on = 0  # real images the calibration was fitted on
+        self.shift = 0.0  # the shift of every z_k (PerturbationHead.fit)
 
     def training_loss(
         self, features: Tensor, targets: Tensor, indices: Tensor | None = None
@@ -105,7 +117,8 @@ class TrainingFreeMethod(InferenceMethod):
         )
 
     def after_training(self, features: Tensor | None, targets: Tensor | None) -> None:
-        """Calibrate the head on the real training images (fakes are never used)."""
+        """Calibrate the head on the real images among ``features`` (fakes are never used):
+        the features the trainer hands it, which are the calibration reals."""
         if features is None or targets is None:
             raise UsageError(f"{type(self).__name__} needs the training features to calibrate")
         reals = features[targets == 0]
@@ -118,7 +131,7 @@ class TrainingFreeMethod(InferenceMethod):
                 f"got {reals.shape[0]}",
                 hint="add real images to the training generators or raise calibration_images",
             )
-        self.head.fit(reals, self.opts.quantile)
+        self.shift = self.head.fit(reals, self.opts.quantile)
         self.calibrated_on = int(reals.shape[0])
 
     def extra_meta(self) -> dict[str, Any]:
@@ -126,6 +139,8 @@ class TrainingFreeMethod(InferenceMethod):
             "calibration": {
                 "images": self.calibrated_on,
                 "quantile": self.opts.quantile,
+                "images_asked": self.opts.calibration_images,
+                "shift": self.shift,
                 "location": [float(v) for v in self.head.location.tolist()],
                 "scale": [float(v) for v in self.head.scale.tolist()],
             }
@@ -136,7 +151,32 @@ class TrainingFreeMethod(InferenceMethod):
         return meta
 
     def load_extra_meta(self, meta: dict[str, Any]) -> None:
-        self.calibrated_on = int(meta.get("calibration", {}).get("images", 0))
+        """Restore the calibration facts; refuse options that differ from the run's (an
+        evaluation-time ``--set inference.seed|quantile|calibration_images``: the checkpoint
+        would silently win; ``sigma``, ``perturbations`` and ``layers`` are refused when the
+        checkpoint loads, :meth:`PerturbedBackbone._load_from_state_dict`)."""
+        calibration = meta.get("calibration", {})
+        made = {
+            "seed": meta.get("perturbation", {}).get("seed"),
+            "quantile": calibration.get("quantile"),
+            "calibration_images": calibration.get("images_asked"),
+        }
+        asked = {
+            "seed": None if self.opts.seed is None else int(self.opts.seed) % 2**63,
+            "quantile": self.opts.quantile,
+            "calibration_images": self.opts.calibration_images,
+        }
+        for key, value in asked.items():
+            if value is not None and made[key] is not None and value != made[key]:
+                raise UsageError(
+                    f"inference.{key} = {value}: this {type(self).__name__} run was built and "
+                    f"calibrated with {key} = {made[key]}; its perturbations and calibration "
+                    "are fixed when it is made (evaluate and predict cannot change them)",
+                    hint=f"train a new run with --set inference.{key}={value} (nothing is "
+                    "optimised: it costs one pass over the calibration images)",
+                )
+        self.calibrated_on = int(calibration.get("images", 0))
+        self.shift = float(calibration.get("shift", 0.0))
 
 
 class WeightPerturbation(TrainingFreeMethod):

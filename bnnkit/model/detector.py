@@ -122,6 +122,10 @@ class FeatureStandardiser(nn.Module):
         return lambda x: (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
 
 
+#: global poolings of ``model.pool``: ``cls`` is a token backbone's CLS embedding
+POOLS = ("avg", "max", "cls")
+
+
 class Detector(nn.Module):
     """image -> [input filter] -> backbone feature map -> attention (map -> map) -> global pool
     -> [standardiser] -> head -> logits.
@@ -153,8 +157,16 @@ class Detector(nn.Module):
         self.backbone = backbone
         self.attention = attention
         self.head = head
-        if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if pool == "cls":  # the backbone's CLS embedding, a (B, C, 1, 1) map (see use_cls_token)
+            use_cls_token = getattr(backbone, "use_cls_token", None)
+            if use_cls_token is None:
+                raise ValueError(
+                    f"model.pool = 'cls' needs a backbone with a CLS token (a ViT-style timm "
+                    f"model); {type(backbone).__name__} has none: use pool = 'avg' or 'max'"
+                )
+            use_cls_token()
         self.pool = pool
         self.normalisation: Normalisation = backbone_normalisation(backbone)
         self.standardiser = FeatureStandardiser(int(backbone.out_channels))
@@ -168,7 +180,7 @@ class Detector(nn.Module):
 
     def pool_raw(self, fmap: Tensor) -> Tensor:
         """The global pooling of a :meth:`feature_map` to one raw feature vector per image."""
-        return fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
+        return fmap.amax(dim=(2, 3)) if self.pool == "max" else fmap.mean(dim=(2, 3))
 
     def standardise(self, raw: Tensor) -> Tensor:
         """Raw pooled features -> the head's input (the fitted standardisation, or identity)."""
@@ -191,6 +203,12 @@ class Detector(nn.Module):
 
 def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: int = 2) -> Detector:
     """Build a :class:`Detector` from a validated ``model`` recipe section."""
+    if model_cfg.pool == "cls" and model_cfg.attention.name != "none":
+        raise ValueError(
+            f"model.pool = 'cls' reads one CLS embedding per image, which attention "
+            f"'{model_cfg.attention.name}' (a block over a feature map) cannot weight: set "
+            "model.attention.name = 'none', or pool = 'avg' / 'max'"
+        )
     bb = model_cfg.backbone
     backbone_entry = registry.get("backbone", bb.name)
     backbone = backbone_entry.obj(bb.name, pretrained=bb.pretrained, **bb.options())

@@ -79,6 +79,40 @@ class PerturbedBackbone(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.base(images)
 
+    def use_cls_token(self) -> None:
+        """``model.pool = "cls"``: the base backbone's CLS readout (a ``ValueError`` if it
+        has none; the plain detector around the base already switched it)."""
+        switch = getattr(self.base, "use_cls_token", None)
+        if switch is None:
+            raise ValueError(
+                f"model.pool = 'cls' needs a backbone with a CLS token (a ViT-style timm "
+                f"model); {type(self.base).__name__} has none: use pool = 'avg' or 'max'"
+            )
+        switch()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Refuse a checkpoint whose perturbations differ from this module's (an evaluation
+        ``--set inference.perturbations|sigma|layers`` on a run), instead of silently taking
+        the checkpoint's: the run was calibrated for its own."""
+        seeds, sigma, spec = (state_dict.get(prefix + n) for n in ("seeds", "sigma", "spec"))
+        if seeds is not None and seeds.numel() != self.seeds.numel():
+            raise _fixed("perturbations", self.seeds.numel(), seeds.numel())
+        if sigma is not None and float(sigma) != float(self.sigma):
+            raise _fixed("sigma", float(self.sigma), float(sigma))
+        if spec is not None and spec.numel() > 1 and int(spec[1]) != int(self.spec[1]):
+            raise _fixed("layers", "other layers", "its own")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _fixed(key: str, asked: Any, made: Any) -> ValueError:
+    """The error for a training-free option that differs from the run's."""
+    return ValueError(
+        f"inference.{key} = {asked}: this training-free run was built and calibrated with "
+        f"{made}; its perturbations and calibration are fixed when it is made (evaluate and "
+        f"predict cannot change them). Train a new run with --set inference.{key}=... "
+        "(nothing is optimised: it costs one pass over the training images)"
+    )
+
 
 class PerturbedDetector(Detector):
     """Base of the training-free detectors: pooled features = P disagreements (see the module
@@ -222,11 +256,14 @@ class InputPerturbedDetector(PerturbedDetector):
 
 
 class PerturbationHead(Head):
-    """Calibration of the P disagreements: per perturbation ``k``, the logits are
-    ``(0, (s_k - location_k) / scale_k)`` (real, fake), so ``p(fake) = 0.5`` at ``location_k``.
+    """Calibration of the P disagreements: per perturbation ``k``, ``z_k = (s_k - location_k) /
+    scale_k`` and the logits are ``(-z_k / 2, z_k / 2)`` (real, fake), so ``p_k(fake) =
+    sigmoid(z_k)`` and a logit-reading score (energy, max-logit) treats both classes alike.
     ``sample_logits`` returns the P rows whatever ``k`` (P perturbations are the posterior's
     equally weighted members); ``forward`` is their mean. Nothing is learned by gradient:
-    :meth:`fit` sets the buffers from real images' disagreements."""
+    :meth:`fit` sets the buffers from real images' disagreements, so that the posterior-mean
+    ``p(fake)`` (the mean of the P ``p_k``, what evaluate and predict report) is 0.5 at the
+    reals' ``quantile``."""
 
     def __init__(self, in_features: int, num_classes: int = 2) -> None:
         if num_classes != 2:
@@ -235,10 +272,14 @@ class PerturbationHead(Head):
         self.register_buffer("location", torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(in_features))
 
+    def standardised(self, features: Tensor) -> Tensor:
+        """``z``, ``(P, B)``: each perturbation's calibrated disagreement."""
+        return ((features - self.location) / self.scale).t()
+
     def per_perturbation(self, features: Tensor) -> Tensor:
-        """Logits ``(P, B, 2)`` of each perturbation."""
-        z = ((features - self.location) / self.scale).t()
-        return torch.stack([torch.zeros_like(z), z], dim=-1)
+        """Logits ``(P, B, 2)`` of each perturbation: ``(-z / 2, z / 2)``."""
+        half = 0.5 * self.standardised(features)
+        return torch.stack([-half, half], dim=-1)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.per_perturbation(features).mean(0)
@@ -247,14 +288,39 @@ class PerturbationHead(Head):
         return self.per_perturbation(features)
 
     @torch.no_grad()
-    def fit(self, reals: Tensor, quantile: float) -> None:
-        """``location`` = the reals' ``quantile`` per perturbation, ``scale`` = their robust
-        spread (1.4826 x the median absolute deviation; the std where that is 0)."""
+    def fit(self, reals: Tensor, quantile: float) -> float:
+        """Fit on real images' disagreements ``(n, P)``; return the shift (see below).
+
+        Per perturbation, the reals' ``quantile`` and robust spread (1.4826 x the median
+        absolute deviation; the std where that is 0) standardise ``s_k``. An image is at the
+        reals' quantile for one perturbation but not for all, so the mean of the P sigmoids
+        would reach 0.5 on far fewer reals than ``1 - quantile``; one shift ``b`` of every
+        ``z_k`` (folded into ``location``: ``location_k += b * scale_k``) is then set so that
+        the posterior-mean ``p(fake)`` is 0.5 at the reals' ``quantile``: ``b`` is the
+        ``quantile`` of each real's own shift ``b_i`` (where its mean of
+        ``sigmoid(z_ik - b_i)`` is 0.5), and a real is at or above 0.5 exactly when
+        ``b_i >= b``."""
         reals = reals.float()
         location = torch.quantile(reals, quantile, dim=0)
         median = reals.median(dim=0).values
         scale = 1.4826 * (reals - median).abs().median(dim=0).values
         scale = torch.where(scale > 0, scale, reals.std(dim=0))
         floor = 1e-6 * location.abs().clamp_min(1e-12)
-        self.location.copy_(location)
-        self.scale.copy_(torch.maximum(scale.nan_to_num(0.0), floor))
+        scale = torch.maximum(scale.nan_to_num(0.0), floor)
+        z = ((reals - location) / scale).double()  # (n, P)
+        shift = float(torch.quantile(_half_shifts(z), quantile))
+        self.location.copy_(location + shift * scale)
+        self.scale.copy_(scale)
+        return shift
+
+
+def _half_shifts(z: Tensor) -> Tensor:
+    """Per row ``i`` of ``z (n, P)``, the ``b_i`` where ``mean_k sigmoid(z_ik - b_i) = 0.5``
+    (bisection; the mean is decreasing in ``b`` and crosses 0.5 between min and max of the
+    row, so the root is bracketed)."""
+    low, high = z.min(dim=1).values, z.max(dim=1).values
+    for _ in range(64):
+        mid = 0.5 * (low + high)
+        above = torch.sigmoid(z - mid[:, None]).mean(dim=1) >= 0.5
+        low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+    return 0.5 * (low + high)
