@@ -96,8 +96,59 @@ def test_table_has_one_row_per_run(runs):
     assert result.exit_code == 0, result.output
     for method in METHODS:
         assert sum(f" {method} " in line for line in result.output.splitlines()) == 1
-    assert "unseen: glide, midjourney" in result.output
+    assert "unseen: glide, midjourney" not in result.output  # each row held out its own
+    rows = {m: next(line for line in result.output.splitlines() if f" {m} " in line)
+            for m in METHODS}  # fmt: skip
+    assert "midjourney, glide" in rows["kflaplace"] and "glide" not in rows["map"]
     assert "0.930" in result.output
+
+
+def test_shared_unseen_set_is_said_once_in_the_title(runs):
+    result = _invoke(str(runs[0]), str(runs[2]))  # map and ensemble: both held out midjourney
+    assert result.exit_code == 0, result.output
+    assert "2 run(s); unseen: midjourney" in result.output
+
+
+def test_cached_predict_time_is_marked_and_protocol_cells_are_named(tmp_path):
+    """A frozen run evaluated from its feature cache timed the head only: its predict time is
+    marked, with a caption that says so; runs in protocol cells are named by their cell."""
+    out = tmp_path / "p"
+    cells = {}
+    for method, key, unseen in (("map", "without-midjourney", "midjourney"),
+                                ("ensemble", "without-glide", "glide")):  # fmt: skip
+        folder = out / "cells" / "quickstart" / key
+        folder.mkdir(parents=True)
+        run = _write_run(folder, method)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["ood"] = {unseen: metrics["ood"]["midjourney"]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        cells[key] = (run, unseen)
+    cached, _ = cells["without-midjourney"]
+    recipe = (cached / "recipe.toml").read_text()
+    frozen = '[train]\nbackbone = "frozen"\n[model.backbone]'
+    (cached / "recipe.toml").write_text(recipe.replace("[model.backbone]", frozen))
+    meta = json.loads((cached / "checkpoint.json").read_text())
+    (cached / "checkpoint.json").write_text(json.dumps({**meta, "feature_cache": str(tmp_path)}))
+    entries = [{"block": "quickstart", "key": k, "folder": str(run.parent)}
+               for k, (run, _) in cells.items()]  # fmt: skip
+    (out / "protocol.json").write_text(json.dumps({"protocol": "loo", "cells": entries}))
+    runs = [str(run) for run, _ in cells.values()]
+
+    rows = json.loads(_invoke(*runs, "--format", "json").output)
+    assert [r["predict_timed"] for r in rows] == [
+        "head only (cached features)",
+        "backbone + K posterior samples",
+    ]
+    assert [r["cell"]["key"] for r in rows] == ["without-midjourney", "without-glide"]
+    md = _invoke(*runs, "--format", "markdown").output
+    assert "| quickstart/without-midjourney |" in md and "| quickstart/without-glide |" in md
+    assert "2.00‡" in md and "2.50‡" not in md and "2.50" in md
+    table = _invoke(*runs).output
+    assert "‡: head only, from the feature cache" in table and "2.00‡" in table
+    for key, (_, unseen) in cells.items():
+        line = next(x for x in table.splitlines() if f"quickstart/{key}" in x)
+        assert unseen in line  # each row's own unseen generator
+    assert "unseen: glide, midjourney" not in table
 
 
 def test_a_run_given_twice_is_one_row(runs):

@@ -45,11 +45,16 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / meta["files"]["model"]))
 
 
+#: the terminal output of the uninterrupted training (the fixture below)
+TRAIN_OUTPUT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(synth_root, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("deep")
     result = _train(synth_root, work / "runs", work / "cache")
     assert result.exit_code == 0, result.output
+    TRAIN_OUTPUT["train"] = result.output
     return _only_run(work / "runs")
 
 
@@ -260,3 +265,38 @@ def test_member_bootstrap_resamples_the_training_split(synth_root, tmp_path):
     assert len(first) == len(plain) and set(first) < set(plain)  # N draws, with repeats
     assert first == split(0, True) and first != second  # seeded per member
     assert first == sorted(first, key=plain.index)  # generators stay together
+
+
+def test_members_are_described_as_members_in_the_terminal_report_and_curves(uninterrupted):
+    """The last line, report.md and training_curves.png speak of M member detectors trained for
+    E epochs each, not of M x E + 1 epochs of one detector with K samples over its head."""
+    from bnnkit.report import read_history
+    from bnnkit.report.history import member_history
+    from bnnkit.report.plots import training_curves_figure
+
+    last = TRAIN_OUTPUT["train"].strip().splitlines()[-2]  # before "next: bnnkit evaluate"
+    assert f"{M} member detectors, train acc" in last and "train acc -" not in last, last
+    assert "ensemble val acc" in last
+    history = read_history(uninterrupted)
+    members = member_history(history)
+    assert members is not None and len(set(members.epochs())) == 1
+    epochs = members.epochs()[0]  # each member's own epochs (tiny: one)
+    assert members.ensemble is not None and members.ensemble["phase"] == "ensemble"
+
+    invoke(["evaluate", str(uninterrupted), "--ood", "midjourney"])
+    report = RunLayout(uninterrupted).report.read_text()
+    assert "over the head only" not in report and f"{M} whole member detectors" in report
+    assert f"{M} member detectors trained one after another, {epochs} epoch(s) each" in report
+    assert f"Training: {len(history)} epoch(s)" not in report
+
+    fig = training_curves_figure(history)
+    ax_loss, ax_acc = fig.axes
+    for ax in (ax_loss, ax_acc):  # one line per member (train and validation), each from 1
+        lines = [line for line in ax.get_lines() if line.get_linestyle() in ("-", "--")]
+        assert len(lines) == 2 * M
+        assert all(list(line.get_xdata()) == list(range(1, epochs + 1)) for line in lines)
+        assert ax.get_xlabel() == "epoch of each member"
+    assert [t.get_text() for t in ax_acc.get_legend().get_texts()] == [
+        *(f"member {i + 1}" for i in range(M)),
+        "ensemble (validation)",
+    ]

@@ -159,3 +159,52 @@ def test_slurm_launcher_with_submitits_local_executor_gives_the_same_table(
     )  # fmt: skip
     assert list((out / "jobs").glob("*_result.pkl")), "cells did not run as submitit jobs"
     assert (out / "table.csv").read_text() == (cross_run / "table.csv").read_text()
+
+
+def test_other_settings_into_the_same_out_are_refused_unless_forced(
+    tmp_path, synth_root, cross_run, monkeypatch
+) -> None:
+    """A second protocol with other settings into a done folder trains nothing, replaces no
+    table and names the keys that differ (exit 2); --force gets past the check."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import bnnkit.engine.protocol_launch as launch_module
+    from bnnkit.cli import main
+
+    table = (cross_run / "table.md").read_text()
+    args = [a for s in [*sets(synth_root), "train.epochs=3"] for a in ("--set", s)]
+    result = CliRunner().invoke(
+        main, ["protocol", "cross", "--recipe", "quickstart", "--generators", ",".join(TWO),
+               "--out", str(cross_run), *args],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "other settings" in result.output and "train.epochs (2 -> 3)" in result.output
+    assert "--force" in result.output
+    assert (cross_run / "table.md").read_text() == table
+    assert all(len(list(d.iterdir())) == 1 for d in (cross_run / "cells" / "quickstart").iterdir())
+    with pytest.raises(UsageError, match=r"score \(\"mutual_info\" -> \"entropy\"\)"):
+        run_protocol("cross", "quickstart", sets(synth_root), out=cross_run, generators=TWO,
+                     score="entropy")  # fmt: skip
+
+    class Launched(Exception):
+        pass
+
+    def launched(*args, **kwargs):
+        raise Launched
+
+    monkeypatch.setattr(launch_module, "launch", launched)
+    copy = tmp_path / "copy"
+    shutil.copytree(cross_run, copy, ignore=shutil.ignore_patterns("cache", "jobs"))
+    # the same settings again (another launcher, device or job count) are no change
+    with pytest.raises(Launched):
+        run_protocol("cross", "quickstart", sets(synth_root), out=copy, generators=TWO, jobs=2)
+    # without protocol.json, the cells' runs still tell: their recipe differs
+    (copy / PROTOCOL_FILE).unlink()
+    with pytest.raises(UsageError, match=r"recipe train.epochs \(2 -> 3\)"):
+        run_protocol("cross", "quickstart", [*sets(synth_root), "train.epochs=3"], out=copy,
+                     generators=TWO)  # fmt: skip
+    with pytest.raises(Launched):  # --force: past the check, on to training
+        run_protocol("cross", "quickstart", [*sets(synth_root), "train.epochs=3"], out=copy,
+                     generators=TWO, force=True)  # fmt: skip

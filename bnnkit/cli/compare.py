@@ -37,6 +37,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     checkpoint.json (read as plain files: comparing needs no plugin to be installed)."""
     from bnnkit.errors import UsageError
     from bnnkit.metrics.schema import abstention_score, canonical_score, ood_score
+    from bnnkit.report.compare import protocol_cell
     from bnnkit.run import RunLayout
 
     layout = RunLayout(run_dir)
@@ -69,6 +70,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     return {
         "run": run_dir.name,
         "path": str(run_dir),
+        "cell": protocol_cell(run_dir),
         "method": metrics.get("method") or checkpoint.get("method"),
         "backbone": ((recipe.get("model") or {}).get("backbone") or {}).get("name"),
         "samples": metrics.get("samples"),
@@ -83,9 +85,21 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "caught": [caught.get("errors_caught"), caught.get("errors")] if caught else None,
         "train_seconds": checkpoint.get("train_seconds"),
         "predict_ms_per_image": None if per_image is None else 1000.0 * per_image,
+        "predict_timed": _timed(timing, recipe, checkpoint),
         "seen_generators": metrics.get("seen_generators", []),
         "unseen_generators": unseen,
     }
+
+
+def _timed(timing: dict[str, Any], recipe: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+    """What ``predict_seconds_per_image`` timed: a frozen run whose training recorded a
+    feature cache is evaluated from it (the head's samples only), unless timing.json says."""
+    from bnnkit.report.compare import TIMED_BACKBONE, TIMED_CACHED
+
+    if "predict_timed" in timing:
+        return str(timing["predict_timed"])
+    frozen = (recipe.get("train") or {}).get("backbone") == "frozen"
+    return TIMED_CACHED if frozen and checkpoint.get("feature_cache") else TIMED_BACKBONE
 
 
 def collect(runs: list[Path]) -> list[dict[str, Any]]:
@@ -118,9 +132,12 @@ def show_table(rows: list[dict[str, Any]]) -> None:
     from bnnkit.report.compare import compare_table
     from bnnkit.report.tables import render_rich
 
-    unseen = sorted({g for r in rows for g in r["unseen_generators"]})
-    title = f"{len(rows)} run(s); unseen: {', '.join(unseen) or 'none'}"
+    sets = {", ".join(sorted(r["unseen_generators"])) or "none" for r in rows}
+    title = f"{len(rows)} run(s)"
     drop = []
+    if len(sets) == 1:  # every row held out the same generators: said once
+        title += f"; unseen: {sets.pop()}"
+        drop.append("unseen")
     # a value every run shares goes to the title, so the table fits a terminal
     for key, label in (("backbone", "backbone"), ("samples", "K"), ("abstain_score", "abstain on")):
         values = {r[key] for r in rows}
@@ -139,12 +156,14 @@ def show_table(rows: list[dict[str, Any]]) -> None:
 def command(runs: tuple[Path, ...], out_format: str) -> None:
     """Compare evaluated RUNs side by side, one row per run.
 
-    Columns: method, backbone, posterior samples K, ID accuracy, NLL and ECE (generators seen in
-    training), accuracy on the unseen generator(s), epistemic OOD AUROC (unseen fakes vs
-    seen-generator images), the score the run abstains on and the fraction of the unseen
-    generators' errors its threshold catches, train time and predict time per image. Values
-    come from each run's metrics.json (schema 1 to 3) and timing.json (written by `bnnkit
-    evaluate`) and checkpoint.json.
+    Columns: method, backbone, posterior samples K, the run's unseen generators (in the title
+    when every run shares them), ID accuracy, NLL and ECE (generators seen in training),
+    accuracy on the unseen generator(s), epistemic OOD AUROC (unseen fakes vs seen-generator
+    images), the score the run abstains on and the fraction of the unseen generators' errors
+    its threshold catches, train time and predict time per image (marked ‡ where it timed the
+    head only, from a frozen backbone's feature cache). A protocol cell's run is named
+    <recipe>/<cell>. Values come from each run's metrics.json (schema 1 to 3) and timing.json
+    (written by `bnnkit evaluate`) and checkpoint.json.
 
     \b
     Examples:

@@ -73,14 +73,30 @@ def command(
     out, result, run_dir = shown, run.result, run.path
     if result.resumed_from:
         out.print(f"resumed from {result.resumed_from}")
-    last = result.history[-1] if result.history else {}
-    out.print(
-        f"[green]done[/] in {result.seconds:.1f} s: train acc {fmt(last.get('train_acc'))}, "
-        f"val acc {fmt(last.get('val_acc'))}, val NLL {fmt(last.get('val_nll'))}"
-    )
+    out.print(f"[green]done[/] in {result.seconds:.1f} s: {_summary(result.history)}")
     if result.broken:
         out.print(
             f"[yellow]{len(result.broken)} unreadable file(s) skipped[/] "
             f"(listed in {RunLayout(run_dir).broken})"
         )
     out.print(f"next:   bnnkit evaluate {run_dir}")
+
+
+def _summary(history: list) -> str:
+    """The numbers of the last line: the last epoch's, or a whole-detector ensemble's members
+    (train accuracy at each one's last epoch) and the ensemble's validation."""
+    from bnnkit.report.history import member_history
+
+    members = member_history(history)
+    if members is None:
+        last = history[-1] if history else {}
+        return (
+            f"train acc {fmt(last.get('train_acc'))}, val acc {fmt(last.get('val_acc'))}, "
+            f"val NLL {fmt(last.get('val_nll'))}"
+        )
+    ens = members.ensemble or {}
+    accs = ", ".join(fmt(v) for v in members.last("train_acc"))
+    return (
+        f"{len(members.members)} member detectors, train acc {accs}; ensemble val acc "
+        f"{fmt(ens.get('val_acc'))}, val NLL {fmt(ens.get('val_nll'))}"
+    )

@@ -48,6 +48,7 @@ from bnnkit.options import options_model
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, dump_recipe
 from bnnkit.recipe_schema import PluginRef
+from bnnkit.report.history import ENSEMBLE_PHASE, member_phase
 from bnnkit.run.checkpoint import (
     is_complete,
     load_checkpoint,
@@ -234,10 +235,10 @@ class EnsembleTrainer:
         datasets = data.datasets(data.splits(), detector.normalisation)
         val = data.plain_features(detector, data.loader(datasets.val, r.eval.batch_size))
         rows = [
-            {**row, "phase": f"m{i}:{row['phase']}"} for i, m in enumerate(metas)
+            {**row, "phase": member_phase(i, row["phase"])} for i, m in enumerate(metas)
             for row in m.get("history", [])
         ]  # fmt: skip
-        row: dict[str, Any] = {"phase": "ensemble", "epoch": 1}
+        row: dict[str, Any] = {"phase": ENSEMBLE_PHASE, "epoch": 1}
         if val.labels.numel():
             pred = predict_features(method, val.features, posterior_samples(r, "validate"))
             y = val.labels

@@ -259,11 +259,15 @@ def run_protocol(
     slurm: dict[str, Any] | None = None,
     scores: Sequence[str] | None = None,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+    force: bool = False,
 ) -> ProtocolResult:
     """Run (or finish) every cell of ``protocol`` and write ``protocol.json``, ``table.md``,
     ``table.tex``, ``table.csv`` and ``heatmap.png`` into ``out``. ``on_cell(cell, info)`` is
-    called as each cell finishes (``info["status"]``: trained, resumed, evaluated, skipped)."""
+    called as each cell finishes (``info["status"]``: trained, resumed, evaluated, skipped).
+    An ``out`` made with other settings is refused (:class:`~bnnkit.errors.UsageError`, naming
+    the keys that differ) unless ``force``."""
     from bnnkit.engine.protocol_launch import launch
+    from bnnkit.engine.protocol_settings import check_same_settings
     from bnnkit.report.protocol import write_protocol_tables
 
     (score,) = resolve_names([score])
@@ -275,7 +279,6 @@ def run_protocol(
         abstain_on=abstain_on, device=device, plots=plots, scores=scores or (),
     )  # fmt: skip
     abstain_on = cells[0].abstain_on
-    out.mkdir(parents=True, exist_ok=True)
     gens = select_generators(generators)
     record: dict[str, Any] = {
         "protocol": protocol,
@@ -289,6 +292,9 @@ def run_protocol(
         "launcher": launcher,
         "cells": [{**_cell_entry(c), "status": "pending"} for c in cells],
     }
+    if not force:
+        check_same_settings(out, record, cells, _resolved, protocol_file=PROTOCOL_FILE)
+    out.mkdir(parents=True, exist_ok=True)
     index = {(c.block, c.key): i for i, c in enumerate(cells)}
     t0 = time.perf_counter()
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnnkit.metrics.schema import abstention_score, ood_score
+from bnnkit.report.history import MemberHistory, member_history
 from bnnkit.report.tables import (
     SCORE_NAMES,
     abstention_table,
@@ -45,7 +46,11 @@ PLOT_CAPTIONS = {
         "oracle keeps every error for last.",
     ),
     "roc": ("ROC per generator", "p(fake) on each generator's fakes against its reals."),
-    "training_curves": ("Training curves", "Loss and accuracy per epoch from history.csv."),
+    "training_curves": (
+        "Training curves",
+        "Loss and accuracy per epoch from history.csv (a deep ensemble of whole detectors: one "
+        "line per member, over its own epochs).",
+    ),
     "degradations": (
         "Degradations",
         "Accuracy and mean epistemic uncertainty, clean and under each degradation.",
@@ -147,20 +152,29 @@ def render_report(
     """The markdown text of ``report.md``; ``plots`` maps plot kind -> path relative to RUN."""
     m = metrics
     seen, unseen = m["seen_generators"], m["ood_generators"]
+    members = member_history(history)
+    if members is not None:  # a deep ensemble of whole detectors
+        samples = (
+            f"{m['samples']} posterior samples per image: the predictions of "
+            f"{len(members.members)} whole member detectors (each its own backbone and head)"
+        )
+    else:
+        samples = f"{m['samples']} posterior samples per image (over the head only)"
     lines = [
         f"# Evaluation report: {m['run']}",
         "",
         f"Recipe `{m['recipe']}`: backbone `{m['backbone']}`, attention `{m['attention']}`, "
-        f"head `{m['head']}`, inference method `{m['method']}`. {m['samples']} posterior "
-        f"samples per image (over the head only), seed {m['seed']}, {m['split']} split, "
-        f"{m['image_size']} px ({m['preprocess']}).",
+        f"head `{m['head']}`, inference method `{m['method']}`. {samples}, "
+        f"seed {m['seed']}, {m['split']} split, {m['image_size']} px ({m['preprocess']}).",
         "",
         f"- Seen generators (trained on): {', '.join(seen)}",
         f"- Unseen generators (marked \\*): {', '.join(unseen) or 'none'}",
         f"- metrics.json schema version {m['schema_version']} "
         "(see docs/metrics-schema.md in bnnkit)",
     ]
-    if history:
+    if members is not None:
+        lines.append(_members_line(members))
+    elif history:
         last = history[-1]
         lines.append(
             f"- Training: {len(history)} epoch(s); last validation accuracy "
@@ -247,6 +261,26 @@ def render_report(
         lines += ["", "## Unreadable files skipped", ""]
         lines += [f"- `{b['path']}`: {b['reason']}" for b in m["broken_files"]]
     return "\n".join(lines) + "\n"
+
+
+def _members_line(members: MemberHistory) -> str:
+    """The training line of a whole-detector ensemble: epochs per member, the members' own and
+    the ensemble's validation."""
+    epochs = sorted(set(members.epochs()))
+    each = f"{epochs[0]} epoch(s) each" if len(epochs) == 1 else (
+        "epochs " + ", ".join(map(str, members.epochs())))  # fmt: skip
+    own = ", ".join(_f(v) for v in members.last("val_acc"))
+    line = (
+        f"- Training: {len(members.members)} member detectors trained one after another, "
+        f"{each}; members' last validation accuracy {own}"
+    )
+    if members.ensemble is not None:
+        e = members.ensemble
+        line += (
+            f"; the ensemble's validation accuracy {_f(_float(e.get('val_acc')))}, "
+            f"NLL {_f(_float(e.get('val_nll')))}"
+        )
+    return line
 
 
 def _float(value: Any) -> float | None:

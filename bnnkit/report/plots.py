@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bnnkit.report.history import MemberHistory, member_history
+
 __all__ = [
     "DPI",
     "degradation_figure",
@@ -280,9 +282,49 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def _member_curves_figure(members: MemberHistory) -> Figure:
+    """A whole-detector ensemble: one line per member (its own epochs, from 1), solid for
+    training and dashed for validation, and the ensemble's validation as a dotted level."""
+    with _style():
+        fig = Figure(figsize=(WIDTH, 3.0), layout="constrained")
+        ax_loss, ax_acc = fig.subplots(1, 2)
+        longest = max(members.epochs(), default=0)
+        for i, (rows, colour) in enumerate(
+            zip(members.members, _colours(len(members.members)), strict=True)
+        ):
+            x = np.arange(1, len(rows) + 1)
+            for ax, keys in ((ax_loss, ("nll", "val_nll")), (ax_acc, ("train_acc", "val_acc"))):
+                for key, style in zip(keys, ("-", "--"), strict=True):
+                    y = np.array([_num(r.get(key)) for r in rows], dtype=float)
+                    if np.isfinite(y).any():
+                        ax.plot(x, y, style, marker="o", markersize=3, color=colour,
+                                label=f"member {i + 1}" if style == "-" else None)  # fmt: skip
+        ensemble = members.ensemble or {}
+        for ax, key in ((ax_loss, "val_nll"), (ax_acc, "val_acc")):
+            level = _num(ensemble.get(key))
+            if math.isfinite(level):
+                ax.axhline(level, color="black", linestyle=":", linewidth=1.2,
+                           label="ensemble (validation)")  # fmt: skip
+            ax.set_xlabel("epoch of each member")
+            if longest:
+                ax.set_xticks(np.arange(1, longest + 1))
+                ax.set_xlim(0.5, longest + 0.5)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        ax_loss.set(ylabel="NLL (nats per image)", title="NLL: train solid, validation dashed")
+        ax_acc.set(ylabel="accuracy", ylim=(0.0, 1.02),
+                   title="Accuracy: train solid, validation dashed")  # fmt: skip
+        fig.suptitle(f"Training curves of the {len(members.members)} ensemble members")
+    return fig
+
+
 def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> Figure:
     """Loss and accuracy per epoch from ``history.csv`` rows (phases side by side on one axis,
-    a phase change marked by a vertical line)."""
+    a phase change marked by a vertical line); a whole-detector ensemble's history: one curve
+    per member, each over its own epochs."""
+    members = member_history(history)
+    if members is not None:
+        return _member_curves_figure(members)
     with _style():
         fig = Figure(figsize=(WIDTH, 2.8), layout="constrained")
         ax_loss, ax_acc = fig.subplots(1, 2)

@@ -53,8 +53,12 @@ def predictions_csv(
                     int(gi < n_seen),
                     int(data.labels[row]),
                     _relative(paths[int(data.indices[row])], root),
-                    *(f"{float(getattr(data, k)[row]):.9g}" for k in ("p_fake", *UNCERTAINTY_KEYS)),
-                    *(f"{float(data.scores[n][row]):.17g}" for n in names),
+                    # + 0.0: a negative zero is written as 0
+                    *(
+                        f"{float(getattr(data, k)[row]) + 0.0:.9g}"
+                        for k in ("p_fake", *UNCERTAINTY_KEYS)
+                    ),
+                    *(f"{float(data.scores[n][row]) + 0.0:.17g}" for n in names),
                 ]
             )
     return buf.getvalue()

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.metrics.schema import abstention_score, ood_score
-from bnnkit.report.tables import Column, Label, Table, is_missing, render_markdown
+from bnnkit.report.tables import (
+    Column,
+    Label,
+    Marked,
+    Table,
+    fmt_value,
+    is_missing,
+    no_negative_zero,
+    render_markdown,
+)
 from bnnkit.run.fileio import atomic_write_text
 
 __all__ = [
@@ -56,6 +65,9 @@ PUBLISHED_SDV4: dict[str, dict[str, float]] = {
 PUBLISHED_SOURCE = "GenImage Table 3 (Zhu et al., 2023)"
 CSV_FIXED = ("block", "row", "method", "source", "train", "unseen")
 CSV_TAIL = ("average", "unseen_average", "ood_auroc", "errors_caught")
+#: the mark of a ``loo`` row's held-out generator in the tables (and its legend)
+HELD_OUT_MARK = "*"
+HELD_OUT_LEGEND = "*: the generator the row held out of training (its unseen one)."
 
 
 def _mean(values: Sequence[Any]) -> float | None:
@@ -116,12 +128,23 @@ def _num(value: Any) -> float:
     return math.nan if is_missing(value) else float(value)
 
 
-def _pct(key: str, sub: str | None = None):
+def _pct(key: str, sub: str | None = None, mark_unseen: bool = False):
+    """A percentage getter; ``mark_unseen``: the value of a row's unseen generator ``sub`` is
+    :class:`~bnnkit.report.tables.Marked` (a ``loo`` row's held-out cell)."""
+
     def get(row: Mapping[str, Any]) -> Any:
         value = row[key][sub] if sub is not None else row[key]
-        return None if is_missing(value) else 100 * value
+        value = None if is_missing(value) else 100 * value
+        if mark_unseen and sub in row["unseen"] and row["source"] != "published":
+            return Marked(value, HELD_OUT_MARK)
+        return value
 
     return get
+
+
+def marks_held_out(protocol: str) -> bool:
+    """Whether a protocol's tables mark each row's held-out generator (``loo``: one per row)."""
+    return protocol == "loo"
 
 
 def protocol_table(
@@ -135,11 +158,13 @@ def protocol_table(
 ) -> Table:
     """The protocol's table (percent) for :func:`~bnnkit.report.tables.render_rich` and
     :func:`~bnnkit.report.tables.render_markdown`; published rows labelled as such. The
-    terminal shows short row labels and never truncates a number."""
+    terminal shows short row labels and never truncates a number. ``loo``: each row's held-out
+    generator is marked ``*`` (legend in the caption)."""
 
     def num(header: str, get: Any, short: str | None = None) -> Column:
-        width = max(4, len(short or header))
-        return Column(header, get, digits=1, short=short, rich={"min_width": width})
+        return Column(header, get, digits=1, short=short)
+
+    mark = marks_held_out(protocol)
 
     def label(r: Mapping[str, Any]) -> Label:
         return Label(r["row"], short=r.get("short"), strong=r["source"] == "published")
@@ -150,9 +175,9 @@ def protocol_table(
             "cell",
             label,
             left=True,
-            rich={"overflow": "ellipsis", "min_width": 20, "max_width": 28},
+            rich={"overflow": "ellipsis", "max_width": 28},
         ),  # fmt: skip
-        *[num(PAPER_LABELS[g], _pct("accuracy", g)) for g in generators],
+        *[num(PAPER_LABELS[g], _pct("accuracy", g, mark)) for g in generators],
         num("avg", _pct("average")),
         num("unseen avg", _pct("unseen_average"), "unseen"),
         num(f"OOD AUROC ({score})", _pct("ood_auroc"), "AUROC"),
@@ -164,6 +189,8 @@ def protocol_table(
         f"against seen images; errors caught: unseen generators' misclassified images the "
         f"threshold on the {abstain_on} score abstains on."
     )
+    if mark:
+        caption += f" {HELD_OUT_LEGEND}"
     if any(r["source"] == "published" for r in rows):
         caption += f" Published rows (†): {PUBLISHED_SOURCE}, not run here."
     title = title or f"bnnkit protocol {protocol}"
@@ -177,7 +204,9 @@ def render_csv(rows: Sequence[Mapping[str, Any]], generators: Sequence[str]) -> 
     writer.writerow([*CSV_FIXED, *generators, *CSV_TAIL])
 
     def num(v: Any) -> str:
-        return "" if is_missing(v) else f"{float(v):.6g}"  # no float noise (0.720875, not ...9)
+        if is_missing(v):
+            return ""
+        return no_negative_zero(f"{float(v):.6g}")  # no float noise (0.720875, not ...9)
 
     for r in rows:
         fixed = [r["block"], r["row"], r["method"], r["source"], ";".join(r["train"]),
@@ -210,12 +239,10 @@ def render_latex(table: Table) -> str:
             v = c.get(row)
             if isinstance(v, Label):
                 text = _tex(v.text)
-            elif is_missing(v):
+            elif is_missing(v.value if isinstance(v, Marked) else v):
                 text = "--"
-            elif isinstance(v, float):
-                text = f"{v:.{c.digits}f}"
             else:
-                text = _tex(str(v))
+                text = _tex(fmt_value(v, c.digits, c.kind))
             cells.append(f"\\textit{{{text}}}" if row["source"] == "published" else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
@@ -223,11 +250,17 @@ def render_latex(table: Table) -> str:
 
 
 def protocol_heatmap_figure(
-    rows: Sequence[Mapping[str, Any]], generators: Sequence[str], title: str
+    rows: Sequence[Mapping[str, Any]],
+    generators: Sequence[str],
+    title: str,
+    *,
+    held_out: bool = False,
 ):
-    """Accuracy per row (cell) and test generator, one panel per block of rows."""
+    """Accuracy per row (cell) and test generator, one panel per block of rows; ``held_out``
+    (``loo``): each row's unseen generator is boxed (the legend says so)."""
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     from bnnkit.report.plots import WIDTH, _style
 
@@ -246,13 +279,28 @@ def protocol_heatmap_figure(
             ax.grid(False)
             for (i, j), v in np.ndenumerate(data):
                 if math.isfinite(v):
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
-                            color="black" if v > 0.6 else "white")  # fmt: skip
+                    ax.text(j, i, no_negative_zero(f"{100 * v:.0f}"), ha="center", va="center",
+                            fontsize=6, color="black" if v > 0.6 else "white")  # fmt: skip
             ax.set_xticks(range(len(generators)), [PAPER_LABELS[g] for g in generators])
             ax.set_yticks(range(len(block_rows)), [r["row"] for r in block_rows])
             ax.set(title=block, xlabel="test generator", ylabel="cell")
+            if not held_out:
+                continue
+            for i, r in enumerate(block_rows):
+                for g in r["unseen"] if r["source"] != "published" else ():
+                    box = Rectangle(
+                        (generators.index(g) - 0.5, i - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        edgecolor="red",
+                        linewidth=1.5,
+                        label="held out",
+                    )
+                    ax.add_patch(box)  # fmt: skip
         fig.colorbar(shown, ax=list(axes), label="accuracy")
-        fig.suptitle(title)
+        legend = "\n(red box: the generator each row held out of training)" if held_out else ""
+        fig.suptitle(title + legend)
     return fig
 
 
@@ -277,6 +325,7 @@ def write_protocol_tables(
     atomic_write_text(files["csv"], render_csv(rows, generators))
     title = f"bnnkit protocol {protocol}: accuracy per test generator"
     files["heatmap"] = save_figure(
-        protocol_heatmap_figure(rows, generators, title), out / "heatmap.png"
+        protocol_heatmap_figure(rows, generators, title, held_out=marks_held_out(protocol)),
+        out / "heatmap.png",
     )
     return files

@@ -13,6 +13,7 @@ as an en dash in markdown, or as ``n/a`` in a column of kind ``"na"``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "SCORE_NAMES",
     "Column",
     "Label",
+    "Marked",
     "Table",
     "abstention_table",
     "calibration_table",
@@ -30,6 +32,7 @@ __all__ = [
     "detection_table",
     "fmt_value",
     "is_missing",
+    "no_negative_zero",
     "ood_table",
     "render_markdown",
     "render_rich",
@@ -103,17 +106,40 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
+@dataclass(frozen=True)
+class Marked:
+    """A cell value printed with a ``mark`` after it (e.g. ``*`` on a protocol's held-out
+    generator); the caption says what the mark means."""
+
+    value: Any
+    mark: str = "*"
+
+
+_NEGATIVE_ZERO = re.compile(r"^-(0(\.0*)?)(?=%?$)")
+
+
+def no_negative_zero(text: str) -> str:
+    """``"-0.000"`` / ``"-0.0%"`` / ``"-0"`` (a tiny negative number rounded to zero) without
+    its sign."""
+    return _NEGATIVE_ZERO.sub(r"\1", text)
+
+
 def fmt_value(value: Any, digits: int = 3, kind: str = "num", markdown: bool = False) -> str:
     """A value as a table prints it: floats with ``digits`` decimals (``kind="pct"``: a
-    percentage with one), a missing one as a dash (``kind="na"``: ``n/a``)."""
+    percentage with one), a missing one as a dash (``kind="na"``: ``n/a``); a value that rounds
+    to zero never prints as ``-0.0``."""
+    if isinstance(value, Marked):
+        mark = value.mark.replace("*", "\\*") if markdown else value.mark
+        text = fmt_value(value.value, digits, kind, markdown)
+        return text if is_missing(value.value) else f"{text}{mark}"
     if is_missing(value):
         return "n/a" if kind == "na" else MD_DASH if markdown else RICH_DASH
     if kind == "pct":
-        return f"{100 * value:.1f}%"
+        return no_negative_zero(f"{100 * value:.1f}%")
     if kind == "ratio":  # (count, of): "3/4" in the terminal, "3 / 4" in markdown
         return f"{value[0]}{' / ' if markdown else '/'}{value[1]}"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return no_negative_zero(f"{value:.{digits}f}")
     return str(value)
 
 
@@ -149,41 +175,11 @@ def render_markdown(table: Table) -> str:
 
 
 def render_rich(table: Table):
-    """A compact rich table (no side borders, one space between columns), so numbers fit an
-    80-column terminal without truncation."""
-    from rich import box
-    from rich.table import Table as RichTable
+    """The terminal's rich table (:func:`bnnkit.report.rich_table.render_rich`): numbers always
+    printed whole."""
+    from bnnkit.report.rich_table import render_rich as render
 
-    out = RichTable(
-        title=table.title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption=table.caption,
-        caption_justify="left",
-    )
-    cols = _shown(table, "rich")
-    for c in cols:
-        options = {"no_wrap": True, **c.rich}
-        out.add_column(c.short or c.header, justify="left" if c.left else "right", **options)
-    for i, row in enumerate(table.rows):
-        if i in table.sections:
-            out.add_section()
-        cells, style = [], None
-        for c in cols:
-            value = c.get(row)
-            if isinstance(value, Label):
-                text = value.short or value.text
-                if value.strong:
-                    style = "bold magenta" if value.unseen else "bold"
-                elif value.unseen and value.star:
-                    text = f"[bold magenta]{text}*[/]"
-                cells.append(text)
-            else:
-                cells.append(_cell(value, c, False))
-        out.add_row(*cells, style=style)
-    return out
+    return render(table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,9 +352,19 @@ def abstention_table(m: Mapping[str, Any], scores: Sequence[str] | None = None) 
         rows,
         title=f"abstention: score {a['score']} > {fmt_value(chosen['threshold'], 4)} -> "
         f"uncertain (target coverage {fmt_value(a['coverage_target'], kind='pct')})",
-        caption=f"calibrated on {cal.get('n')} seen val images (cross-fit coverage "
-        f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}), saved in {cal.get('file')}",
+        caption=f"calibrated on {_calibration_images(cal)}, cross-fit coverage "
+        f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}, saved in {cal.get('file')}",
     )
+
+
+def _calibration_images(cal: Mapping[str, Any]) -> str:
+    """What the abstention thresholds were set on, in words (metrics.json's calibration)."""
+    if cal.get("split") != "calibration":  # a run without a calibration split: in-sample
+        return f"{cal.get('n')} seen val images (in-sample: the run has no calibration split)"
+    text, halves = f"{cal.get('n')} calibration images", cal.get("seen_fitted_scores")
+    if halves:
+        text += f" (fused: fitted on {halves['fit_n']}, thresholded on {halves['threshold_n']})"
+    return text
 
 
 def degradation_table(m: Mapping[str, Any]) -> Table:
