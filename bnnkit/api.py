@@ -68,9 +68,9 @@ class Run:
     @property
     def recipe(self):
         """The resolved recipe (:class:`bnnkit.recipe.Recipe`) the run was trained with."""
-        from bnnkit.recipe import load_recipe
+        from bnnkit.recipe import load_run_recipe
 
-        return load_recipe(self.layout.recipe)
+        return load_run_recipe(self.layout.recipe)
 
     @property
     def metrics(self) -> dict[str, Any] | None:
@@ -101,23 +101,27 @@ class Run:
         ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``, ``tiles``,
         ``scores``, ``score_options``, ``fit_limit``)."""
         from bnnkit.engine.evaluation import evaluate_run
+        from bnnkit.run.data_root import data_root_hint
 
         dev, _ = _device(device)
-        return evaluate_run(
-            self.path, ood=list(ood) if ood else None, samples=samples, device=dev,
-            console=console, **options,
-        )  # fmt: skip
+        with data_root_hint(self.path, options.get("data_root")):  # names --data-root
+            return evaluate_run(
+                self.path, ood=list(ood) if ood else None, samples=samples, device=dev,
+                console=console, **options,
+            )  # fmt: skip
 
     def calibrate(
         self, *, samples: int | None = None, device: Any = "auto", data_root: str | None = None
     ) -> dict[str, Any]:
-        """Fit the post-hoc temperature on the seen generators' validation images and write
+        """Fit the post-hoc temperature on the run's calibration images and write
         ``temperature.json`` (what it holds is returned); evaluate and predict then apply it
         (:func:`bnnkit.engine.calibrate.calibrate_run`)."""
         from bnnkit.engine.calibrate import calibrate_run
+        from bnnkit.run.data_root import data_root_hint
 
         dev, _ = _device(device)
-        return calibrate_run(self.path, samples=samples, device=dev, data_root=data_root)
+        with data_root_hint(self.path, data_root):  # names --data-root
+            return calibrate_run(self.path, samples=samples, device=dev, data_root=data_root)
 
     def predict(
         self,
@@ -178,7 +182,7 @@ def train(
     from bnnkit.engine.members import EnsembleTrainer, ensemble_size, member_of
     from bnnkit.engine.signals import TrainingInterrupted
     from bnnkit.engine.trainer import Trainer
-    from bnnkit.recipe import load_recipe
+    from bnnkit.recipe import load_recipe, load_run_recipe
     from bnnkit.run.dirs import create_run_dir
 
     if resume is not None:
@@ -193,7 +197,7 @@ def train(
                 f"{resume} is a member of the whole-detector ensemble {ensemble}",
                 hint=f"resume the ensemble: bnnkit train --resume {ensemble}",
             )
-        r = load_recipe(RunLayout(resume).recipe)
+        r = load_run_recipe(RunLayout(resume).recipe)
     elif recipe is None:
         raise UsageError(
             "give a RECIPE (file or bundled name) or --resume RUN", hint="bnnkit recipes list"

@@ -64,6 +64,17 @@ class OptionsError(UsageError, ValueError):
         self.problems = problems
         super().__init__("; ".join(problems))
 
+    def under(self, path: str, new: str) -> OptionsError:
+        """The same problems with the key path ``path`` named ``new`` (e.g. ``score`` ->
+        ``score.knn``: a plugin checks its options without knowing the name it was chosen by)."""
+
+        def moved(line: str) -> str:
+            if line == path or line.startswith((f"{path}.", f"{path}:")):
+                line = new + line[len(path) :]
+            return line.replace(f"'{path}.", f"'{new}.")
+
+        return OptionsError([moved(p) for p in self.problems])
+
 
 class PluginOptions(BaseModel):
     """Base of a plugin's option declaration. Strict: no unknown keys, no silent conversions

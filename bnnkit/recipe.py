@@ -253,6 +253,30 @@ def load_recipe(
     return validate(raw, registry or get_registry(), source=source)
 
 
+#: keys a run's recipe.toml lacks when it was written before they existed, with the value that
+#: keeps the behaviour it was made with (no calibration split: post-hoc fits on seen val)
+RUN_RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {"data": {"calibration": 0.0}}
+
+
+def read_run_recipe(path: str | Path) -> dict[str, Any]:
+    """A run's resolved ``recipe.toml`` as a dict, :data:`RUN_RECIPE_DEFAULTS` filled in."""
+    raw = read_toml(path)
+    for table, keys in RUN_RECIPE_DEFAULTS.items():
+        section = raw.setdefault(table, {})
+        for key, value in keys.items():
+            section.setdefault(key, value)
+    return raw
+
+
+def load_run_recipe(path: str | Path, registry: Any = None) -> Recipe:
+    """The validated recipe of a run (its ``recipe.toml``; see :func:`read_run_recipe`)."""
+    from bnnkit.plugins import get_registry
+
+    raw = read_run_recipe(path)
+    raw.setdefault("name", Path(path).parent.name)
+    return validate(raw, registry or get_registry(), source=str(path))
+
+
 def dump_recipe(recipe: Recipe) -> str:
     import tomli_w
 

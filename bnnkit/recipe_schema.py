@@ -53,6 +53,14 @@ class DataConfig(_Strict):
     train_limit: int = Field(0, ge=0, description="images per generator and class; 0 = all")
     val_limit: int = Field(0, ge=0)
     balance: bool = True
+    calibration: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="share of each training generator's images per class (after balance and "
+        "train_limit) kept out of training as the calibration split: temperature, abstention "
+        "thresholds and seen-fitted scores are fitted on it; 0 = none (fit on seen val)",
+    )
     num_workers: int | Literal["auto"] = "auto"
     mean: list[float] | None = Field(
         None, description="input normalisation mean (R, G, B; 0-1 scale); default: the backbone's"
@@ -74,7 +82,11 @@ class ModelConfig(_Strict):
     backbone: BackboneRef
     attention: PluginRef = Field(default_factory=lambda: PluginRef(name="none"))
     head: PluginRef | None = None
-    pool: Literal["avg", "max"] = "avg"
+    pool: Literal["avg", "max", "cls"] = Field(
+        "avg",
+        description="global pooling of the feature map; cls = a ViT-style backbone's CLS "
+        "embedding after its final norm (needs model.attention.name = 'none')",
+    )
     input_filter: Literal["none", "laplacian"] = Field(
         "none",
         description="fixed filter in front of the backbone: laplacian = the high-frequency "

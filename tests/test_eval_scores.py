@@ -118,6 +118,10 @@ def test_a_second_evaluation_loads_the_fit_and_gives_the_same_file(knn_run, tmp_
 def test_predict_in_a_new_process_abstains_by_the_stored_score(knn_run, synth_root):
     images = sorted((synth_root / "imagenet_midjourney" / "val").rglob("*.png"))
     images += sorted((synth_root / "imagenet_ai_0508_adm" / "val" / "ai").iterdir())
+    # the threshold is set on the calibration images, not on these: add a seen image it keeps
+    t = json.loads((knn_run / "threshold.json").read_text())["threshold"]
+    kept = [r["path"] for r in _csv(knn_run) if r["seen"] == "1" and float(r["knn"]) <= t]
+    images += [synth_root / kept[0]]
     proc = subprocess.run(
         [sys.executable, "-m", "bnnkit", "predict", str(knn_run), *map(str, images),
          "--format", "json"],
@@ -316,7 +320,9 @@ def test_head_outputs_of_a_method_that_only_overrides_sample():
 def test_a_frozen_run_fits_on_its_feature_cache(tmp_path, synth_root):
     trained = train_and_evaluate(QUICKSTART, tmp_path, data=synth_root, evaluate=False,
                                  sets={"train.backbone": '"frozen"'})  # fmt: skip
-    code, out = _cli(["evaluate", trained.run, "--score", "knn", "--no-plots"])
+    code, out = _cli(
+        ["evaluate", trained.run, "--score", "knn", "--abstain-on", "knn", "--no-plots"]
+    )
     assert code == 0, out
     scores = json.loads((trained.run / "timing.json").read_text())["scores"]
     assert scores["fit_source"] == "feature cache" and scores["fitted"] == ["knn"]

@@ -155,10 +155,10 @@ def test_recipe_using_both_trains_and_evaluates(installed, tmp_path) -> None:
     sets = [
         f"data.root={data}",
         "data.image_size=32",
-        "data.train_limit=4",  # 7 generators x 2 classes x 4 = 56 images
+        "data.train_limit=4",  # 7 generators x 2 classes x (4 - 1 calibration image) = 42 images
         "train.epochs=1",
         "train.head_epochs=1",
-        "train.batch_size=16",  # 4 head-phase steps -> 4 SWAG snapshots
+        "train.batch_size=16",  # 3 head-phase steps -> 3 SWAG snapshots
         "eval.samples=8",
     ]
     recipe = str(EXAMPLE / "swag_eca.toml")
@@ -167,7 +167,7 @@ def test_recipe_using_both_trains_and_evaluates(installed, tmp_path) -> None:
     (run,) = runs.iterdir()
     meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["complete"] and meta["method"] == "swag"
-    assert meta["method_meta"]["n_snapshots"] == 4  # collected in the head-only phase only
+    assert meta["method_meta"]["n_snapshots"] == 3  # collected in the head-only phase only
     assert meta["method_meta"]["mean_std"] > 0
     env_json = json.loads((run / "env.json").read_text())
     assert env_json["plugins"]["attention"]["package"] == PROJECT["name"]

@@ -188,8 +188,9 @@ def test_killed_evaluation_resumes_from_finished_conditions(trained_run, tmp_pat
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     layout = RunLayout(run)
+    # the first condition streamed is the calibration split (clean), which the fits use
     assert [p.name for p in layout.eval_partial.iterdir()] == [
-        layout.eval_partial_condition("clean").name
+        layout.eval_partial_condition("calibration").name
     ]
     assert not layout.metrics.exists()
 
@@ -203,14 +204,14 @@ def test_killed_evaluation_resumes_from_finished_conditions(trained_run, tmp_pat
     monkeypatch.setattr(evaluation, "_run_condition", counting)
     result = _cli(["evaluate", run, *args])
     assert result.exit_code == 0, result.output
-    assert computed == ["jpeg:30", "blur:3"]
-    assert "clean: reused from an interrupted evaluation" in result.output
-    assert json.loads(layout.timing.read_text())["reused_conditions"] == ["clean"]
+    assert computed == ["clean", "jpeg:30", "blur:3"]
+    assert "calibration: reused from an interrupted evaluation" in result.output
+    assert json.loads(layout.timing.read_text())["reused_conditions"] == ["calibration"]
     assert not layout.eval_partial.exists()  # deleted once the evaluation's files are written
 
     computed.clear()
     assert _cli(["evaluate", reference, *args]).exit_code == 0
-    assert computed == ["clean", "jpeg:30", "blur:3"]
+    assert computed == ["calibration", "clean", "jpeg:30", "blur:3"]
     resumed = json.loads(layout.metrics.read_text())
     uninterrupted = json.loads(RunLayout(reference).metrics.read_text())
     assert resumed.pop("run") == "run" and uninterrupted.pop("run") == "reference"

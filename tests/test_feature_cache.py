@@ -218,16 +218,17 @@ def test_folders_are_extracted_once_across_runs_and_evaluation(synth_root, tmp_p
 
     seen = _backbone_images(monkeypatch)
     _train(synth_root, tmp_path, '["sdv4"]')
-    assert sum(seen) == 16 + 8  # sdv4 train + val
+    # sdv4 train (less its calibration images, 1 per class: never trained on) + val
+    assert sum(seen) == 14 + 8
     seen.clear()
     run = _train(synth_root, tmp_path, '["sdv4", "sdv5"]')
-    assert sum(seen) == 16 + 8  # sdv5 only: sdv4's entries are reused
+    assert sum(seen) == 14 + 8  # sdv5 only: sdv4's entries are reused
     meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["feature_cache"] == str((tmp_path / "cache").resolve())
 
     seen.clear()
     invoke(["evaluate", run, "--no-plots"])  # seen val cached; the holdout's val extracted
-    assert sum(seen) == 8
+    assert sum(seen) == 8 + 4  # and the calibration images (2 per seen generator), once
     seen.clear()
     invoke(["evaluate", run, "--no-plots", "--degrade", "jpeg:30"])
     assert sum(seen) == 24  # clean from the cache; the degraded condition needs the images
@@ -236,7 +237,7 @@ def test_folders_are_extracted_once_across_runs_and_evaluation(synth_root, tmp_p
     (tmp_path / "cache").rename(tmp_path / "elsewhere")  # gone: the image path
     seen.clear()
     invoke(["evaluate", run, "--no-plots", "--degrade", "jpeg:30"])
-    assert sum(seen) == 2 * 24
+    assert sum(seen) == 2 * 24 + 4  # the calibration images too
     _close(cached, json.loads((run / "metrics.json").read_text()))
 
 

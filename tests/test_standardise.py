@@ -101,8 +101,13 @@ def _loaded(run: Path):
     d = recipe.data
 
     def dataset(split: str) -> ImageDataset:
-        items = index_split(d.root, list(d.train_generators), split, balance=d.balance,
-                            seed=recipe.seed)  # fmt: skip
+        if split == "train":  # what the run trained on: the calibration split left out
+            from bnnkit.data.splits import train_calibration_split
+
+            items, _ = train_calibration_split(recipe)
+        else:
+            items = index_split(d.root, list(d.train_generators), split, balance=d.balance,
+                                seed=recipe.seed)  # fmt: skip
         tf = build_transform(d.image_size, d.preprocess, train=False, norm=detector.normalisation)
         return ImageDataset(items, tf, list(d.train_generators))
 

@@ -174,6 +174,7 @@ def test_json_and_csv_rows_carry_the_tile_spread(runner, trained_run, tmp_path):
     header = result.stdout.splitlines()[0].split(",")
     assert header == [
         "path", "verdict", "p_fake", "total", "aleatoric", "epistemic", *TILE_FIELDS, "error",
+        "temperature",  # the temperature applied (empty: none)
     ]  # fmt: skip
     result = runner.invoke(main, args, catch_exceptions=False)  # the table
     assert result.exit_code == 0 and "max tile" in result.stdout

@@ -92,10 +92,14 @@ def test_method_hears_phases_then_calibrates_before_final_validation(runner, syn
     assert [c[0] for c in CALLS] == ["begin_phase", "begin_phase", "after_training", "calibrate"]
     assert CALLS[0][1:] == ("finetune-map", 1, steps) and CALLS[1][1:] == ("head", 2, steps)
     features, targets, grad_enabled, requires_grad, head_training, device = CALLS[3][1:]
-    # rows in the order of the validation split; autograd on, detached features, eval-mode head
+    # rows in the order of the calibration split (carved from the training folders, never
+    # trained on); autograd on, detached features, eval-mode head
+    from bnnkit.data.splits import carve_calibration
+
     gens = ["adm", "biggan", "glide", "sdv4", "sdv5", "vqdm", "wukong"]
-    val = index_split(synth_root, gens, "val", seed=0)
-    assert targets == [s.label for s in val] and features.shape == (len(val), meta["feature_dim"])
+    _, cal = carve_calibration(index_split(synth_root, gens, "train", seed=0), 0.1, 0)
+    assert cal and targets == [s.label for s in cal]
+    assert features.shape == (len(cal), meta["feature_dim"])
     assert grad_enabled and not requires_grad and not head_training and device == "cpu"
     # the last epoch is validated after calibrate: the zeroed head gives p = 0.5 everywhere
     last = meta["history"][-1]
@@ -107,3 +111,27 @@ def test_method_hears_phases_then_calibrates_before_final_validation(runner, syn
     assert history[-1].split(",")[7] == "0.693147"  # val_nll column, as the summary shows
     weights = load_file(run / "model-final.safetensors")
     assert all(not weights[k].any() for k in weights if k.startswith("head."))
+
+
+def test_no_training_batch_is_a_lone_sample():
+    """A shard whose size is 1 more than a multiple of the batch size would end on a batch of
+    one image, which batch norm cannot train on (the calibration split made this common): the
+    last sample of that epoch's order is left out, and the step count says so."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bnnkit.engine.distributed import DistInfo
+    from bnnkit.engine.train_data import TrainData
+
+    for world in (1, 2):
+        recipe = SimpleNamespace(seed=0, train=SimpleNamespace(batch_size=4))
+        dist = DistInfo(rank=0, world=world, local_rank=0) if world > 1 else DistInfo()
+        data = TrainData(recipe, torch.device("cpu"), dist, cache_dir=None)
+        for n in range(1, 20):
+            assert len(data.epoch_indices(n, "head", 1, images=False)) == -(-n // world)
+            order = data.epoch_indices(n, "finetune", 1)
+            sizes = [len(order[s : s + 4]) for s in range(0, len(order), 4)]
+            assert 1 not in sizes or sizes == [1], (world, n, sizes)
+            assert len(sizes) == data.steps_per_epoch(n)
+            assert len(order) >= len(set(order.tolist())) >= min(n, -(-n // world)) - 1

@@ -18,18 +18,19 @@ def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bo
     from bnnkit.engine.predict import row_fields
 
     rows, k, rule, tiling = result.rows, result.samples, result.rule, result.tiling
+    t = result.temperature
     text: str | None = None
     if fmt_ == "json":
-        record = {"run": str(run_dir), "samples": k, "abstention": rule}
+        record = {"run": str(run_dir), "samples": k, "temperature": t, "abstention": rule}
         if tiling is not None:
             record["tiles"] = tiling.to_dict()
         text = json.dumps({**record, "predictions": rows}, indent=2) + "\n"
     elif fmt_ == "csv":
         buf = io.StringIO()
-        fields = row_fields(tiling is not None, explain, scored=rule is not None)
+        fields = [*row_fields(tiling is not None, explain, scored=rule is not None), "temperature"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer.writeheader()  # the temperature applied (empty: none), on every row
+        writer.writerows({**r, "temperature": "" if t is None else t} for r in rows)
         text = buf.getvalue()
     if text is not None:
         if output is not None:
@@ -38,10 +39,13 @@ def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bo
         else:
             click.echo(text, nl=False)
         return
-    _table(rows, output, run_dir, k, rule, tiling is not None, explain)
+    _table(rows, output, run_dir, k, rule, tiling is not None, explain, t)
 
 
-def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, explain: bool):
+def _table(
+    rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, explain: bool,
+    temperature: float | None = None,
+):  # fmt: skip
     from rich.table import Table
 
     caption = None
@@ -50,7 +54,8 @@ def _table(rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, 
         if rule.get("coverage_target"):
             caption += f" (calibrated for {100 * rule['coverage_target']:.0f}% coverage)"
     table = Table(
-        title=f"predictions of {run_dir.name} (K={k}{', tiled' if tiled else ''})",
+        title=f"predictions of {run_dir.name} (K={k}{', tiled' if tiled else ''}, "
+        + ("no temperature)" if temperature is None else f"temperature T={temperature:.4g})"),
         title_justify="left",
         caption=caption,
         caption_justify="left",

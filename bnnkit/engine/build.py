@@ -12,7 +12,7 @@ from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.model.detector import Detector
 from bnnkit.plugins import get_registry
-from bnnkit.recipe import Recipe, read_toml, validate
+from bnnkit.recipe import Recipe, read_run_recipe, validate
 from bnnkit.run.checkpoint import find_checkpoint, load_checkpoint, warn_fallback
 from bnnkit.run.layout import RunLayout
 
@@ -73,7 +73,7 @@ def load_run(
     A corrupt latest checkpoint falls back to the previous one (with a warning) only when that
     one is of the finished run too; otherwise the error says how to finish the run from it."""
     recipe_file = RunLayout(run_dir).recipe
-    raw = read_toml(recipe_file)
+    raw = read_run_recipe(recipe_file)  # an old run: no calibration split
     if inference:
         raw.setdefault("inference", {}).update(inference)
     recipe = validate(raw, get_registry(), source=str(recipe_file))

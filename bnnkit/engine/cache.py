@@ -247,14 +247,15 @@ def run_feature_cache(recipe: Any, meta: dict[str, Any]) -> Path | None:
 
 def cached_condition(
     detector: Detector, method: Any, dataset: ImageDataset, recipe: Any, device: torch.device,
-    k: int, cache_dir: Path, progress: Any, scorer: Scorer | None = None,
+    k: int, cache_dir: Path, progress: Any, scorer: Scorer | None = None, split: str = "val",
 ) -> tuple[Predictions, StreamStats]:  # fmt: skip
     """The clean condition of evaluation from the feature cache (folders not cached yet are
     extracted into it): the record :func:`~bnnkit.engine.loop.stream_predictive` would give
-    (with the ``scorer``'s values)."""
+    (with the ``scorer``'s values). ``split``: the cache entries' split (``"calibration"``
+    for the calibration images)."""
     t0 = time.perf_counter()
     feats = cached_features(
-        detector, dataset, device, recipe, "val", cache_dir, progress,
+        detector, dataset, device, recipe, split, cache_dir, progress,
         workers=worker_count(recipe.data.num_workers, device),
     )  # fmt: skip
     extract = time.perf_counter() - t0

@@ -1,12 +1,21 @@
 """Post-hoc temperature scaling of a run's posterior predictive (``bnnkit calibrate``).
 
-One temperature ``T > 0`` is fitted on the validation images of the generators the run was
-trained on (``data.train_generators``, val split; never a held-out generator) by minimising the
-NLL of the tempered posterior predictive: each of the K posterior samples is tempered,
+One temperature ``T > 0`` is fitted on the run's calibration images (``data.calibration``:
+carved out of the training folders of ``data.train_generators``, never trained on, never
+reported; :mod:`bnnkit.data.splits`) by minimising the NLL of the tempered posterior
+predictive: each of the K posterior samples is tempered,
 ``p_k(T) = softmax(log p_k / T)`` (log p is the logits up to a constant), and the predictive is
 ``mean_k p_k(T)``. The backbone runs once (the frozen-feature cache for a frozen run); the K
 samples' probabilities of the fit set stay in memory (K x N x 2) while ``log T`` is fitted: a
-coarse grid, then a bounded scalar search (scipy) around its best point.
+coarse grid, then a bounded scalar search (scipy) around its best point. A run without a
+calibration split (made before it existed, or ``data.calibration = 0``) is fitted on the seen
+generators' validation images, with a warning that its seen numbers are then in-sample.
+
+A ``T`` at the lower bound of the search (:data:`T_BOUNDS`) is refused, nothing written: the
+fit set is separated perfectly (the NLL still falls as T shrinks) and the predictive would become
+overconfident everywhere, also on images it gets wrong. A ``T`` at the upper bound (the head is
+near chance on the fit set; its predictions are flattened towards p = 0.5, which can only lower
+the confidence) is written with ``at_bound`` set, and the CLI warns.
 
 The fit is written to ``RUN/temperature.json`` with the weights' sha256; evaluate and predict
 apply it (:func:`apply_run_temperature`, through :func:`bnnkit.engine.loop.head_probs`) before
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,12 @@ from torch import Tensor
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
 from bnnkit.data.genimage import index_split
 from bnnkit.data.index import DEFAULT_CACHE_DIR
+from bnnkit.data.splits import (
+    CALIBRATION_SPLIT,
+    calibration_items,
+    calibration_record,
+    in_sample_warning,
+)
 from bnnkit.engine.build import load_run
 from bnnkit.engine.cache import cached_features, run_feature_cache
 from bnnkit.engine.loop import (
@@ -100,8 +116,9 @@ def _features(detector, method, recipe, meta, items, device) -> Features:
     )  # fmt: skip
     workers = worker_count(d.num_workers, device)
     cache_dir = run_feature_cache(recipe, meta)
-    if cache_dir is not None:  # a frozen run: the features its training cached
-        return cached_features(detector, dataset, device, recipe, "val", cache_dir, workers=workers)
+    if cache_dir is not None:  # a frozen run: the feature cache (evaluate's entries)
+        split = CALIBRATION_SPLIT if recipe.data.calibration else "val"
+        return cached_features(detector, dataset, device, recipe, split, cache_dir, workers=workers)
     loader = make_loader(dataset, recipe.eval.batch_size, seed=recipe.seed, workers=workers,
                          device=device)  # fmt: skip
     return extract_features(detector, loader, device)
@@ -129,8 +146,10 @@ def calibrate_run(
     device: torch.device,
     data_root: str | None = None,
 ) -> dict[str, Any]:
-    """Fit the run's temperature on its seen generators' validation images and write
-    ``RUN/temperature.json``; return its content."""
+    """Fit the run's temperature on its calibration images (a run without them: its seen
+    generators' validation images, with a warning) and write ``RUN/temperature.json``; return
+    its content. A ``T`` at the lower bound of the search raises :class:`UsageError`, nothing
+    written."""
     layout = RunLayout(run_dir)
     recipe, detector, method, meta = load_run(layout.root, device)
     set_temperature(method, None)
@@ -138,12 +157,17 @@ def calibrate_run(
     if data_root:
         d.root = data_root
     seen = list(d.train_generators)
-    items = index_split(d.root, seen, "val", limit=d.val_limit, balance=d.balance,
-                        seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR)  # fmt: skip
+    if d.calibration:
+        items = calibration_items(recipe, DEFAULT_CACHE_DIR)
+    else:
+        warnings.warn(in_sample_warning("the temperature is"), stacklevel=2)
+        items = index_split(d.root, seen, "val", limit=d.val_limit, balance=d.balance,
+                            seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR)  # fmt: skip
     feats = _features(detector, method, recipe, meta, items, device)
     if not len(feats.labels):
+        which = "calibration" if d.calibration else "validation"
         raise UsageError(
-            f"no readable validation images of the seen generators under '{d.root}'",
+            f"no readable {which} images of the seen generators under '{d.root}'",
             hint="check the data with `bnnkit data check`",
         )
     k = posterior_samples(recipe, "evaluate", requested=samples)
@@ -152,12 +176,14 @@ def calibrate_run(
     labels = feats.labels
     t = fit_temperature(probs, labels)
     before, after = tempered_p_fake(probs, 1.0), tempered_p_fake(probs, t)
+    floor = tempered_nll(probs, labels, T_BOUNDS[0])  # as low as the optimum: the NLL falls to it
+    _refuse_at_bound(t, nll(before, labels), nll(after, labels), floor, int(labels.numel()))
     record = {
         "schema_version": TEMPERATURE_SCHEMA_VERSION,
         "temperature": t,
         "samples": k,
         "method": recipe.inference.name,
-        "fitted_on": {"split": "val", "generators": seen, "n": int(labels.numel())},
+        "fitted_on": calibration_record(recipe, int(labels.numel())),
         "fit": {
             "nll_before": nll(before, labels),
             "nll_after": nll(after, labels),
@@ -165,13 +191,42 @@ def calibrate_run(
             "ece_after": ece(after, labels),
         },
         "bounds": list(T_BOUNDS),
-        #: T at a bound: the NLL still falls beyond it (e.g. a head at chance level -> T large)
-        "at_bound": not T_BOUNDS[0] * 1.001 < t < T_BOUNDS[1] / 1.001,
+        #: T at the upper bound: the NLL still falls beyond it (a head near chance level)
+        "at_bound": at_bound(t),
         "model_sha256": model_fingerprint(layout.root),
         "rule": "each posterior sample p_k -> softmax(log p_k / temperature), then the mean",
     }
     atomic_write_text(layout.temperature, json.dumps(clean_json(record), indent=2))
     return record
+
+
+def at_bound(t: float) -> bool:
+    """Whether ``t`` is at a bound of :data:`T_BOUNDS` (the NLL still falls beyond it)."""
+    return not T_BOUNDS[0] * 1.001 < t < T_BOUNDS[1] / 1.001
+
+
+def _refuse_at_bound(t: float, before: float, after: float, floor: float, n: int) -> None:
+    """A fit whose NLL at the lower bound (``floor``) is as low as at its ``t`` (the NLL falls,
+    or is flat to float precision, all the way down): a :class:`UsageError` (exit code 2)."""
+    if not (t < 1.0 and floor <= after + 1e-12):
+        return
+    raise UsageError(
+        f"temperature {t:.4g} is at the lower bound of the search {list(T_BOUNDS)} on {n} "
+        f"images (NLL {before:.4g} -> {after:.4g}): the fit set is separated perfectly (the NLL "
+        "keeps falling as T shrinks), so a temperature would only make every prediction more "
+        "confident, also the wrong ones; not applied, nothing written",
+        hint="calibrate on more (or harder) images, or use the run without a temperature",
+    )
+
+
+def reset_temperature(run_dir: Path) -> Path | None:
+    """Remove the run's ``temperature.json`` (evaluate and predict then apply none); its path,
+    or ``None`` when there was none."""
+    path = RunLayout(run_dir).temperature
+    if not path.is_file():
+        return None
+    path.unlink()
+    return path
 
 
 def read_temperature(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:

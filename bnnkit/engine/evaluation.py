@@ -4,15 +4,17 @@ One call evaluates a run on the validation split of the generators it was traine
 and of the unseen ones (``--ood``, default the recipe's ``data.holdout``), first on clean images
 and then under each requested degradation (``--degrade``, see :mod:`bnnkit.data.degrade`). The
 backbone runs once per image and condition; the K posterior samples are drawn over the head only.
+The abstention thresholds and seen-fitted scores (``fused``) are fitted on the run's calibration
+images (:mod:`bnnkit.data.splits`, streamed once, clean), never on the images reported; a run
+without a calibration split fits them on the seen validation images, with a warning.
 
 Written to the run directory:
 
 - ``metrics.json`` (``schema_version`` 3, every key documented in ``docs/metrics-schema.md``):
   only numbers that depend on the run, the data and the options, so two same-seed runs give
   identical files. Timings go to ``timing.json``.
-- ``threshold.json``: the abstention threshold calibrated on seen-generator validation images for
-  the target coverage, on the ``--abstain-on`` score; ``bnnkit predict`` reads it to answer
-  ``uncertain``.
+- ``threshold.json``: the abstention threshold for the target coverage, on the ``--abstain-on``
+  score; ``bnnkit predict`` reads it to answer ``uncertain``.
 - ``predictions.csv``: per image and condition, p(fake), the total / aleatoric / epistemic
   uncertainty (nats) and every score's value, so any table can be recomputed.
 - ``scores/*``: the fits of fitted scores (:mod:`bnnkit.engine.score_fit`).
@@ -20,17 +22,13 @@ Written to the run directory:
 
 Scores (``--score``, :mod:`bnnkit.engine.score_set`): every score plugin is computed per batch
 while streaming, from the pooled features and the K posterior samples; OOD detection, selective
-prediction and abstention are reported for each. Abstention uses the **total** predictive
-uncertainty (``entropy``, the entropy of the mean predictive) by default, ``--abstain-on NAME``
-any score. Why entropy: abstaining is meant to avoid wrong verdicts, and the total entropy
-ranks likely errors on seen data best (it contains the epistemic part, total = aleatoric +
-epistemic); it is also defined for every method, whereas a deterministic method (MAP) has
-epistemic = 0 for every image, which would make the threshold abstain on nothing.
-``metrics.json`` reports every score side by side (``abstention.by_score``), so the choice can
-be checked on the unseen generators' errors.
+prediction and abstention are reported for each (``abstention.by_score``). Abstention uses
+``rel_mahalanobis`` by default (pre-registered on ``benchmarks/unseen.py``: chosen on data seed
+0, reported on other seeds in benchmarks/README.md; ``entropy`` with ``--tiles``),
+``--abstain-on NAME`` any score.
 
-This module only orchestrates: the metrics are pure functions in :mod:`bnnkit.metrics.protocol`,
-the threshold file is :mod:`bnnkit.run.threshold`, the CSV writer :mod:`bnnkit.report.predictions`.
+Only orchestration: the metrics are :mod:`bnnkit.metrics.protocol`, the threshold file
+:mod:`bnnkit.run.threshold`, the CSV writer :mod:`bnnkit.report.predictions`.
 """
 
 from __future__ import annotations
@@ -49,6 +47,8 @@ from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
 from bnnkit.data.degrade import Degradation
 from bnnkit.data.genimage import Sample, index_split
 from bnnkit.data.index import DEFAULT_CACHE_DIR
+from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_items, calibration_record
+from bnnkit.engine import score_fit
 from bnnkit.engine.build import load_run
 from bnnkit.engine.cache import cached_condition, run_feature_cache
 from bnnkit.engine.calibrate import apply_run_temperature, temperature_metrics
@@ -68,6 +68,7 @@ from bnnkit.engine.tiles import TiledTransform, Tiling, make_tiling, run_tiled, 
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import (
     DEFAULT_ABSTAIN_SCORE,
+    UNFITTED_ABSTAIN_SCORE,
     abstention_metrics,
     calibrate_thresholds,
     clean_json,
@@ -104,9 +105,10 @@ def _run_condition(
     )
     if tiling_of(transform) is not None:  # a grid of crops per image (never the feature cache)
         return run_tiled(detector, method, dataset, recipe, device, k, progress, label)
-    if cache_dir is not None and label == CLEAN:  # a frozen run: no backbone pass once cached
+    if cache_dir is not None and label in (CLEAN, CALIBRATION_SPLIT):  # frozen: the cache
+        split = "val" if label == CLEAN else CALIBRATION_SPLIT
         return cached_condition(
-            detector, method, dataset, recipe, device, k, cache_dir, progress, scorer
+            detector, method, dataset, recipe, device, k, cache_dir, progress, scorer, split
         )
     loader = make_loader(
         dataset,
@@ -126,10 +128,12 @@ def _run_condition(
 def _run_conditions(
     detector, method, items, generators, recipe, device, k, degradations, console, cache_dir=None,
     partial: PartialResults | None = None, tiling: Tiling | None = None, scorer=None, fit=None,
+    calibration: list[Sample] | None = None,
 ) -> tuple[dict[str, Predictions], dict[str, StreamStats]]:  # fmt: skip
     """Every condition (clean first, then each degradation) through the streaming loop; those
     ``partial`` holds from an interrupted evaluation are loaded, each one computed is stored.
-    ``fit(progress)`` runs first, under the same progress display (the scores' fits)."""
+    ``fit(progress)`` runs first, under the same progress display (the scores' fits). The
+    ``calibration`` images (clean only) come back under the key ``calibration``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     d = recipe.data
@@ -147,16 +151,17 @@ def _run_conditions(
     ) as progress:
         if fit is not None:
             fit(progress)
-        for deg in [None, *degradations]:
-            name = CLEAN if deg is None else deg.name
+        conditions = [(CALIBRATION_SPLIT, None)] if calibration else []
+        conditions += [(CLEAN, None)] + [(deg.name, deg) for deg in degradations]
+        for name, deg in conditions:
             transform = base if deg is None else _Chain(deg, base)
             got = partial.load(name) if partial is not None else None
             if got is not None and console is not None:
                 console.print(f"evaluate: {name}: reused from an interrupted evaluation")
             if got is None:
                 got = _run_condition(
-                    detector, method, items, generators, transform, recipe, device, k, progress,
-                    name, cache_dir, scorer,
+                    detector, method, calibration if name == CALIBRATION_SPLIT else items,
+                    generators, transform, recipe, device, k, progress, name, cache_dir, scorer,
                 )  # fmt: skip
                 if partial is not None:
                     partial.save(name, *got)
@@ -174,7 +179,7 @@ def evaluate_run(
     data_root: str | None = None,
     degradations: list[Degradation] | None = None,
     coverage: float | None = None,
-    abstain_on: str = DEFAULT_ABSTAIN_SCORE,
+    abstain_on: str | None = None,
     plots: bool = True,
     overrides: list[str] | None = None,
     tiles: bool | dict[str, Any] = False,
@@ -201,9 +206,7 @@ def evaluate_run(
     recipe, detector, method, meta = load_run(run_dir, device, inference=inference)
     temperature, stale = apply_run_temperature(run_dir, method)  # bnnkit calibrate's fit
     if stale:
-        warnings.warn(stale, stacklevel=2)
-        if console is not None:
-            console.print(f"[yellow]warning:[/] {stale}")
+        _warn(stale, console)
     t_value = temperature["temperature"] if temperature else None
     if data_root:
         recipe.data.root = data_root
@@ -218,6 +221,8 @@ def evaluate_run(
     n_seen = len(seen)
     k = posterior_samples(recipe, "evaluate", requested=samples)
     tiling = make_tiling(recipe.data.image_size, tiles)
+    if abstain_on is None:  # the pre-registered default; a tiled image has no feature vector
+        abstain_on = UNFITTED_ABSTAIN_SCORE if tiling is not None else DEFAULT_ABSTAIN_SCORE
     chosen = evaluation_scores(scores, abstain_on, score_options, tiled=tiling is not None)
     abstain_on, requested = chosen.abstain_on, chosen.requested
     degradations = list(degradations or [])
@@ -226,6 +231,7 @@ def evaluate_run(
         d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
         cache_dir=DEFAULT_CACHE_DIR,
     )  # fmt: skip
+    cal_items = _calibration_items(recipe, console)
     fit_info: dict[str, Any] = {}
     scorer = chosen.scorer
 
@@ -241,26 +247,44 @@ def evaluate_run(
         layout, recipe=recipe, samples=k, generators=generators,
         inference={**inference, **({"tiles": tiling.to_dict()} if tiling else {}),
                    **({"temperature": t_value} if t_value else {}), **key_scores},
-        items=items, device=device,
+        items=items + cal_items, device=device,
     ))  # fmt: skip
     t_fit = time.perf_counter()
     records, stats = _run_conditions(
         detector, method, items, generators, recipe, device, k, degradations, console,
-        run_feature_cache(recipe, meta), partial, tiling, scorer, fit,
+        run_feature_cache(recipe, meta), partial, tiling, scorer, fit, cal_items,
     )  # fmt: skip
     clean = records[CLEAN]
-    n_cal = int((clean.generators < n_seen).sum())
-    if not n_cal:
+    # every post-hoc fit: on the calibration images; a run without them: the seen val images
+    fit_on = records.pop(CALIBRATION_SPLIT, None) or clean
+    n_cal = int((fit_on.generators < n_seen).sum())
+    if not n_cal or not int((clean.generators < n_seen).sum()):
+        which = "calibration images (training folders)" if cal_items else "validation images"
         raise UsageError(
-            f"no readable validation images of the seen generators under '{d.root}'",
+            f"no readable {which} of the seen generators under '{d.root}'",
             hint="check the data with `bnnkit data check`",
         )
+    calibrated_on = calibration_record(recipe, n_cal)
     t_seen = time.perf_counter()
-    seen_fit = fit_seen_scores(chosen.scores, clean, n_seen, run_dir, partial.key)
-    for deg in degradations:
-        add_seen_values(chosen.scores, records[deg.name])
+    dependent = score_fit.seen_dependent(chosen.scores)
+    # a seen-fitted score (fused) is fitted on one half of the calibration images and its
+    # threshold set on the other (an old run without them: both on the seen val images)
+    fit_part, threshold_part = (
+        score_fit.seen_fit_halves(fit_on, n_seen) if dependent and cal_items else (fit_on, fit_on)
+    )
+    seen_fit = fit_seen_scores(chosen.scores, fit_part, n_seen, run_dir, partial.key)
+    for rec in [fit_on, threshold_part, *records.values()]:
+        add_seen_values(chosen.scores, rec)
     t_seen = time.perf_counter() - t_seen
-    thresholds, crossfit = calibrate_thresholds(clean, n_seen, coverage, requested)
+    independent = [n for n in requested if n not in dependent]
+    thresholds, crossfit = calibrate_thresholds(fit_on, n_seen, coverage, independent)
+    if dependent & set(requested):
+        more = calibrate_thresholds(
+            threshold_part, n_seen, coverage, [n for n in requested if n in dependent]
+        )
+        thresholds, crossfit = {**thresholds, **more[0]}, {**crossfit, **more[1]}
+        thresholds = {n: thresholds[n] for n in requested}
+        crossfit = {n: crossfit[n] for n in requested}
     options = chosen.options(abstain_on)
     metrics: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -281,13 +305,17 @@ def evaluate_run(
         "seen_generators": seen,
         "ood_generators": ood_gens,
         "coverage_target": coverage,
-        "scores": score_entries(chosen, run_dir),
+        "scores": score_fit.fit_sources(score_entries(chosen, run_dir), calibrated_on),
         **condition_metrics(clean, generators, n_seen, requested),
         "abstention": {
             **abstention_metrics(
                 clean, generators, n_seen, thresholds, abstain_on, coverage, crossfit, options
             ),
-            "calibration": {"split": "val", "generators": seen, "n": n_cal, "file": THRESHOLD_FILE},
+            "calibration": {
+                **calibrated_on,
+                "file": THRESHOLD_FILE,
+                **_halves(fit_part, threshold_part, fit_on, n_seen),
+            },
         },
         "degradations": {},
         "broken_files": [{"path": b.path, "reason": b.reason} for b in stats[CLEAN].broken],
@@ -315,8 +343,10 @@ def evaluate_run(
         method=recipe.inference.name,
         seen=seen,
         n_calibration=n_cal,
+        calibrated_on=calibrated_on,
         run_dir=run_dir,
         options=options,
+        score_options=chosen.needed_options(),
         score_fit=threshold_fits(chosen, fit_info.get("fingerprint"), seen_fit["fingerprint"]),
     )
     if inference:
@@ -347,6 +377,30 @@ def evaluate_run(
     }
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
     return metrics
+
+
+def _halves(fit_part, threshold_part, fit_on, n_seen: int) -> dict[str, Any]:
+    """How the calibration images were shared by seen-fitted scores and their thresholds."""
+    if fit_part is fit_on:
+        return {}
+    n = [int((r.generators < n_seen).sum()) for r in (fit_part, threshold_part)]
+    return {"seen_fitted_scores": {"fit_n": n[0], "threshold_n": n[1]}}
+
+
+def _warn(text: str, console: Console | None) -> None:
+    warnings.warn(text, stacklevel=3)
+    if console is not None:
+        console.print(f"[yellow]warning:[/] {text}")
+
+
+def _calibration_items(recipe, console: Console | None) -> list[Sample]:
+    """The run's calibration images; none, with the in-sample warning, for a run without."""
+    if recipe.data.calibration:
+        return calibration_items(recipe, DEFAULT_CACHE_DIR)
+    from bnnkit.data.splits import in_sample_warning
+
+    _warn(in_sample_warning("the abstention thresholds and seen-fitted scores are"), console)
+    return []
 
 
 def _timing(stats, clean, k, report_s, total_s, meta, device, partial) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def batch_record(
         values = compute_scores(scorer, ScoreInputs(features.float(), logits, probs))
         if stats is not None:
             stats.scores_seconds += time.perf_counter() - t0
-    return Predictions.from_probs(probs, scores=values, **known)
+    return Predictions.from_probs(probs, scores=values, logits=logits, **known)
 
 
 def posterior_samples(

@@ -30,7 +30,13 @@ from bnnkit.data.images import is_image_name, list_images
 from bnnkit.engine.build import load_run
 from bnnkit.engine.calibrate import apply_run_temperature
 from bnnkit.engine.explain import explain_hook, tiled_explain_hook
-from bnnkit.engine.loop import Scorer, make_loader, posterior_samples, stream_predictive
+from bnnkit.engine.loop import (
+    TEMPERATURE_ATTR,
+    Scorer,
+    make_loader,
+    posterior_samples,
+    stream_predictive,
+)
 from bnnkit.engine.score_set import load_scores
 from bnnkit.engine.tiles import (
     TILE_FIELDS,
@@ -74,6 +80,8 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)
     tiling: Tiling | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    #: the temperature applied to every posterior sample (``bnnkit calibrate``), None: none
+    temperature: float | None = None
 
 
 def _non_images(folder: Path) -> Counter[str]:
@@ -150,7 +158,8 @@ def _scorer(layout: RunLayout, rule: dict[str, Any] | None, calibrated, tiled: b
             hint="install the package that provides it, predict with --no-abstain, or "
             f"calibrate on another score: bnnkit evaluate {layout.root} --abstain-on entropy",
         )
-    return load_scores(layout.root, name, rule.get("options"), fits)  # every fit loaded
+    given = (calibrated or {}).get("score_options")  # each score's options (absent: defaults)
+    return load_scores(layout.root, name, rule.get("options"), fits, given)  # every fit loaded
 
 
 def _tiling_warnings(recipe, tiling: Tiling | None, calibrated) -> list[str]:
@@ -270,7 +279,8 @@ def predict_run(
     out = [rows[i] for i in sorted(rows)]
     out += [error_row(b.path, b.reason, tiled, name) for b in broken]
     out += [error_row(p, why, tiled, name) for p, why in missing.items()]
-    return PredictResult(out, k, rule, folder, warnings, tiling, skipped)
+    applied = getattr(method, TEMPERATURE_ATTR, None)
+    return PredictResult(out, k, rule, folder, warnings, tiling, skipped, applied)
 
 
 def _temperature_warnings(layout: RunLayout, method, calibrated: dict | None) -> list[str]:

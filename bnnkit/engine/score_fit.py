@@ -1,16 +1,18 @@
 """Fitting the OOD scores of a run (which scores run: :mod:`bnnkit.engine.score_set`).
 
 - Scores with ``fit_on = "train"`` (Mahalanobis, kNN, ...) are fitted once per run on the
-  training images' pooled features and head outputs (:func:`fit_train_scores`): from the
-  run's frozen-feature cache when it has one, else one extraction pass over a balanced subset
-  of the training split (at most ``fit_limit`` images, default :data:`FIT_LIMIT`). Each fit is
-  saved in the run (safetensors, :func:`bnnkit.scores.store.save_fit`) under a fingerprint of
-  the weights, the temperature, the training files and the limit; later evaluations load it,
-  and a stale or missing one is refit.
-- Scores with ``fit_on = "seen"`` (``fused``) read only other scores' values: evaluate fits them
-  on the clean seen-generator validation images, the images the abstention threshold is
-  calibrated on, after streaming (:func:`fit_seen_scores`); the unseen generators are never
-  used to fit anything.
+  training images' (never the calibration images') pooled features and head outputs
+  (:func:`fit_train_scores`): from the run's frozen-feature cache when it has one, else one
+  extraction pass over a balanced subset of the training split (at most ``fit_limit`` images,
+  default :data:`FIT_LIMIT`). Each fit is saved in the run (safetensors,
+  :func:`bnnkit.scores.store.save_fit`) under a fingerprint of the weights, the temperature,
+  the training files and the limit; later evaluations load it, and a stale or missing one is
+  refit.
+- Scores with ``fit_on = "seen"`` (``fused``) read only other scores' values (and, for
+  ``fused`` with ``weights = "errors"``, the predictive): evaluate fits them on the clean
+  calibration images (:mod:`bnnkit.data.splits`), the images the abstention threshold is
+  calibrated on, after streaming (:func:`fit_seen_scores`); a run without a calibration split
+  fits them on the seen validation images. The unseen generators never fit anything.
 - ``bnnkit predict`` loads the fits its abstention score needs
   (:func:`bnnkit.engine.score_set.load_scores`) with the fingerprints ``threshold.json``
   recorded, and refuses a run without them.
@@ -28,8 +30,9 @@ import torch
 from torch import Tensor
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
-from bnnkit.data.genimage import Sample, index_split
+from bnnkit.data.genimage import Sample
 from bnnkit.data.index import DEFAULT_CACHE_DIR
+from bnnkit.data.splits import train_calibration_split
 from bnnkit.engine.cache import cached_features, run_feature_cache
 from bnnkit.engine.loop import extract_features, head_outputs, make_loader, worker_count
 from bnnkit.errors import UsageError
@@ -41,7 +44,10 @@ __all__ = [
     "add_seen_values",
     "balanced_rows",
     "fit_seen_scores",
+    "fit_sources",
     "fit_train_scores",
+    "seen_dependent",
+    "seen_fit_halves",
     "train_fingerprint",
 ]
 
@@ -76,11 +82,9 @@ def balanced_rows(labels: Tensor, groups: Tensor, limit: int, seed: int) -> Tens
 
 
 def _train_items(recipe: Any) -> list[Sample]:
+    """The images the run trained on (its training split less the calibration split)."""
     d = recipe.data
-    items = index_split(
-        d.root, list(d.train_generators), "train", limit=d.train_limit, balance=d.balance,
-        seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR,
-    )  # fmt: skip
+    items, _ = train_calibration_split(recipe, DEFAULT_CACHE_DIR)
     if not items:
         raise UsageError(
             f"no training images under '{d.root}': fitted scores are fitted on the run's "
@@ -90,11 +94,13 @@ def _train_items(recipe: Any) -> list[Sample]:
     return items
 
 
-def train_fingerprint(run_dir: Path, recipe: Any, method: Any, fit_limit: int) -> str:
+def train_fingerprint(run_dir: Path, recipe: Any, method: Any, fit_limit: int, k: int) -> str:
     """What a ``fit_on = "train"`` fit depends on: the weights, the temperature (the logits it
-    may read are tempered), the recipe's choice of training images (generators, limit,
-    balance, seed; not the data root, so a run evaluated on a copy of its data keeps its fit)
-    and ``fit_limit``."""
+    may read are tempered), the posterior it samples (the inference method and its options,
+    evaluation-time ``--set inference.KEY=VALUE`` overrides included, and K samples: e.g.
+    ``vim`` reads the mean logits), the recipe's choice of training images (generators, limit,
+    balance, seed, calibration share; not the data root, so a run evaluated on a copy of its
+    data keeps its fit) and ``fit_limit``."""
     from bnnkit.engine.loop import TEMPERATURE_ATTR
 
     d = recipe.data
@@ -102,7 +108,9 @@ def train_fingerprint(run_dir: Path, recipe: Any, method: Any, fit_limit: int) -
         {
             "model_sha256": model_fingerprint(run_dir),
             "temperature": getattr(method, TEMPERATURE_ATTR, None),
+            "posterior": [recipe.inference.name, recipe.inference.options(), int(k)],
             "train": [list(d.train_generators), d.train_limit, d.balance, recipe.seed],
+            "calibration": d.calibration,  # the share of the training folders held out
             "transform": [d.image_size, d.preprocess, d.jpeg_draft],
             "fit_limit": int(fit_limit),
         }
@@ -180,7 +188,7 @@ def fit_train_scores(
     if not todo:
         return info
     t0 = time.perf_counter()
-    fingerprint = train_fingerprint(run_dir, recipe, method, fit_limit)
+    fingerprint = train_fingerprint(run_dir, recipe, method, fit_limit, k)
     info["fingerprint"] = fingerprint
     missing = []
     for name in todo:
@@ -202,31 +210,77 @@ def fit_train_scores(
     return info
 
 
-def _value_inputs(values: dict[str, Tensor]) -> Any:
-    """Score inputs that hold only other scores' values (what a ``"seen"`` score reads)."""
+def _value_inputs(values: dict[str, Tensor], p_fake: Tensor | None = None) -> Any:
+    """Score inputs that hold only other scores' values (what a ``"seen"`` score reads), and,
+    given ``p_fake``, the posterior predictive as ``probs[1, N, 2]`` (what ``fused`` with
+    ``weights = "errors"`` reads to find the misclassified images)."""
     from bnnkit.scores.base import ScoreInputs
 
     n = next(iter(values.values())).numel() if values else 0
-    return ScoreInputs(torch.zeros(n, 0), torch.zeros(1, n, 0), torch.zeros(1, n, 0), values)
+    probs = torch.zeros(1, n, 0)
+    if p_fake is not None:
+        p = p_fake.detach().cpu().double().reshape(-1)
+        probs = torch.stack([1.0 - p, p], dim=-1)[None]
+    return ScoreInputs(torch.zeros(n, 0), torch.zeros(1, n, 0), probs, values)
 
 
 def fit_seen_scores(
-    scores: dict[str, Any], clean: Predictions, n_seen: int, run_dir: Path, key: str
+    scores: dict[str, Any], fit_on: Predictions, n_seen: int, run_dir: Path, key: str
 ) -> dict[str, Any]:
-    """Fit every ``fit_on = "seen"`` score on the clean seen-generator validation images of
-    ``clean`` (the values of the scores it reads and the labels) and save it under a
-    fingerprint of the evaluation ``key``; returns ``{fingerprint, fitted, n}``."""
+    """Fit every ``fit_on = "seen"`` score on the seen-generator rows of ``fit_on`` (the
+    clean calibration images; for a run without a calibration split, the clean validation
+    images): the values of the scores it reads, the predictive ``p(fake)`` and the labels.
+    Saved under a fingerprint of the evaluation ``key``; returns ``{fingerprint, fitted, n}``."""
     from bnnkit.scores.store import save_fit
 
     todo = [n for n, s in scores.items() if s.fit_on == "seen"]
-    seen = clean.generators < n_seen
+    seen = fit_on.generators < n_seen
     fingerprint = _digest({"evaluation": key, "scores": {n: s.config for n, s in scores.items()}})
     for name in todo:  # in dependency order: a seen score may read another one
-        values = {n: clean.score(n)[seen] for n in scores[name].needs}
-        scores[name].fit(_value_inputs(values), clean.labels[seen])
+        values = {n: fit_on.score(n)[seen] for n in scores[name].needs}
+        scores[name].fit(_value_inputs(values, fit_on.p_fake[seen]), fit_on.labels[seen])
         save_fit(run_dir, name, scores[name], fingerprint, n=int(seen.sum()))
-        add_seen_values({name: scores[name]}, clean)
+        add_seen_values({name: scores[name]}, fit_on)
     return {"fingerprint": fingerprint if todo else None, "fitted": todo, "n": int(seen.sum())}
+
+
+def seen_fit_halves(record: Predictions, n_seen: int) -> tuple[Predictions, Predictions]:
+    """The calibration record split in two for scores fitted on seen images (``fused``): the
+    first half fits the score, the second sets its threshold, so the threshold is calibrated on
+    values the fit never saw (in-sample, a rank-normalised score's values on its own reference
+    images are spread more evenly than on new images, and the threshold keeps too few seen
+    images). The seen rows, grouped by (generator, label) cell, go alternately to each half, so
+    each cell is split evenly and cells of one image alternate between the halves."""
+    seen = torch.nonzero(record.generators < n_seen).flatten()
+    key = record.generators[seen].long() * 2 + record.labels[seen].long()
+    order = seen[torch.sort(key, stable=True).indices]  # grouped by cell, then by position
+    return record.select(order[0::2].sort().values), record.select(order[1::2].sort().values)
+
+
+def seen_dependent(scores: dict[str, Any]) -> set[str]:
+    """The names of the scores that are, or read, a ``fit_on = "seen"`` score."""
+    out: set[str] = set()
+
+    def depends(name: str) -> bool:
+        score = scores[name]
+        return score.fit_on == "seen" or any(depends(n) for n in score.needs if n in scores)
+
+    for name in scores:
+        if depends(name):
+            out.add(name)
+    return out
+
+
+def fit_sources(entries: dict[str, Any], calibrated_on: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's ``scores`` entries with ``fitted_on``: ``calibrated_on`` (the calibration
+    images, or a run's seen val images without them) for ``fit_on = "seen"``; the training
+    split (less the calibration images) for ``fit_on = "train"``."""
+    for entry in entries.values():
+        if entry["fit_on"] == "seen":
+            entry["fitted_on"] = dict(calibrated_on)
+        elif entry["fit_on"] == "train":
+            entry["fitted_on"] = {"split": "train"}
+    return entries
 
 
 def add_seen_values(scores: dict[str, Any], record: Predictions) -> None:

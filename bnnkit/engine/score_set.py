@@ -7,7 +7,8 @@
 - :func:`streaming`: the ones computed batch by batch while streaming (all but ``fit_on =
   "seen"`` scores, computed afterwards from the values of the scores they read).
 - :func:`load_scores`: ``bnnkit predict``'s abstention score with the fits ``threshold.json``
-  names, loaded from the run (a missing fit is a clear error).
+  names, loaded from the run (a missing fit is a clear error), each score built with the
+  options ``threshold.json`` records for it (:meth:`ScoreSet.needed_options`).
 - :func:`score_entries`: metrics.json's ``scores`` block.
 
 Fitting is :mod:`bnnkit.engine.score_fit`.
@@ -24,6 +25,7 @@ from typing import Any
 from bnnkit.engine.loop import Scorer
 from bnnkit.errors import UsageError
 from bnnkit.metrics.records import DECOMPOSITION
+from bnnkit.options import OptionsError
 
 __all__ = [
     "ScoreSet",
@@ -54,7 +56,10 @@ def build_scores(
             return
         if name in chain:
             raise UsageError(f"score '{name}' reads itself through {' -> '.join(chain)}")
-        score = build_score(name, options.get(name))
+        try:
+            score = build_score(name, options.get(name))
+        except OptionsError as exc:  # named by the key given: score.NAME.KEY
+            raise exc.under("score", f"score.{name}") from None
         for need in resolve_names(list(score.needs)):
             add(need, (*chain, name))
         scores[name] = score
@@ -88,6 +93,26 @@ class ScoreSet:
 
     def options(self, name: str) -> dict[str, Any]:
         return dict(self.scores[name].config) if name in self.scores else {}
+
+    def needed(self, name: str | None = None) -> list[str]:
+        """``name`` (default: the abstention score) and every score it reads, recursively, in
+        dependency order."""
+        from bnnkit.scores.store import resolve_names
+
+        needed: set[str] = set()
+        todo = [name or self.abstain_on]
+        while todo:
+            n = todo.pop()
+            if n not in needed:
+                needed.add(n)
+                todo += resolve_names(list(self.scores[n].needs))
+        return [n for n in self.scores if n in needed]
+
+    def needed_options(self, name: str | None = None) -> dict[str, dict[str, Any]]:
+        """``threshold.json``'s ``score_options``: the options of ``name`` (default: the
+        abstention score) and of every score it reads, so that ``bnnkit predict`` rebuilds
+        each of them as evaluated (:func:`load_scores`)."""
+        return {n: self.options(n) for n in self.needed(name)}
 
     def key(self) -> dict[str, Any]:
         """What the scores' values depend on besides their fits (for the partial results)."""
@@ -130,17 +155,7 @@ def threshold_fits(
 ) -> dict[str, Any] | None:
     """``threshold.json``'s ``score_fit``: the fingerprints of the fits the abstention score
     (and the scores it reads) need, by ``fit_on``; None when it needs none."""
-    from bnnkit.scores.store import resolve_names
-
-    needed: set[str] = set()
-    todo = [score_set.abstain_on]
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        todo += resolve_names(list(score_set.scores[name].needs))
-    kinds = {score_set.scores[n].fit_on for n in needed} - {None}
+    kinds = {score_set.scores[n].fit_on for n in score_set.needed()} - {None}
     if not kinds or score_set.tiled:
         return None
     out = {"fit_on": score_set.scores[score_set.abstain_on].fit_on}
@@ -175,15 +190,20 @@ def score_entries(score_set: ScoreSet, run_dir: Path) -> dict[str, Any]:
 
 
 def load_scores(
-    run_dir: Path, name: str, options: dict[str, Any] | None, fits: dict[str, Any] | None
+    run_dir: Path,
+    name: str,
+    options: dict[str, Any] | None,
+    fits: dict[str, Any] | None,
+    score_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The score ``name`` (with ``options``) and every score it reads, ready to compute:
-    fitted ones loaded from the run with the fingerprints of ``fits`` (``threshold.json``'s
-    ``score_fit``). A fit that is missing or stale is a :class:`UsageError` that says how to
-    make it."""
+    """The score ``name`` (with ``options``) and every score it reads (each with its options
+    in ``score_options``, ``threshold.json``'s, else its defaults: files from before it was
+    recorded), ready to compute: fitted ones loaded from the run with the fingerprints of
+    ``fits`` (``threshold.json``'s ``score_fit``). A fit that is missing or stale is a
+    :class:`UsageError` that says how to make it."""
     from bnnkit.scores.store import load_fit, stale_reason
 
-    _, scores = build_scores([name], {name: options or {}})
+    _, scores = build_scores([name], {**(score_options or {}), name: options or {}})
     fits = fits or {}
     for n, score in list(scores.items()):
         if score.fit_on is None:

@@ -1,4 +1,5 @@
-"""The data of a training run: the (train, val) splits, their datasets and loaders, each epoch's
+"""The data of a training run: the (train, val) splits (and the calibration split carved out of
+the training folders, which training never sees), their datasets and loaders, each epoch's
 batches (images for the backbone phases, pooled features for the head phase), and the record of
 unreadable files skipped on the way."""
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform, draft_size
 from bnnkit.data.genimage import index_split
+from bnnkit.data.splits import CALIBRATION_SPLIT, train_calibration_split
 from bnnkit.engine.accel import Acceleration
 from bnnkit.engine.cache import cached_features
 from bnnkit.engine.distributed import DistInfo, barrier, shard
@@ -46,16 +48,33 @@ class TrainData:
     #: unreadable files seen so far: path -> reason (saved in checkpoints, merged over ranks)
     broken: dict[str, str] = field(default_factory=dict)
 
+    #: the calibration split (:func:`bnnkit.data.splits.train_calibration_split`), set by
+    #: :meth:`splits`: carved out of the training folders, never trained on
+    calibration: list = field(default_factory=list)
+
     def splits(self) -> tuple[list, list]:
-        """(train, val) samples."""
+        """(train, val) samples; the training split without the calibration images (kept in
+        :attr:`calibration`)."""
         d, r = self.recipe.data, self.recipe
         gens = list(d.train_generators)
-        opts: dict[str, Any] = {"balance": d.balance, "seed": r.seed, "cache_dir": self.cache_dir}
-        train = index_split(d.root, gens, "train", limit=d.train_limit, **opts)
-        val = index_split(d.root, gens, "val", limit=d.val_limit, **opts)
+        train, self.calibration = train_calibration_split(r, self.cache_dir)
+        val = index_split(d.root, gens, "val", limit=d.val_limit, balance=d.balance, seed=r.seed,
+                          cache_dir=self.cache_dir)  # fmt: skip
         if not train:
             raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
         return train, val
+
+    def calibration_features(self, detector: Any, norm: Normalisation, progress: Progress):
+        """Features of the calibration images (no augmentation; the feature cache for a frozen
+        backbone), or ``None`` when the run has no calibration split."""
+        if not self.calibration:
+            return None
+        d = self.recipe.data
+        dataset = ImageDataset(
+            self.calibration, build_transform(d.image_size, d.preprocess, train=False, norm=norm),
+            list(d.train_generators), draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft),
+        )  # fmt: skip
+        return self.features(detector, dataset, CALIBRATION_SPLIT, progress)
 
     def datasets(self, splits: tuple[list, list], norm: Normalisation) -> Datasets:
         """The three datasets of ``splits``, normalised with ``norm``."""
@@ -81,11 +100,26 @@ class TrainData:
             order=order,
         )  # fmt: skip
 
-    def steps_per_epoch(self, n: int) -> int:
+    def steps_per_epoch(self, n: int, images: bool = True) -> int:
         """Optimiser steps per epoch over ``n`` samples: this rank's shard in batches (every
-        rank takes the same number)."""
-        per_rank = len(shard(torch.arange(n), self.dist))
-        return -(-per_rank // self.recipe.train.batch_size)
+        rank takes the same number; see :meth:`epoch_indices` for a lone last image)."""
+        per_rank = shard(torch.arange(n), self.dist)
+        if images:
+            per_rank = self._no_lone_sample(per_rank)
+        return -(-len(per_rank) // self.recipe.train.batch_size)
+
+    def _no_lone_sample(self, order: Tensor) -> Tensor:
+        """``order`` without its last sample when that sample would make a batch of its own:
+        batch norm in the backbone cannot train on one image. The order is a new permutation
+        every epoch, so no image is left out for good. (Head phases keep it: a head has no
+        batch norm, and SG-MCMC on two ranks must see the global batches one process sees.)"""
+        bs = self.recipe.train.batch_size
+        return order[:-1] if bs > 1 and order.numel() > 1 and order.numel() % bs == 1 else order
+
+    def epoch_indices(self, n: int, phase: str, epoch: int, images: bool = True) -> Tensor:
+        """This rank's sample order of ``epoch`` (with ``images``: no batch of one image)."""
+        order = shard(epoch_order(n, self.recipe.seed, phase, epoch), self.dist)
+        return self._no_lone_sample(order) if images else order
 
     def features(self, detector: Any, dataset: Any, split: str, progress: Progress) -> Features:
         """Pooled features of ``dataset`` in dataset order (unreadable files dropped); cached on
@@ -121,7 +155,7 @@ class TrainData:
     ) -> Iterator[Batch]:
         """This rank's image batches of ``epoch``, the first ``skip`` left out (a resume)."""
         bs = self.recipe.train.batch_size
-        order = shard(epoch_order(len(dataset), self.recipe.seed, phase, epoch), self.dist)
+        order = self.epoch_indices(len(dataset), phase, epoch)
         for batch in self.loader(dataset, bs, order[skip * bs :].tolist()):
             self.note_broken(batch.broken)
             if len(batch):
@@ -131,9 +165,7 @@ class TrainData:
     def feature_batches(self, feats: Features, epoch: int, skip: int) -> Iterator[Batch]:
         """This rank's batches of pooled training features of ``epoch`` (phase ``head``)."""
         bs = self.recipe.train.batch_size
-        order = shard(
-            epoch_order(feats.labels.shape[0], self.recipe.seed, "head", epoch), self.dist
-        )
+        order = self.epoch_indices(feats.labels.shape[0], "head", epoch, images=False)
         for start in range(skip * bs, order.numel(), bs):
             idx = order[start : start + bs]
             yield feats.features[idx].to(self.device), feats.labels[idx], feats.indices[idx]

@@ -252,7 +252,7 @@ class Trainer:
             p.requires_grad_(False)
         feats, val_feats = self._head_features(detector, ds, progress)
         self._val_feats = val_feats
-        steps = self.data.steps_per_epoch(feats.labels.shape[0])
+        steps = self.data.steps_per_epoch(feats.labels.shape[0], images=False)
         method.begin_phase(phase.name, phase.epochs, steps)
         optimizer = self._optimizer(method, [{"params": list(detector.head.parameters())}])
         return feats, PhaseRun(
@@ -311,10 +311,12 @@ class Trainer:
             val = self.data.plain_features(
                 detector, self.data.loader(ds.val, self.recipe.eval.batch_size)
             )
-        if method.needs_val_features:
-            assert val is not None
+        if method.needs_val_features:  # the calibration split; a run without one: val
+            cal = self.data.calibration_features(detector, detector.normalisation, progress)
+            fit = cal if cal is not None else val
+            assert fit is not None
             method.head.eval()
-            method.calibrate(val.features.to(self.device), val.labels.to(self.device))
+            method.calibrate(fit.features.to(self.device), fit.labels.to(self.device))
         if self.dist.is_main and val is not None and self.log.last is not None:
             self.log.complete_last(self._validate(method, val))  # the posterior that is saved
         elif self.dist.is_main and val is not None and not method.trains:

@@ -69,7 +69,7 @@ class InferenceMethod:
       (``train.backbone = "finetune"``). False means: fine-tune with MAP first, then run the
       method on frozen features (SG-MCMC, Laplace, head ensembles).
     - ``needs_train_features``: ``after_training`` receives the training set's features.
-    - ``needs_val_features``: :meth:`calibrate` receives the validation set's features (a
+    - ``needs_val_features``: :meth:`calibrate` receives the calibration split's features (a
       post-hoc fit, e.g. temperature scaling, on data the method did not train on).
     - ``clip_gradients``: whether ``train.grad_clip`` applies (False for SG-MCMC samplers).
     - ``trains``: False for a training-free method (``wepe``, ``rigid``): its recipe has
@@ -166,12 +166,15 @@ class InferenceMethod:
         enabled, on every torchrun rank with the full training set."""
 
     def calibrate(self, features: Tensor, targets: Tensor) -> None:
-        """A post-hoc fit on the validation set, when ``needs_val_features``: called once,
+        """A post-hoc fit on the calibration split, when ``needs_val_features``: called once,
         after :meth:`after_training`, before the final validation, checkpoint and summary.
 
-        ``features[N, D]``: pooled validation features of the final detector (no augmentation),
-        on the training device, detached; rows in the order of the validation split
-        (``data.val_limit`` and ``data.balance`` applied, unreadable files left out).
+        ``features[N, D]``: pooled features of the final detector (no augmentation) of the
+        calibration images (``data.calibration``: carved out of the training folders, never
+        trained on, :func:`bnnkit.data.splits.train_calibration_split`), on the training
+        device, detached; unreadable files left out. A run without a calibration split
+        (``data.calibration = 0``) passes the validation split's features instead
+        (``data.val_limit`` and ``data.balance`` applied).
         ``targets[N]``: labels, 1 = fake, 0 = real. Autograd is enabled (e.g. to fit a
         temperature with an optimiser) and the head is in eval mode. Called on every torchrun
         rank with the same data; what it sets must be saved by :meth:`extra_state` /

@@ -2,9 +2,11 @@
 
 ``bnnkit evaluate`` calibrates, per score, the threshold that keeps the target coverage of
 seen-generator validation images, and writes the chosen score's (``--abstain-on``, any score
-plugin, with its options and, for a fitted score, the fingerprint of its fit in the run) here
-with the K it was calibrated with and the sha256 of the weights (a threshold is only valid for
-them). Version 1 files (scores ``total`` / ``epistemic`` of the decomposition) are still read.
+plugin, with its options, the options of every score it reads and, for a fitted score, the
+fingerprint of its fit in the run) here with the K it was calibrated with and the sha256 of the
+weights (a threshold is only valid for them). Version 1 files (scores ``total`` / ``epistemic``
+of the decomposition) are still read, and so are version 2 files without ``score_options``
+(every score the abstention score reads is then rebuilt with its defaults).
 
 The rule: an image's verdict is ``uncertain`` when its ``score`` value is above ``threshold``;
 otherwise ``fake`` when p(fake) >= the p-threshold (0.5 by default), else ``real``.
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.errors import UsageError
-from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE, clean_json
+from bnnkit.metrics.protocol import UNFITTED_ABSTAIN_SCORE, clean_json
 from bnnkit.run.checkpoint import model_path
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import THRESHOLD_FILE
@@ -71,14 +73,22 @@ def threshold_record(
     run_dir: Path,
     options: dict[str, Any] | None = None,
     score_fit: dict[str, Any] | None = None,
+    score_options: dict[str, dict[str, Any]] | None = None,
+    calibrated_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of ``threshold.json`` (schema 2) for the chosen abstention ``score`` (its
-    ``options``; ``score_fit``: for a fitted score, what ``bnnkit predict`` needs to load the
-    fit from the run: ``fit_on`` and the fingerprint of each fit it uses)."""
+    ``options``; ``score_options``: the options of ``score`` and of every score it reads,
+    recursively, by name, so that ``bnnkit predict`` computes the score evaluate calibrated;
+    ``score_fit``: for a fitted score, what ``bnnkit predict`` needs to load the fit from the
+    run: ``fit_on`` and the fingerprint of each fit it uses)."""
     record = {
         "schema_version": THRESHOLD_SCHEMA_VERSION,
         "score": score,
         "options": dict(options or {}),
+        "score_options": {
+            **{n: dict(o) for n, o in (score_options or {}).items()},
+            score: dict(options or {}),
+        },
         "threshold": thresholds[score],
         "coverage_target": coverage,
         "coverage_seen": coverage_seen,
@@ -86,7 +96,8 @@ def threshold_record(
         "thresholds": thresholds,
         "samples": samples,
         "method": method,
-        "calibrated_on": {"split": "val", "generators": seen, "n": n_calibration},
+        # the images the thresholds were set on (evaluate: the calibration split's)
+        "calibrated_on": calibrated_on or {"split": "val", "generators": seen, "n": n_calibration},
         "model_sha256": model_fingerprint(run_dir),
         "rule": f"verdict 'uncertain' when score {score} > threshold",
     }
@@ -129,7 +140,7 @@ def abstention_rule(
     (never abstain). The rule names the score (and its options)."""
     rule: dict[str, Any] | None = None
     if max_uncertainty is not None:
-        score = calibrated["score"] if calibrated else DEFAULT_ABSTAIN_SCORE
+        score = calibrated["score"] if calibrated else UNFITTED_ABSTAIN_SCORE
         rule = {"score": score, "threshold": max_uncertainty, "source": "--max-uncertainty"}
     elif calibrated is not None:
         rule = {
