@@ -1,29 +1,37 @@
-"""How many of the unseen generator's errors does each method x score catch?
+"""How many of an unseen generator's errors does the pre-registered method x score catch?
 
 The number bnnkit is judged on, measured on the synthetic stand-in (``bnnkit data synth``, whose
 generator families make an unseen generator produce real errors): **leave one generator out**
-over all eight generators (train on seven, evaluate on the eighth; ``bnnkit protocol loo``),
-with a frozen tiny backbone (every cell reuses one feature extraction per generator folder), for
-every inference method and every OOD score. For each method x score:
+over all eight generators (``bnnkit protocol loo``), a frozen tiny backbone, and the threshold
+calibrated to abstain on 10 % of *seen*-generator images (``eval.coverage = 0.9``; on the run's
+calibration split, or its seen validation images when it has none; nothing is fitted or
+calibrated on the held-out generator).
 
-- ``caught``: of all the held-out generators' misclassified images (pooled over the eight
-  folds), the fraction the abstention threshold flags, where the threshold is calibrated to
-  abstain on 10 % of the *seen* generators' validation images (``eval.coverage = 0.9``; the
-  held-out generator is never used to fit or calibrate anything);
-- ``auroc``: OOD AUROC of the score, held-out fakes against seen images, averaged over folds;
-- per held-out generator: its errors, those caught and the AUROC.
+Two modes, so that the reported number is never the maximum of a grid over the folds it reports:
 
-Prints ONE JSON object on stdout (progress on stderr) and, with ``--md FILE``, a markdown table.
+- **headline** (default): only the :data:`PREREGISTERED` pairs, chosen on data seed 0 alone,
+  run on data seeds 1, 2 and 3 (``--data-seeds``; seed 0 is refused). Per pair: ``caught`` (of all
+  held-out generators' misclassified images, pooled over folds and seeds, the share abstained
+  on), its bootstrap 95 % interval over images (:func:`bootstrap_caught`), ``unseen_coverage``
+  (share of held-out images kept) and ``seen_abstention`` (share of seen validation images
+  abstained on, as reached, not as targeted).
+- **exploratory** (``--explore``, data seed 0 by default): every method x score, as a grid. It is
+  where the pre-registered pairs are chosen; no cell of it is an estimate of anything.
 
-    python benchmarks/unseen.py                      # every method, every score (minutes)
-    python benchmarks/unseen.py --quick              # 2 methods, 3 scores, 3 folds (a smoke test)
-    python benchmarks/unseen.py --methods map,bbb --scores knn,mahalanobis --out /tmp/u.json
+Prints ONE JSON object on stdout (progress on stderr); ``--md FILE`` writes the table.
+
+    python benchmarks/unseen.py                             # headline, data seeds 1, 2, 3 (~1 min)
+    python benchmarks/unseen.py --data-seeds 1,2,3,4        # more seeds
+    python benchmarks/unseen.py --explore --data-seed 0     # the exploratory grid (minutes)
+    python benchmarks/unseen.py --quick                     # smoke test: seed 1, 3 folds, tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import platform
 import sys
@@ -35,18 +43,56 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no downloads: every model is pretrained=False
 
+import numpy as np  # noqa: E402
 import tomli_w  # noqa: E402
 import torch  # noqa: E402
 
 from bnnkit.api import run_protocol  # noqa: E402
 from bnnkit.data.synth import synthesize  # noqa: E402
+from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE  # noqa: E402
 from bnnkit.metrics.schema import abstention_score, ood_score  # noqa: E402
 from bnnkit.recipes_bundled import bundled  # noqa: E402
+from bnnkit.report.predictions import score_columns  # noqa: E402
 from bnnkit.report.protocol import PAPER_ORDER  # noqa: E402
+from bnnkit.run.layout import RunLayout  # noqa: E402
 
-#: seen-image abstention the threshold is calibrated for (10 %)
-COVERAGE = 0.9
-TARGET = "best caught >= 0.5"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from unseen_stats import (  # noqa: E402
+    BOOTSTRAP_SEED,
+    COVERAGE,
+    RESAMPLES,
+    Stratum,
+    bootstrap_caught,
+    caught_rate,
+    explore_md,
+    headline_md,
+    threshold_np,
+)
+
+TARGET = "headline caught >= 0.5"
+#: the data seed the pre-registered pairs were chosen on: never reported in the headline
+CHOOSING_SEED = 0
+
+# Pre-registered (method, score) pairs; the FIRST is the headline. Chosen on data seed 0 ONLY
+# (``--explore --data-seed 0``, 2026-12-05, after the calibration split and the score fixes of
+# issue 18, before any other seed was run with that code), so the headline seeds report an
+# estimate, not the maximum of ~110 cells on the same folds. Why: in the seed-0 grid
+# ``rel_mahalanobis`` was the best score in 9 of the 10 methods' rows (40-55 % caught, OOD AUROC
+# 0.81) and reached its 10 % seen-abstention target (10.2 %), while ``fused`` abstained on only
+# 2-8 % of seen images (its threshold is set on half the calibration split) and caught 9-45 %;
+# kflaplace x rel_mahalanobis caught 54.7 % (map 55.3 %, ensemble 53.8 %: the score is a
+# feature-space density, so methods differ only in which images they get wrong). kflaplace is
+# the headline method because it is the post-hoc posterior any trained linear head can get.
+# The second and third pairs are reported beside it, not chosen on: the fused score (the old
+# default) and the posterior's own epistemic score (the uncertainty issue's baseline).
+PREREGISTERED: tuple[tuple[str, str], ...] = (
+    ("kflaplace", "rel_mahalanobis"),
+    ("kflaplace", "fused"),
+    ("kflaplace", "mutual_info"),
+)
+# The pre-registered product default for ``--abstain-on`` (evaluate, predict, protocol): the
+# headline's score (bnnkit.metrics.protocol.DEFAULT_ABSTAIN_SCORE must equal it).
+DEFAULT_ABSTAIN = "rel_mahalanobis"
 
 #: method -> (head, inference options) on the quickstart recipe's frozen tiny backbone
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -63,6 +109,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 QUICK_METHODS = ("map", "bbb")
 QUICK_SCORES = ("entropy", "mutual_info", "knn")
+QUICK_GENERATORS = ["midjourney", "sdv4", "biggan"]  # three families: three folds
 
 
 def log(msg: str) -> None:
@@ -90,140 +137,222 @@ def method_recipe(method: str, folder: Path, quick: bool) -> Path:
 
 
 def fold_numbers(metrics: dict[str, Any], scores: list[str]) -> dict[str, dict[str, Any]]:
-    """Per score: the held-out generator's errors, errors caught and OOD AUROC in one fold."""
+    """Per score, one fold: the held-out generator's errors and errors caught, the share of its
+    images kept (a score that abstains on every image catches every error) and the OOD AUROC."""
     (gen,) = metrics["ood_generators"]
     out = {}
     for score in scores:
         ab = abstention_score(metrics["abstention"], score)
-        unseen = ab["unseen"][gen]
-        seen = ab["seen"]
+        unseen, seen = ab["unseen"][gen], ab["seen"]
         out[score] = {
             "generator": gen,
             "errors": unseen["errors"],
             "errors_caught": unseen["errors_caught"],
+            "unseen_n": unseen["n"],
+            "unseen_abstained": 1.0 - unseen["coverage"],
+            "seen_n": seen["n"],
             "seen_abstained": 1.0 - seen["coverage"],
             "auroc": ood_score(metrics["ood"][gen], score).get("auroc"),
         }
     return out
 
 
-def aggregate(folds: list[dict[str, dict[str, Any]]], score: str) -> dict[str, Any]:
-    rows = [f[score] for f in folds]
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Folds (and seeds) pooled over images; the AUROC averaged over folds."""
     errors = sum(r["errors"] for r in rows)
     caught = sum(r["errors_caught"] for r in rows)
     aurocs = [r["auroc"] for r in rows if r["auroc"] is not None]
+    n_unseen, n_seen = sum(r["unseen_n"] for r in rows), sum(r["seen_n"] for r in rows)
     return {
         "caught": caught / errors if errors else None,
         "errors": errors,
         "errors_caught": caught,
+        "unseen_coverage": 1 - sum(r["unseen_abstained"] * r["unseen_n"] for r in rows) / n_unseen,
+        "seen_abstention": sum(r["seen_abstained"] * r["seen_n"] for r in rows) / n_seen,
         "auroc": sum(aurocs) / len(aurocs) if aurocs else None,
-        "seen_abstained": sum(r["seen_abstained"] for r in rows) / len(rows),
-        "per_generator": {
-            r["generator"]: {
-                "errors": r["errors"],
-                "caught": r["errors_caught"] / r["errors"] if r["errors"] else None,
-                "auroc": r["auroc"],
-            }
-            for r in rows
-        },
+        "per_fold": rows,
     }
 
 
-def markdown(results: dict[str, dict[str, Any]], scores: list[str], gens: list[str]) -> str:
-    head = "| method | " + " | ".join(scores) + " |"
-    lines = [
-        "Unseen-generator errors caught at 10 % seen abstention (OOD AUROC), leave-one-out "
-        f"over {len(gens)} synthetic generators ({', '.join(gens)}), frozen tiny backbone.",
-        "",
-        head,
-        "|" + "---|" * (len(scores) + 1),
+def stratum(cell: dict[str, Any], score: str) -> tuple[Stratum, bool]:
+    """The cell's held-out images from predictions.csv, and whether the threshold is refitted per
+    resample: when the CSV holds the images it was fitted on (the seen validation images, or
+    rows of the calibration split's condition) and refitting them gives the stored threshold."""
+    metrics = cell["metrics"]
+    (gen,) = metrics["ood_generators"]
+    col = score_columns([score])[0]
+    split = (metrics["abstention"].get("calibration") or {}).get("split", "val")
+    fit = ("clean", "1") if split == "val" else (split, "1")  # (condition, seen) fitted on
+    fit_u, un_u, un_err = [], [], []
+    with open(RunLayout(Path(cell["run"])).predictions, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if (row["condition"], row["seen"], row["generator"]) == ("clean", "0", gen):
+                un_u.append(float(row[col]))
+                un_err.append((float(row["p_fake"]) >= 0.5) != (row["label"] == "1"))
+            elif (row["condition"], row["seen"]) == fit:
+                fit_u.append(float(row[col]))
+    t = abstention_score(metrics["abstention"], score)["threshold"]
+    fit_scores = np.array(fit_u)
+    refit = fit_scores.size > 0 and float(threshold_np(fit_scores, COVERAGE)) == t
+    unseen = np.array(un_u), np.array(un_err, bool)
+    return Stratum(*unseen, t, fit_scores if refit else None), refit
+
+
+def run_seed(
+    work: Path, seed: int, plan: dict[str, list[str]], gens: list[str], per_class: int,
+    args: argparse.Namespace,
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Leave-one-out for every method of ``plan`` (method -> scores) on data seed ``seed``:
+    per method, one ``{"run", "metrics"}`` per fold."""
+    root = work / f"seed{seed}" / "data"
+    if not (root / ".synth-done").exists():
+        synthesize(root, seed=seed, train_per_class=per_class,
+                   val_per_class=max(8, per_class // 2), generators=gens)  # fmt: skip
+        (root / ".synth-done").touch()
+    overrides = [
+        f"data.root={json.dumps(str(root))}",
+        'train.backbone="frozen"',
+        f"eval.coverage={COVERAGE}",
+        *(["eval.samples=8"] if args.quick else []),
     ]
-    for method, per in results.items():
-        cells = []
-        for s in scores:
-            r = per.get(s) or {}
-            c, a = r.get("caught"), r.get("auroc")
-            cells.append(
-                "n/a" if c is None else f"{100 * c:.1f} % ({a:.2f})" if a else f"{100 * c:.1f} %"
-            )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for method, scores in plan.items():
+        recipe = method_recipe(method, work, args.quick)
+        tm = time.perf_counter()
+        result = run_protocol(
+            "loo", str(recipe), overrides, out=work / f"seed{seed}" / "protocol" / method,
+            generators=gens, device=args.device, scores=scores,
+            abstain_on=DEFAULT_ABSTAIN if DEFAULT_ABSTAIN in scores else scores[0],
+            on_cell=lambda c, i: log(f"seed {seed} {c.block} {c.key}: {i['status']}"),
+        )  # fmt: skip
+        cells[method] = [
+            {"run": c["run"], "metrics": json.loads(Path(c["metrics"]).read_text("utf-8"))}
+            for c in result.record["cells"]
+        ]
+        log(f"seed {seed} {method}: {time.perf_counter() - tm:.1f} s")
+    return cells
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def headline_pair(method: str, score: str, per_seed: dict[int, Any], resamples: int) -> dict:
+    rows, strata, refits = [], [], []
+    for seed, cells in per_seed.items():
+        for cell in cells[method]:
+            rows.append({"data_seed": seed, **fold_numbers(cell["metrics"], [score])[score]})
+            s, refit = stratum(cell, score)
+            strata.append(s)
+            refits.append(refit)
+    agg = aggregate(rows)
+    if agg["caught"] is not None and not math.isclose(caught_rate(strata), agg["caught"]):
+        log(f"warning: {method} x {score}: predictions.csv disagrees with metrics.json")
+    low, high = bootstrap_caught(strata, resamples)
+    head = {
+        "method": method,
+        "score": score,
+        "data_seeds": sorted(per_seed),
+        "caught": agg["caught"],
+        "ci95": [v if v == v else None for v in (low, high)],  # (NaN: no error at all)
+        "unseen_coverage": agg["unseen_coverage"],
+        "seen_abstention": agg["seen_abstention"],
+    }
+    boot = {"resamples": resamples, "seed": BOOTSTRAP_SEED, "strata": "data seed x fold",
+            "resampled": "held-out images (score and error together); in threshold_refitted_folds "
+                         "also the threshold's fit images, the threshold refitted on each "
+                         "resample (elsewhere it is fixed: its fit images are not in "
+                         "predictions.csv, so the interval leaves out its sampling error)",
+            "threshold_refitted_folds": sum(refits), "folds": len(refits)}  # fmt: skip
+    return {**head, **{k: agg[k] for k in ("errors", "errors_caught", "auroc", "per_fold")},
+            "bootstrap": boot}  # fmt: skip
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 methods, 3 scores, 3 folds, tiny data")
-    ap.add_argument("--methods", help=f"comma-separated (default all: {','.join(METHODS)})")
-    ap.add_argument("--scores", help="comma-separated (default every registered score)")
+    ap.add_argument("--explore", action="store_true", help="the exploratory method x score grid")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 3 folds, tiny data")
+    ap.add_argument("--data-seeds", help="headline: comma-separated data seeds (default 1,2,3)")
+    ap.add_argument("--data-seed", type=int, help="--explore: the data seed (default 0)")
+    ap.add_argument("--methods", help=f"--explore: comma-separated (default {','.join(METHODS)})")
+    ap.add_argument("--scores", help="--explore: comma-separated (default every score)")
+    ap.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
     ap.add_argument("--per-class", type=int, default=None, help="train images per class (40)")
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (0)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=Path, help="run everything under this folder and keep it")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--md", type=Path, help="write the markdown table here")
     args = ap.parse_args(argv)
     args.out, args.md = (p.resolve() if p else None for p in (args.out, args.md))
-    from bnnkit.plugins import get_registry
+    if args.resamples < 1:
+        ap.error("--resamples must be at least 1")
+    if args.explore:
+        if args.data_seeds is not None:
+            ap.error("--explore runs one data seed: use --data-seed")
+        args.data_seed = CHOOSING_SEED if args.data_seed is None else args.data_seed
+        from bnnkit.plugins import get_registry
 
-    methods = (
-        args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else METHODS)
-    )
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    all_scores = get_registry().names("score")
-    scores = (
-        args.scores.split(",") if args.scores else list(QUICK_SCORES if args.quick else all_scores)
-    )
-    # --quick: three generators of three families (three folds)
-    gens = ["midjourney", "sdv4", "biggan"] if args.quick else list(PAPER_ORDER)
+        q = args.quick
+        methods = list(QUICK_METHODS if q else METHODS)
+        args.methods = args.methods.split(",") if args.methods else methods
+        unknown = [m for m in args.methods if m not in METHODS]
+        if unknown:
+            ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        names = get_registry().names("score")
+        args.scores = args.scores.split(",") if args.scores else list(QUICK_SCORES if q else names)
+        return args
+    if args.data_seed is not None or args.methods or args.scores:
+        ap.error("--data-seed, --methods and --scores belong to --explore: the headline runs the "
+                 "pre-registered pairs (PREREGISTERED in this script) on --data-seeds")  # fmt: skip
+    default = "1" if args.quick else "1,2,3"
+    args.data_seeds = [int(s) for s in (args.data_seeds or default).split(",")]
+    if CHOOSING_SEED in args.data_seeds:
+        ap.error(f"data seed {CHOOSING_SEED} chose the pre-registered pairs, so it cannot report "
+                 f"them; pick other --data-seeds (its grid: --explore --data-seed "
+                 f"{CHOOSING_SEED})")  # fmt: skip
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    gens = QUICK_GENERATORS if args.quick else list(PAPER_ORDER)
     per_class = args.per_class or (12 if args.quick else 40)
+    if args.explore:
+        seeds, plan = [args.data_seed], {m: list(args.scores) for m in args.methods}
+    else:
+        seeds, plan = args.data_seeds, {}
+        for method, score in PREREGISTERED:
+            plan.setdefault(method, []).append(score)
+    if DEFAULT_ABSTAIN != DEFAULT_ABSTAIN_SCORE:
+        log(f"note: the pre-registered default {DEFAULT_ABSTAIN!r} is not bnnkit's "
+            f"DEFAULT_ABSTAIN_SCORE {DEFAULT_ABSTAIN_SCORE!r}")  # fmt: skip
     t0 = time.perf_counter()
+    here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="bnnkit-bench-unseen-") as tmp:
         work = (args.keep or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        here = Path.cwd()
         os.chdir(work)  # bnnkit's relative caches (.bnnkit-cache) stay in the work folder
-        root = work / "data"
-        if not (root / ".synth-done").exists():
-            synthesize(root, seed=args.data_seed, train_per_class=per_class,
-                       val_per_class=max(8, per_class // 2), generators=gens)  # fmt: skip
-            (root / ".synth-done").touch()
-        overrides = [
-            f"data.root={json.dumps(str(root))}",
-            'train.backbone="frozen"',
-            f"eval.coverage={COVERAGE}",
-            *(["eval.samples=8"] if args.quick else []),
-        ]
-        results: dict[str, dict[str, Any]] = {}
-        for method in methods:
-            recipe = method_recipe(method, work, args.quick)
-            tm = time.perf_counter()
-            result = run_protocol(
-                "loo", str(recipe), overrides, out=work / "protocol" / method,
-                generators=gens, device=args.device, scores=scores, abstain_on=scores[0],
-                on_cell=lambda c, i: log(f"{c.block} {c.key}: {i['status']}"),
-            )  # fmt: skip
-            folds = []
-            for cell in result.record["cells"]:
-                metrics = json.loads(Path(cell["metrics"]).read_text(encoding="utf-8"))
-                folds.append(fold_numbers(metrics, scores))
-            results[method] = {s: aggregate(folds, s) for s in scores}
-            log(f"{method}: {time.perf_counter() - tm:.1f} s")
-        os.chdir(here)
-    best = max(
-        ((m, s, r["caught"]) for m, per in results.items() for s, r in per.items()
-         if r["caught"] is not None),
-        key=lambda t: t[2], default=(None, None, None),
-    )  # fmt: skip
+        try:
+            per_seed = {s: run_seed(work, s, plan, gens, per_class, args) for s in seeds}
+            pairs = [headline_pair(m, s, per_seed, args.resamples)
+                     for m, s in ([] if args.explore else PREREGISTERED)]  # fmt: skip
+        finally:
+            os.chdir(here)
+    explore = None
+    if args.explore:
+        (cells,) = per_seed.values()
+        results = {m: {s: aggregate([fold_numbers(c["metrics"], [s])[s] for c in cells[m]])
+                       for s in args.scores} for m in args.methods}  # fmt: skip
+        explore = {"label": "exploratory: every cell on the same folds; never a headline",
+                   "data_seed": args.data_seed, "results": results}  # fmt: skip
+    heads = ("method", "score", "data_seeds", "caught", "ci95", "unseen_coverage",
+             "seen_abstention")  # fmt: skip
     report = {
         "benchmark": "unseen-generator errors caught, leave-one-generator-out (synthetic)",
-        "settings": {"methods": methods, "scores": scores, "generators": gens,
-                     "train_per_class": per_class, "data_seed": args.data_seed,
-                     "coverage": COVERAGE,
+        "mode": "exploratory" if args.explore else "headline",
+        "headline": {k: pairs[0][k] for k in heads} if pairs else None,
+        "preregistered": pairs,
+        "exploratory": explore,
+        "default_abstain_on": {"preregistered": DEFAULT_ABSTAIN, "bnnkit": DEFAULT_ABSTAIN_SCORE},
+        "settings": {"plan": plan, "generators": gens, "train_per_class": per_class,
+                     "data_seeds": seeds, "choosing_seed": CHOOSING_SEED, "coverage": COVERAGE,
                      "backbone": "test_resnet (frozen, random init)", "device": args.device},
-        "results": results,
-        "best": {"method": best[0], "score": best[1], "caught": best[2]},
         "target": TARGET,
         "seconds": time.perf_counter() - t0,
         "environment": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -233,7 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    table = markdown(results, scores, gens)
+    table = (explore_md(explore["results"], args.scores, gens, args.data_seed) if explore
+             else headline_md(pairs, gens, CHOOSING_SEED))  # fmt: skip
     print(table, file=sys.stderr)
     if args.md:
         args.md.write_text(table)

@@ -135,30 +135,55 @@ def test_scale_benchmark_every_stage(tmp_path):
 UNSEEN = REPO / "benchmarks" / "unseen.py"
 
 
-def test_unseen_benchmark_quick_reports_caught_per_method_and_score(tmp_path):
-    """``benchmarks/unseen.py --quick``: leave-one-out over three synthetic generators, two
-    methods x three scores; one JSON object whose figures are fractions of the errors actually
-    counted (``errors_caught <= errors``), the best pair among them, and the markdown table."""
+def _unseen(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    md = tmp_path / "table.md"
-    proc = subprocess.run(
-        [sys.executable, str(UNSEEN), "--quick", "--md", str(md)],
+    return subprocess.run(
+        [sys.executable, str(UNSEEN), *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+HEADLINE_KEYS = {
+    "method", "score", "data_seeds", "caught", "ci95", "unseen_coverage", "seen_abstention",
+}  # fmt: skip
+
+
+def test_unseen_benchmark_quick_reports_the_preregistered_headline(tmp_path):
+    """``benchmarks/unseen.py --quick``: the pre-registered pairs only, leave-one-out over three
+    synthetic generators on data seed 1; a ``headline`` with exactly the documented keys, its
+    bootstrap interval around the point estimate, the unseen coverage and the seen abstention
+    reached; per fold the unseen abstention rate; no "best" anywhere; the markdown table."""
+    md = tmp_path / "table.md"
+    proc = _unseen(tmp_path, "--quick", "--md", str(md))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)
-    assert set(result["results"]) == {"map", "bbb"}
-    caught = []
-    for per_score in result["results"].values():
-        assert set(per_score) == {"entropy", "mutual_info", "knn"}
-        for figures in per_score.values():
-            assert set(figures["per_generator"]) == {"midjourney", "sdv4", "biggan"}
-            assert 0 <= figures["errors_caught"] <= figures["errors"]
-            if figures["errors"]:
-                assert figures["caught"] == figures["errors_caught"] / figures["errors"]
-                caught.append(figures["caught"])
-            assert 0.0 <= figures["seen_abstained"] <= 0.25  # calibrated for 10 %
-    assert caught, "no unseen-generator errors at all: the benchmark measures nothing"
-    assert result["best"]["caught"] == max(caught)
-    assert "| map |" in md.read_text() and "knn" in md.read_text()
+    assert result["mode"] == "headline" and result["exploratory"] is None
+    assert "best" not in result
+    head = result["headline"]
+    assert set(head) == HEADLINE_KEYS
+    assert head["data_seeds"] == [1]
+    assert result["preregistered"][0]["method"] == head["method"]
+    assert result["preregistered"][0]["score"] == head["score"]
+    assert head["caught"] is not None, "no unseen-generator errors: the benchmark measures nothing"
+    low, high = head["ci95"]
+    assert 0.0 <= low <= head["caught"] <= high <= 1.0
+    assert 0.0 <= head["unseen_coverage"] <= 1.0 and 0.0 <= head["seen_abstention"] <= 1.0
+    pair = result["preregistered"][0]
+    folds = pair["per_fold"]
+    assert {f["generator"] for f in folds} == {"midjourney", "sdv4", "biggan"}
+    assert all(0 <= f["errors_caught"] <= f["errors"] for f in folds)
+    assert pair["errors"] == sum(f["errors"] for f in folds)
+    assert head["caught"] == pair["errors_caught"] / pair["errors"]
+    kept = sum((1 - f["unseen_abstained"]) * f["unseen_n"] for f in folds)
+    assert abs(head["unseen_coverage"] - kept / sum(f["unseen_n"] for f in folds)) < 1e-12
+    table = md.read_text()
+    assert "Pre-registered" in table and f"| {head['method']} | {head['score']} |" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
+
+
+def test_unseen_benchmark_refuses_the_choosing_seed_in_headline_mode(tmp_path):
+    """Data seed 0 chose the pre-registered pairs: the headline refuses it (before any work)."""
+    proc = _unseen(tmp_path, "--data-seeds", "0,1")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "data seed 0 chose the pre-registered pairs" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

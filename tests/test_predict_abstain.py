@@ -23,7 +23,8 @@ def calibrated_run(trained_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("predict") / trained_run.name
     shutil.copytree(trained_run, run)
-    result = CliRunner().invoke(main, ["evaluate", str(run), "--coverage", "0.5", "--no-plots"])
+    args = ["evaluate", str(run), "--coverage", "0.5", "--no-plots", "--abstain-on", "entropy"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return run
 
@@ -40,7 +41,7 @@ def _predict(runner, run, *args):
 
 def test_calibrated_threshold_gives_uncertain_verdicts(runner, calibrated_run, synth_root):
     threshold = json.loads((calibrated_run / "threshold.json").read_text())
-    # the default score: the total predictive entropy (called "entropy" since threshold.json v2)
+    # the total predictive entropy (called "entropy" since threshold.json v2)
     assert threshold["score"] == "entropy" and threshold["coverage_target"] == 0.5
     out = _predict(runner, calibrated_run, *_seen_images(synth_root))
     assert out["abstention"]["threshold"] == threshold["threshold"]
@@ -146,3 +147,27 @@ def test_attention_map_comes_from_the_spatial_mask_or_the_feature_norm(calibrate
     maps, label = attention_maps(detector, fmap)
     assert label.startswith("feature-map norm")
     assert torch.allclose(maps, fmap.norm(dim=1))
+
+
+def test_the_default_abstention_score_is_the_preregistered_one(runner, trained_run, tmp_path):
+    """evaluate abstains on ``rel_mahalanobis`` unless told otherwise (the score pre-registered
+    on benchmarks/unseen.py, whose constant must agree), and on ``entropy`` with --tiles (a
+    tiled image has no one feature vector); the help says both."""
+    from pathlib import Path
+
+    from bnnkit.metrics.schema import DEFAULT_ABSTAIN_SCORE
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unseen.py"
+    text = path.read_text()
+    assert f'DEFAULT_ABSTAIN = "{DEFAULT_ABSTAIN_SCORE}"' in text
+    assert DEFAULT_ABSTAIN_SCORE == "rel_mahalanobis"
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(main, ["evaluate", str(run), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "threshold.json").read_text())["score"] == "rel_mahalanobis"
+    result = runner.invoke(main, ["evaluate", str(run), "--no-plots", "--tiles"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "threshold.json").read_text())["score"] == "entropy"
+    help_text = runner.invoke(main, ["evaluate", "--help"]).output
+    assert "default: rel_mahalanobis" in help_text

@@ -57,10 +57,15 @@ def format_option(choices: list[str], help: str | None = None, dest: str = "out_
 
 
 def abstain_on_option(help: str):
-    """``--abstain-on NAME``: the score of an abstention threshold (any score plugin)."""
-    return click.option(
-        "--abstain-on", default="entropy", show_default=True, metavar="NAME", help=help
+    """``--abstain-on NAME``: the score of an abstention threshold (any score plugin); None
+    when not given (the command's default: :data:`DEFAULT_ABSTAIN_SCORE`)."""
+    from bnnkit.metrics.schema import DEFAULT_ABSTAIN_SCORE, UNFITTED_ABSTAIN_SCORE
+
+    default = (
+        f"  [default: {DEFAULT_ABSTAIN_SCORE}, pre-registered on benchmarks/unseen.py; "
+        f"{UNFITTED_ABSTAIN_SCORE} with --tiles]"
     )
+    return click.option("--abstain-on", default=None, metavar="NAME", help=help + default)
 
 
 def overrides_option(metavar: str, help: str):

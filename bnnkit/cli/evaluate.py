@@ -59,7 +59,8 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     metavar="NAME",
     help="Score to report OOD detection, selective prediction and abstention for "
     "(repeatable; `bnnkit plugins --kind score` lists them). Given, they replace the default "
-    "set: max_prob, entropy, mutual_info, energy, mahalanobis, knn, fused. Options: --set "
+    "set: max_prob, entropy, mutual_info, energy, mahalanobis, rel_mahalanobis, knn, fused. "
+    "Options: --set "
     "score.NAME.KEY=VALUE.",
 )
 @abstain_on_option(
@@ -116,8 +117,9 @@ def command(
     and adaptive ECE, and the mean total / aleatoric / epistemic uncertainty. For every unseen
     generator and every score (--score): how well it separates the generator's fakes from
     seen-generator images (AUROC, AUPR, FPR95). Selective prediction (AURC, accuracy at
-    90%/80% coverage) on seen images. An abstention threshold is calibrated per score on
-    seen-generator validation images for the target coverage, the --abstain-on one saved for
+    90%/80% coverage) on seen images. An abstention threshold is calibrated per score on the
+    run's calibration split (training-folder images it never trained on; nothing reported is
+    fitted on) for the target coverage, the --abstain-on one saved for
     `bnnkit predict`, with how many of the unseen generators' errors each catches. Fitted
     scores are fitted once on the run's training images (the frozen-feature cache when there
     is one) and saved in RUN/scores/. With --degrade, everything again per degradation.

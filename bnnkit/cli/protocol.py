@@ -12,7 +12,9 @@ from bnnkit.cli._common import (
     console,
     device_option,
     overrides_option,
+    print_table,
 )
+from bnnkit.metrics.schema import DEFAULT_ABSTAIN_SCORE
 
 
 @click.command("protocol")
@@ -56,6 +58,12 @@ from bnnkit.cli._common import (
     "Score of the abstention threshold whose caught unseen errors are tabled (any score)."
 )
 @click.option("--plots", is_flag=True, help="Also write each cell's evaluation plots.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run into an --out whose protocol.json has other settings (protocol, recipes, --set, "
+    "generators, scores): each cell trains a new run beside the old, the tables are replaced.",
+)
 @device_option
 @choice_option(
     "--launcher",
@@ -84,8 +92,9 @@ def command(
     out: Path | None,
     cache_dir: Path | None,
     scores: tuple[str, ...],
-    abstain_on: str,
+    abstain_on: str | None,
     plots: bool,
+    force: bool,
     device: str,
     launcher: str,
     jobs: int,
@@ -135,8 +144,9 @@ def command(
     score = scores[0] if scores else "mutual_info"
     result = run_protocol(
         name, list(recipes), list(overrides), out=folder, generators=gens, cache_dir=cache_dir,
-        score=score, scores=list(scores) or None, abstain_on=abstain_on, device=device,
-        plots=plots, launcher=launcher, jobs=jobs, slurm=slurm, on_cell=on_cell,
+        score=score, scores=list(scores) or None, device=device, plots=plots,
+        abstain_on=abstain_on or DEFAULT_ABSTAIN_SCORE, launcher=launcher, jobs=jobs,
+        slurm=slurm, on_cell=on_cell, force=force,
     )  # fmt: skip
     blocks = [result.rows]  # sdv4: one table, a row per recipe; cross, loo: one per recipe
     if name != "sdv4":
@@ -148,7 +158,7 @@ def command(
             rows, result.record["generators"], protocol=name, score=result.record["score"],
             abstain_on=result.record["abstain_on"], title=title,
         )  # fmt: skip
-        shown.print(render_rich(table), width=max(shown.width, 120))
+        print_table(shown, render_rich(table))
     shown.print(f"[green]done[/] in {result.record['seconds']:.1f} s")
     for path in result.files.values():
         shown.print(f"  {path}")

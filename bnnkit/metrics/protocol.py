@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
+from bnnkit.metrics import schema
 from bnnkit.metrics.classification import classification_report
 from bnnkit.metrics.ood import ood_report
 from bnnkit.metrics.records import DECOMPOSITION, SCORE_ALIASES, UNCERTAINTY_KEYS, Predictions
@@ -33,6 +34,7 @@ from bnnkit.metrics.selective import (
 __all__ = [
     "ABSTAIN_SCORES",
     "DEFAULT_ABSTAIN_SCORE",
+    "UNFITTED_ABSTAIN_SCORE",
     "OOD_SCORES",
     "SCORE_ALIASES",
     "abstention_metrics",
@@ -51,8 +53,8 @@ __all__ = [
 #: can be reported and abstained on; these are the ones that need no plugin values.
 OOD_SCORES = (*DECOMPOSITION, *SCORE_ALIASES)
 ABSTAIN_SCORES = OOD_SCORES
-#: the default abstention score: the total predictive entropy
-DEFAULT_ABSTAIN_SCORE = "entropy"
+DEFAULT_ABSTAIN_SCORE = schema.DEFAULT_ABSTAIN_SCORE
+UNFITTED_ABSTAIN_SCORE = schema.UNFITTED_ABSTAIN_SCORE
 
 
 def record_scores(data: Predictions) -> list[str]:
@@ -62,9 +64,12 @@ def record_scores(data: Predictions) -> list[str]:
 
 
 def clean_json(value: Any) -> Any:
-    """NaN/inf -> None, recursively, so metrics.json stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """NaN/inf -> None and -0.0 -> 0.0, recursively, so metrics.json stays valid JSON and never
+    shows a negative zero."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return 0.0 if value == 0.0 else value
     if isinstance(value, dict):
         return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
