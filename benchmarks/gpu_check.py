@@ -148,10 +148,10 @@ def finetune_throughput(
     import timm
     import torch.nn.functional as F
 
-    from bnnkit.engine.accel import Acceleration
     from bnnkit.engine.build import build
-    from bnnkit.engine.distributed import DistInfo
-    from bnnkit.engine.epochs import EpochLoop, PhaseRun
+    from bnnkit.engine.train.accel import Acceleration
+    from bnnkit.engine.train.distributed import DistInfo
+    from bnnkit.engine.train.epochs import EpochLoop, PhaseRun
     from bnnkit.plugins import get_registry
     from bnnkit.recipe import validate
 

@@ -39,7 +39,7 @@ from bnnkit.data.dataset import ImageDataset, build_transform  # noqa: E402
 from bnnkit.data.genimage import index_split  # noqa: E402
 from bnnkit.data.synth import synthesize  # noqa: E402
 from bnnkit.engine.build import build  # noqa: E402
-from bnnkit.engine.loop import extract_features, make_loader, worker_count  # noqa: E402
+from bnnkit.engine.features.loop import extract_features, make_loader, worker_count  # noqa: E402
 from bnnkit.recipe import load_recipe  # noqa: E402
 from bnnkit.report.protocol import PAPER_ORDER  # noqa: E402
 

@@ -33,7 +33,7 @@ from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
 from bnnkit.engine.build import build  # noqa: E402
-from bnnkit.engine.loop import (  # noqa: E402
+from bnnkit.engine.features.loop import (  # noqa: E402
     extract_features,
     make_loader,
     predict_features,

@@ -152,8 +152,8 @@ def run_worker(stage: str, a: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
-    import bnnkit.engine.evaluation
-    import bnnkit.engine.trainer  # noqa: F401  (imported before any clock starts)
+    import bnnkit.engine.evaluate.run
+    import bnnkit.engine.train.trainer  # noqa: F401  (imported before any clock starts)
     from bnnkit import api
 
     def recipe(method: str) -> str:

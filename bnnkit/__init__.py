@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bnnkit._version import __version__
 from bnnkit.hookspecs import hookimpl
 
-__version__ = "0.1.0"
 __all__ = ["Field", "PluginOptions", "Run", "__version__", "hookimpl", "train"]
 
 

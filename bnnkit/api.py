@@ -17,35 +17,28 @@ CLI give the same numbers for the same run (``tests/test_api.py`` checks it). He
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnnkit.errors import BnnkitError, UsageError
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT, latest_run, resolve_run
-from bnnkit.run.layout import RECIPE_FILE, RunLayout
+from bnnkit.run.layout import RunLayout
 
 DEFAULT_CACHE = Path(".bnnkit-cache")
 
 
 def _device(device: Any, recipe_device: str = "auto") -> tuple[Any, str]:
-    import torch
+    from bnnkit.engine.device import resolve_device
 
-    from bnnkit.engine.device import select_device
-
-    if isinstance(device, torch.device):
-        return device, str(device)
-    requested = str(device) if device not in (None, "auto") else recipe_device
-    return select_device(requested)
+    return resolve_device(device, recipe_device)
 
 
 @dataclass(frozen=True)
 class Run:
     """A run directory (``runs/<recipe>-<timestamp>/``): everything needed to evaluate, predict
     and resume. Cheap to create; files are read when asked for. ``result`` is the
-    :class:`bnnkit.engine.run_state.TrainResult` when the run comes from :func:`train`."""
+    :class:`bnnkit.engine.train.state.TrainResult` when the run comes from :func:`train`."""
 
     path: Path
     result: Any = field(default=None, compare=False, repr=False)
@@ -97,26 +90,22 @@ class Run:
     ) -> dict[str, Any]:
         """Evaluate on the recipe's generators (and ``ood``, unseen ones); writes metrics.json,
         predictions.csv, threshold.json, plots and report.md into the run and returns the
-        metrics. ``options`` are :func:`bnnkit.engine.evaluation.evaluate_run`'s (``data_root``,
+        metrics. ``options`` are :func:`bnnkit.engine.evaluate.run.evaluate_run`'s (``data_root``,
         ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``, ``tiles``,
         ``scores``, ``score_options``, ``fit_limit``)."""
-        from bnnkit.engine.evaluation import evaluate_run
-        from bnnkit.run.data_root import data_root_hint
+        from bnnkit.engine.evaluate.run import evaluate_run_dir
 
-        dev, _ = _device(device)
-        with data_root_hint(self.path, options.get("data_root")):  # names --data-root
-            return evaluate_run(
-                self.path, ood=list(ood) if ood else None, samples=samples, device=dev,
-                console=console, **options,
-            )  # fmt: skip
+        return evaluate_run_dir(
+            self.path, ood, samples=samples, device=device, console=console, **options
+        )
 
     def calibrate(
         self, *, samples: int | None = None, device: Any = "auto", data_root: str | None = None
     ) -> dict[str, Any]:
         """Fit the post-hoc temperature on the run's calibration images and write
         ``temperature.json`` (what it holds is returned); evaluate and predict then apply it
-        (:func:`bnnkit.engine.calibrate.calibrate_run`)."""
-        from bnnkit.engine.calibrate import calibrate_run
+        (:func:`bnnkit.engine.evaluate.calibrate.calibrate_run`)."""
+        from bnnkit.engine.evaluate.calibrate import calibrate_run
         from bnnkit.run.data_root import data_root_hint
 
         dev, _ = _device(device)
@@ -134,7 +123,7 @@ class Run:
         """Judge image files and folders: one record per image (``path``, ``verdict`` real |
         fake | uncertain, ``p_fake``, ``total``, ``aleatoric``, ``epistemic``, ``error``), the
         same as ``bnnkit predict --format json``. ``options`` are
-        :func:`bnnkit.engine.predict.predict_run`'s (``batch_size``, ``p_threshold``,
+        :func:`bnnkit.engine.predict.run.predict_run`'s (``batch_size``, ``p_threshold``,
         ``abstain``, ``max_uncertainty``, ``explain``, ``explain_dir``)."""
         return self.predict_result(inputs, samples=samples, device=device, **options).rows
 
@@ -147,8 +136,8 @@ class Run:
         **options: Any,
     ):
         """:meth:`predict` with everything the CLI shows: rows, K, the abstention rule, the
-        explain folder and warnings (:class:`bnnkit.engine.predict.PredictResult`)."""
-        from bnnkit.engine.predict import predict_run
+        explain folder and warnings (:class:`bnnkit.engine.predict.run.PredictResult`)."""
+        from bnnkit.engine.predict.run import predict_run
 
         if isinstance(inputs, str | Path):
             inputs = [inputs]
@@ -178,68 +167,13 @@ def train(
     ``on_start(run_dir, recipe, device_note, dist)`` is called once the run directory exists
     (the CLI prints its header there). Under ``torchrun`` every rank calls this; rank 0 writes.
     The trainer's summary (history, seconds, skipped files) is ``run.result``."""
-    from bnnkit.engine.distributed import broadcast, init_distributed, shutdown
-    from bnnkit.engine.members import EnsembleTrainer, ensemble_size, member_of
-    from bnnkit.engine.signals import TrainingInterrupted
-    from bnnkit.engine.trainer import Trainer
-    from bnnkit.recipe import load_recipe, load_run_recipe
-    from bnnkit.run.dirs import create_run_dir
+    from bnnkit.engine.train.run import train_run
 
-    if resume is not None:
-        if recipe is not None or overrides:
-            raise UsageError("--resume takes the run's own recipe: give no RECIPE and no --set")
-        resume = Path(resume)
-        if not RunLayout(resume).recipe.is_file():
-            raise UsageError(f"{resume} is not a bnnkit run directory (no {RECIPE_FILE})")
-        ensemble = member_of(resume)
-        if ensemble is not None:  # alone it would lose the member's bootstrap resample
-            raise UsageError(
-                f"{resume} is a member of the whole-detector ensemble {ensemble}",
-                hint=f"resume the ensemble: bnnkit train --resume {ensemble}",
-            )
-        r = load_run_recipe(RunLayout(resume).recipe)
-    elif recipe is None:
-        raise UsageError(
-            "give a RECIPE (file or bundled name) or --resume RUN", hint="bnnkit recipes list"
-        )
-    else:
-        r = load_recipe(recipe, list(overrides))
-    dev, note = _device(device, r.train.device)
-    info = init_distributed(dev)
-    run_dir = resume
-    if run_dir is None:
-        run_dir = broadcast(create_run_dir(runs_dir, r.name) if info.is_main else None, info)
-    if info.enabled:
-        note += f"; rank {info.rank} of {info.world}"
-    if on_start is not None:
-        on_start(run_dir, r, note, info)
-    # a whole-detector ensemble trains its M member runs one after another
-    trainer = EnsembleTrainer if ensemble_size(r) else Trainer
-    try:
-        result = trainer(
-            r, run_dir, dev, note, console=console if info.is_main else None,
-            cache_dir=Path(cache_dir), resume=resume is not None, dist=info,
-        ).run()  # fmt: skip
-    except BnnkitError as exc:
-        # a problem found while building (a bad option, hub weights that cannot be fetched):
-        # leave no run directory behind that holds nothing to resume
-        fresh = resume is None and info.is_main and not isinstance(exc, TrainingInterrupted)
-        if fresh and not _has_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        shutdown(info)
-    return Run(Path(run_dir), result)
-
-
-def _has_checkpoints(run_dir: Path) -> bool:
-    """Whether a run (or any member of a whole-detector ensemble) saved a checkpoint."""
-    from bnnkit.run.checkpoint import has_checkpoint
-
-    members = RunLayout(run_dir).members
-    return has_checkpoint(run_dir) or (
-        members.is_dir() and any(has_checkpoint(m) for m in members.iterdir())
-    )
+    run_dir, result = train_run(
+        recipe, overrides, resume=resume, runs_dir=runs_dir, cache_dir=cache_dir,
+        device=device, console=console, on_start=on_start,
+    )  # fmt: skip
+    return Run(run_dir, result)
 
 
 def run_protocol(
@@ -253,16 +187,16 @@ def run_protocol(
     """Run the GenImage protocol ``protocol`` (``"sdv4"``, ``"cross"`` or ``"loo"``) for each
     recipe, every cell an ordinary run under ``out`` (default ``protocols/<name>-<timestamp>``);
     write ``protocol.json``, ``table.md|tex|csv`` and ``heatmap.png`` there and return the
-    :class:`bnnkit.engine.protocol.ProtocolResult`. Calling it again with the same ``out``
+    :class:`bnnkit.engine.protocol.run.ProtocolResult`. Calling it again with the same ``out``
     skips the done cells and resumes an interrupted one. ``options`` are
-    :func:`bnnkit.engine.protocol.run_protocol`'s (``generators``, ``cache_dir``, ``score``,
+    :func:`bnnkit.engine.protocol.run.run_protocol`'s (``generators``, ``cache_dir``, ``score``,
     ``abstain_on``, ``device``, ``plots``, ``launcher``, ``jobs``, ``slurm``, ``on_cell``)::
 
         result = bnnkit.api.run_protocol("sdv4", "quickstart", ["data.root='data/synth'"])
         result.rows[-1]["accuracy"]["midjourney"]
     """
-    from bnnkit.engine.protocol import new_protocol_dir
-    from bnnkit.engine.protocol import run_protocol as _run
+    from bnnkit.engine.protocol.cells import new_protocol_dir
+    from bnnkit.engine.protocol.run import run_protocol as _run
 
     if isinstance(recipes, str | Path):
         recipes = [recipes]

@@ -1,12 +1,18 @@
-"""The five plugin hooks. Each receives a ``register`` callback (llm's style) and calls it once per
+"""The six plugin hooks. Each receives a ``register`` callback (llm's style) and calls it once per
 thing it provides. Signatures of ``register`` per kind:
 
+- ``register_frontends(register)``: ``register(name, factory, *, options=None, summary="")``
+  with ``factory(in_channels, **options) -> nn.Module`` mapping images ``(B,in_channels,H,W)``
+  to an image-like tensor ``(B,C',H',W')`` the backbone reads, and exposing ``out_channels: int``
+  (``C'``; ``in_channels`` when absent). Fixed or learnable; its parameters and persistent
+  buffers are saved with the detector. A backbone is built with ``in_chans=C'`` when ``C' != 3``.
 - ``register_backbones(register)``: ``register(name, factory, *, catalog=None, options=None,
   summary="")``. ``factory(name, *, pretrained, **options) -> nn.Module`` mapping images
   ``(B,3,H,W)`` to a feature map ``(B,C,h,w)`` and exposing ``out_channels: int``. ``catalog``,
   when given, is a zero-argument callable listing every model name the factory can build (a
   family such as timm); ``name`` is then the family's name and a recipe may use any catalogued
-  model name.
+  model name. ``factory`` receives ``in_chans=C`` (a keyword) only when the frontend gives
+  ``C != 3`` channels.
 - ``register_attention(register)``: ``register(name, factory, *, options=None, summary="")``
   with ``factory(channels, **options) -> nn.Module`` mapping ``(B,C,h,w)`` to ``(B,C,h,w)``.
 - ``register_heads(register)``: ``register(name, factory, *, options=None, summary="")`` with
@@ -50,7 +56,7 @@ class RegisterBackbone(Protocol):
 
 
 class RegisterPart(Protocol):
-    """``register`` of attention blocks, heads and methods."""
+    """``register`` of frontends, attention blocks, heads, methods and scores."""
 
     def __call__(
         self,
@@ -60,6 +66,12 @@ class RegisterPart(Protocol):
         options: type[PluginOptions] | None = None,
         summary: str = "",
     ) -> None: ...
+
+
+@hookspec
+def register_frontends(register: RegisterPart) -> None:
+    """Register frontends (image -> image-like tensor in front of the backbone):
+    ``register(name, factory, *, options=None, summary="")``."""
 
 
 @hookspec

@@ -46,6 +46,7 @@ __all__ = [
 
 #: the recipe table each plugin kind's options live in
 KIND_PATHS: dict[str, str] = {
+    "frontend": "model.frontend",
     "backbone": "model.backbone",
     "attention": "model.attention",
     "head": "model.head",

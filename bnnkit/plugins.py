@@ -1,12 +1,13 @@
-"""Plugin discovery and the registry of backbones, attention blocks, heads, methods and scores.
+"""Plugin discovery and the registry of frontends, backbones, attention blocks, heads, methods and
+scores.
 
 Every plugin, built-in or third-party, is a module named by an entry point in the group ``bnnkit``.
 Loading is done entry point by entry point (not with pluggy's all-or-nothing
 ``load_setuptools_entrypoints``) so that one plugin raising on import is recorded as broken and
 the rest of the CLI keeps working. ``BNNKIT_PLUGINS`` (comma-separated entry-point names) is an
 allow-list; ``BNNKIT_DISABLE_PLUGINS`` a deny-list. The essential built-ins (:data:`ESSENTIAL`:
-the timm backbone, ``map``, the ``linear`` head, ``none`` attention) load whatever the lists say,
-with a note in :attr:`Registry.notes`.
+the timm backbone, ``map``, the ``linear`` head, ``none`` attention and frontend) load whatever
+the lists say, with a note in :attr:`Registry.notes`.
 
 Each entry knows its options' declaration (:mod:`bnnkit.options`), which recipe validation,
 ``bnnkit plugins`` and the docs read.
@@ -31,8 +32,9 @@ from bnnkit.errors import PluginError
 from bnnkit.options import NoOptions, OptionInfo, PluginOptions, describe, options_model
 
 ENTRY_POINT_GROUP = "bnnkit"
-KINDS: tuple[str, ...] = ("backbone", "attention", "head", "method", "score")
+KINDS: tuple[str, ...] = ("frontend", "backbone", "attention", "head", "method", "score")
 HOOKS: dict[str, str] = {
+    "frontend": "register_frontends",
     "backbone": "register_backbones",
     "attention": "register_attention",
     "head": "register_heads",
@@ -40,13 +42,19 @@ HOOKS: dict[str, str] = {
     "score": "register_scores",
 }
 #: entry points bnnkit cannot run without; BNNKIT_PLUGINS / BNNKIT_DISABLE_PLUGINS do not apply
-ESSENTIAL: tuple[str, ...] = ("timm", "method_map", "head_linear", "attention_none")
+ESSENTIAL: tuple[str, ...] = (
+    "timm",
+    "method_map",
+    "head_linear",
+    "attention_none",
+    "frontend_none",
+)
 
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """One registered thing: a backbone factory, attention factory, head factory, method class or
-    score class."""
+    """One registered thing: a frontend, backbone, attention or head factory, a method class or
+    a score class."""
 
     kind: str
     name: str

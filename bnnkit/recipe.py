@@ -22,7 +22,13 @@ from bnnkit.data.layout import GENERATORS
 from bnnkit.errors import PluginError, RecipeError
 from bnnkit.options import KIND_PATHS, describe_value
 from bnnkit.overrides import apply_overrides
-from bnnkit.recipe_schema import Recipe, fields_at, model_at, resolve_head
+from bnnkit.recipe_schema import (
+    Recipe,
+    fields_at,
+    input_filter_frontend,
+    model_at,
+    resolve_head,
+)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -196,6 +202,7 @@ def _plugin_problems(raw: _Raw, registry: Any) -> list[str]:
             problems.extend(entry.options_model.check(given, path, owner=entry.owner)[1])
         return entry
 
+    lookup("frontend")
     lookup("backbone")
     lookup("attention")
     method = lookup("method")
@@ -259,8 +266,12 @@ RUN_RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {"data": {"calibration": 0.0}}
 
 
 def read_run_recipe(path: str | Path) -> dict[str, Any]:
-    """A run's resolved ``recipe.toml`` as a dict, :data:`RUN_RECIPE_DEFAULTS` filled in."""
+    """A run's resolved ``recipe.toml`` as a dict, :data:`RUN_RECIPE_DEFAULTS` filled in, and
+    an old run's ``model.input_filter`` read as its frontend (no deprecation warning: the run's
+    recipe is not the user's to edit)."""
     raw = read_toml(path)
+    if isinstance(raw.get("model"), dict):
+        raw["model"] = input_filter_frontend(raw["model"])
     for table, keys in RUN_RECIPE_DEFAULTS.items():
         section = raw.setdefault(table, {})
         for key, value in keys.items():

@@ -4,9 +4,10 @@ allowed at a key path). Validation, messages and I/O are :mod:`bnnkit.recipe`.""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bnnkit.data.layout import GENERATORS
 
@@ -78,7 +79,21 @@ class DataConfig(_Strict):
     )
 
 
+def input_filter_frontend(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` with the deprecated ``input_filter = NAME`` as ``frontend = {name = NAME}`` (an
+    unknown name or one beside a ``[model.frontend]`` is left for validation to report)."""
+    name = model.get("input_filter")
+    if name not in ("none", "laplacian") or model.get("frontend", {"name": name}) != {"name": name}:
+        return model  # nothing to map, or validation's to report
+    return {**{k: v for k, v in model.items() if k != "input_filter"}, "frontend": {"name": name}}
+
+
 class ModelConfig(_Strict):
+    frontend: PluginRef = Field(
+        default_factory=lambda: PluginRef(name="none"),
+        description="the module in front of the backbone (image -> image-like tensor): none, "
+        "laplacian, npr, srm, dct, fft or a plugin's; options as further keys",
+    )
     backbone: BackboneRef
     attention: PluginRef = Field(default_factory=lambda: PluginRef(name="none"))
     head: PluginRef | None = None
@@ -87,16 +102,38 @@ class ModelConfig(_Strict):
         description="global pooling of the feature map; cls = a ViT-style backbone's CLS "
         "embedding after its final norm (needs model.attention.name = 'none')",
     )
-    input_filter: Literal["none", "laplacian"] = Field(
-        "none",
-        description="fixed filter in front of the backbone: laplacian = the high-frequency "
-        "residual, where generator fingerprints live (makes a random frozen backbone usable)",
+    input_filter: Literal["none", "laplacian"] | None = Field(
+        None,
+        description='deprecated: [model.frontend] name = "laplacian" (or "none") instead; '
+        "still read as that frontend",
     )
     standardise: Literal["auto"] | bool = Field(
         "auto",
         description="standardise pooled features (mean/std of the training features) before "
         'the head in the head phase; auto = on with train.backbone = "frozen"',
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_filter_is_a_frontend(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("input_filter") is None:
+            return data
+        name = data["input_filter"]
+        if data.get("frontend", {"name": name}) != {"name": name}:
+            raise ValueError(
+                f"model.input_filter (deprecated) and [model.frontend] both given: drop "
+                f'input_filter and keep [model.frontend] (input_filter = "{name}" is '
+                f'[model.frontend] name = "{name}")'
+            )
+        mapped = input_filter_frontend(data)
+        if mapped is not data:
+            warnings.warn(
+                f'model.input_filter is deprecated: write [model.frontend] name = "{name}" '
+                f"(read as that frontend now)",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return mapped
 
 
 class TrainConfig(_Strict):

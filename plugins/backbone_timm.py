@@ -104,15 +104,18 @@ class TimmOptions(PluginOptions):
 
 
 def create_timm_backbone(
-    name: str, *, pretrained: bool | str = False, **options: Any
+    name: str, *, pretrained: bool | str = False, in_chans: int = 3, **options: Any
 ) -> TimmBackbone:
-    """``pretrained``: false, true (hub weights) or a local weights file; ``options``:
+    """``pretrained``: false, true (hub weights) or a local weights file; ``in_chans``: the
+    frontend's channel count (timm adapts a pretrained first layer to it); ``options``:
     :class:`TimmOptions`."""
     import timm
 
     opts = TimmOptions.parse(options, "model.backbone", owner="backbone 'timm'")
     name = name.split("/", 1)[1] if name.startswith("timm/") else name
     kwargs: dict = {"num_classes": 0, "global_pool": ""}
+    if in_chans != 3:
+        kwargs["in_chans"] = int(in_chans)
     if opts.drop_path_rate:
         kwargs["drop_path_rate"] = opts.drop_path_rate
     if opts.img_size is not None:

@@ -18,7 +18,7 @@ head), then the M heads train on the frozen features. The detector's head is not
 ``members = "detectors"`` (with ``size = M``, default 5): a deep ensemble of M whole detectors
 (backbone + attention + head), each a MAP detector with its own seed and, with
 ``bootstrap = true``, its own bootstrap resample of the training images, trained one after
-another into ``RUN/members/m<i>/`` (:mod:`bnnkit.engine.members`, resumable per member). The
+another into ``RUN/members/m<i>/`` (:mod:`bnnkit.engine.train.members`, resumable per member). The
 run's detector is then a :class:`bnnkit.model.ensemble.EnsembleDetector` (built by
 :meth:`BootstrapEnsemble.build_detector`): M backbone passes per image, features ``[B, M*D]``,
 and ``sample_logits`` returns the M members' logits ``[M, B, C]``. ``members = <int>`` keeps
@@ -120,7 +120,7 @@ class BootstrapEnsemble(InferenceMethod):
     @classmethod
     def detector_members(cls, options: dict[str, Any]) -> int:
         """M when ``options`` (the ``[inference]`` keys) ask for whole detectors, else 0: the
-        trainer then trains M member detectors (:mod:`bnnkit.engine.members`)."""
+        trainer then trains M member detectors (:mod:`bnnkit.engine.train.members`)."""
         opts = options_model(cls).parse(options, "inference", owner=cls.__name__)
         return int(opts.size) if opts.members == DETECTORS else 0
 
@@ -143,7 +143,7 @@ class BootstrapEnsemble(InferenceMethod):
         super().__init__(head, num_train=num_train, **options)
         self.bootstrap = bool(self.opts.bootstrap)
         self.whole = self.opts.members == DETECTORS
-        if self.whole:  # the members' bootstrap lives in their training data (engine.members)
+        if self.whole:  # the members' bootstrap lives in their training data (engine.train.members)
             self.size = int(self.opts.size)
             return
         members = int(self.opts.members)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bnnkit.engine.trainer import Trainer
+from bnnkit.engine.train.trainer import Trainer
 
 record: dict[str, object] = {"ddp_forwards": 0}
 _forward, _finish = DistributedDataParallel.forward, Trainer._finish

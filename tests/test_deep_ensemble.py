@@ -132,7 +132,7 @@ def test_resume_skips_finished_members_and_matches_uninterrupted(
     uninterrupted, synth_root, tmp_path, monkeypatch, runner
 ):
     from bnnkit.cli import main
-    from bnnkit.engine.members import EnsembleTrainer
+    from bnnkit.engine.train.members import EnsembleTrainer
     from bnnkit.methods.base import InferenceMethod
 
     runs, cache = tmp_path / "runs", tmp_path / "cache"
@@ -250,8 +250,8 @@ def test_frozen_random_backbones_train_and_predict(synth_root, tmp_path):
 
 
 def test_member_bootstrap_resamples_the_training_split(synth_root, tmp_path):
-    from bnnkit.engine.distributed import DistInfo
-    from bnnkit.engine.members import MemberData, member_recipe
+    from bnnkit.engine.train.distributed import DistInfo
+    from bnnkit.engine.train.members import MemberData, member_recipe
     from bnnkit.recipe import load_recipe
 
     r = load_recipe(str(DEEP), [f'data.root="{synth_root}"'])

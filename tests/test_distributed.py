@@ -16,7 +16,7 @@ import torch
 from helpers import QUICKSTART, tiny_overrides
 
 from bnnkit.cli import main
-from bnnkit.engine.distributed import DistInfo, shard
+from bnnkit.engine.train.distributed import DistInfo, shard
 
 
 def test_shards_cover_everything_with_equal_sizes():

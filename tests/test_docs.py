@@ -170,6 +170,7 @@ def test_guide_example_plugins_build_train_and_sample() -> None:
         registry = get_registry()
         raw = {
             "model": {
+                "frontend": {"name": "gain", "init": 0.5},
                 "backbone": {"name": "tinycnn", "width": 16},
                 "attention": {"name": "gate"},
                 "head": {"name": "cosine", "scale": 5.0},
@@ -184,6 +185,7 @@ def test_guide_example_plugins_build_train_and_sample() -> None:
         parts = method.training_loss(feats, torch.tensor([0, 1, 0, 1]))
         parts.loss.backward()
         assert detector.backbone.body[0].weight.grad is not None
+        assert detector.frontend.gain.grad is not None  # the example frontend is learnable
         probs = method.sample(feats.detach(), 3)
         assert probs.shape == (3, 4, 2)
         torch.testing.assert_close(probs.sum(-1), torch.ones(3, 4))

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from bnnkit import hookimpl
 from bnnkit.cli import main
-from bnnkit.engine.loop import head_outputs, set_temperature
+from bnnkit.engine.features.loop import head_outputs, set_temperature
 from bnnkit.metrics.records import Predictions
 from bnnkit.metrics.schema import abstention_score, ood_score
 from bnnkit.scores.base import Score, ScoreInputs
@@ -329,7 +329,7 @@ def test_a_frozen_run_fits_on_its_feature_cache(tmp_path, synth_root):
 
 
 def test_the_fit_subset_is_balanced_over_generator_and_class():
-    from bnnkit.engine.score_fit import balanced_rows
+    from bnnkit.engine.evaluate.score_fit import balanced_rows
 
     labels = torch.tensor([0] * 10 + [1] * 30 + [0] * 4 + [1] * 6)
     groups = torch.tensor([0] * 40 + [1] * 10)
@@ -344,7 +344,7 @@ def test_the_fit_subset_is_balanced_over_generator_and_class():
 def test_score_options_from_the_command_line(knn_run, tmp_path, synth_root):
     """``--set score.NAME.KEY=VALUE``: the score is built (and fitted) with the option, which
     metrics.json and threshold.json record and predict uses; malformed items are refused."""
-    from bnnkit.engine.eval_options import score_overrides
+    from bnnkit.engine.evaluate.options import score_overrides
     from bnnkit.errors import UsageError
 
     opts, rest = score_overrides(["score.knn.k=3", "inference.x=1", "score.fused.scores=['knn']"])

@@ -62,7 +62,7 @@ def test_set_refuses_other_keys_and_bad_values(kfl_run, item, message):
 def test_one_rule_for_the_number_of_posterior_samples():
     from types import SimpleNamespace
 
-    from bnnkit.engine.loop import posterior_samples
+    from bnnkit.engine.features.loop import posterior_samples
 
     r = SimpleNamespace(eval=SimpleNamespace(samples=32))
     assert posterior_samples(r, "validate") == 16  # min(eval.samples, 16)

@@ -16,7 +16,7 @@ from helpers import QUICKSTART, tiny_overrides  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bnnkit.cli import main  # noqa: E402
-from bnnkit.engine.evaluation import SCHEMA_VERSION  # noqa: E402
+from bnnkit.engine.evaluate.run import SCHEMA_VERSION  # noqa: E402
 from bnnkit.metrics.protocol import (  # noqa: E402
     abstention_metrics,
     calibrate_thresholds,

@@ -60,7 +60,7 @@ def small_disk(tmp_path) -> Path:
 def test_disk_full_during_a_checkpoint_stops_cleanly_and_resumes(
     small_disk, synth_root, tmp_path, monkeypatch
 ):
-    import bnnkit.engine.trainer as trainer
+    import bnnkit.engine.train.trainer as trainer
 
     real_save, calls = trainer.save_checkpoint, []
     ballast = small_disk / "ballast"
@@ -161,7 +161,7 @@ def test_corrupt_final_checkpoint_falls_back_to_a_finished_previous(
 # -- an evaluation killed half-way ---------------------------------------------------------------
 _KILL_AFTER_FIRST = """
 import os, signal, sys
-import bnnkit.engine.eval_partial as ep
+import bnnkit.engine.evaluate.partial as ep
 save = ep.PartialResults.save
 def save_then_die(self, *args, **kwargs):
     save(self, *args, **kwargs)
@@ -173,7 +173,7 @@ main(sys.argv[1:], prog_name="bnnkit")
 
 
 def test_killed_evaluation_resumes_from_finished_conditions(trained_run, tmp_path, monkeypatch):
-    import bnnkit.engine.evaluation as evaluation
+    import bnnkit.engine.evaluate.run as evaluation
 
     run, reference = tmp_path / "run", tmp_path / "reference"
     shutil.copytree(trained_run, run)
@@ -222,8 +222,8 @@ def test_killed_evaluation_resumes_from_finished_conditions(trained_run, tmp_pat
 def test_partial_results_of_other_weights_or_arguments_are_discarded(tmp_path):
     import torch
 
-    from bnnkit.engine.eval_partial import PartialResults
-    from bnnkit.engine.loop import StreamStats
+    from bnnkit.engine.evaluate.partial import PartialResults
+    from bnnkit.engine.features.loop import StreamStats
     from bnnkit.metrics.records import Predictions
 
     layout = RunLayout(tmp_path)

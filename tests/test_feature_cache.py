@@ -34,9 +34,9 @@ def extract(root: Path, cache: Path, dtype: str = "float32", batch_size: int = 3
     ``ROWS`` samples per shard and batches that straddle shard boundaries."""
     from bnnkit.data.dataset import ImageDataset, build_transform
     from bnnkit.data.genimage import index_split
-    from bnnkit.engine import feature_store
     from bnnkit.engine.build import build
-    from bnnkit.engine.cache import cached_features
+    from bnnkit.engine.features import store as feature_store
+    from bnnkit.engine.features.cache import cached_features
     from bnnkit.recipe import load_recipe
 
     sets = {"data.root": json.dumps(str(root)), "data.image_size": 32, "data.balance": "false",
@@ -93,7 +93,7 @@ def _same(a, b) -> None:
 
 
 def _count_writes(monkeypatch) -> list[str]:
-    from bnnkit.engine import feature_store
+    from bnnkit.engine.features import store as feature_store
 
     written: list[str] = []
     write = feature_store.write_shard
@@ -107,7 +107,7 @@ def _count_writes(monkeypatch) -> list[str]:
 
 
 def test_reference_extraction_is_sharded_and_read_lazily(reference):
-    from bnnkit.engine.feature_store import FeatureRows
+    from bnnkit.engine.features.store import FeatureRows
 
     feats, images = reference
     assert images == 16 and feats.labels.shape[0] == 16  # the broken file is left out
@@ -165,7 +165,7 @@ def test_truncated_corrupt_or_missing_shards_are_recomputed(
 
 
 def test_float16_storage_round_trip(sdv4_root, reference, tmp_path):
-    from bnnkit.engine.feature_store import read_header
+    from bnnkit.engine.features.store import read_header
 
     feats, _ = extract(sdv4_root, tmp_path / "cache", dtype="float16")
     assert feats.features[:].dtype == torch.float32  # computed and read as float32
@@ -251,7 +251,7 @@ def test_weights_digest_is_remembered_until_a_weight_changes():
     step) or replaced (a checkpoint load) gives a new one, never the remembered one."""
     import torch
 
-    from bnnkit.engine.cache import _weights_digest
+    from bnnkit.engine.features.cache import _weights_digest
     from bnnkit.model.detector import Detector
     from bnnkit.model.heads import Head
 

@@ -139,7 +139,7 @@ def test_jpeg_draft_only_for_resize_never_below_target(tmp_path):
 
 
 def test_loader_settings_follow_the_device():
-    from bnnkit.engine.loop import loader_settings, usable_cpus, worker_count
+    from bnnkit.engine.features.loop import loader_settings, usable_cpus, worker_count
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert loader_settings(0, cpu) == {"pin_memory": False}
@@ -151,7 +151,7 @@ def test_loader_settings_follow_the_device():
 def test_recipe_jpeg_draft_reaches_the_datasets_and_the_cache_key(synth_root):
     from bnnkit.data.dataset import draft_size
     from bnnkit.engine.build import build
-    from bnnkit.engine.cache import model_digest
+    from bnnkit.engine.features.cache import model_digest
     from bnnkit.recipe import load_recipe
 
     sets = [f"data.root='{synth_root}'", "data.preprocess='resize'", "data.image_size=32",

@@ -22,9 +22,9 @@ import pytest
 import torch
 from helpers import QUICKSTART, invoke, tiny_overrides, train_and_evaluate
 
-from bnnkit.engine.accel import Acceleration
 from bnnkit.engine.build import build
 from bnnkit.engine.device import cuda_free_memory, select_device
+from bnnkit.engine.train.accel import Acceleration
 from bnnkit.errors import UsageError
 from bnnkit.recipe import load_recipe
 
@@ -178,7 +178,7 @@ def test_channels_last_features_match_contiguous_and_the_cpu(synth_root):
 def test_feature_cache_on_cuda_matches_the_cpu_and_is_reused(synth_root, tmp_path):
     from bnnkit.data.dataset import ImageDataset, build_transform
     from bnnkit.data.genimage import index_split
-    from bnnkit.engine.cache import FEATURES_DIR, cached_features
+    from bnnkit.engine.features.cache import FEATURES_DIR, cached_features
 
     recipe = tiny_recipe(synth_root, **{"train.backbone": '"frozen"'})
     detector, method = built(recipe)

@@ -143,7 +143,7 @@ def test_predictive_is_the_equal_weight_mixture_whatever_k(trained, k):
     """Through the engine's own reduction (validation, evaluate and predict all use it): p(fake)
     is the plain mean of the M members and epistemic their equal-weight mutual information,
     also when M does not divide K (the trainer's K = 16, the recipe's K = 32) or K < M."""
-    from bnnkit.engine.loop import predict_features
+    from bnnkit.engine.features.loop import predict_features
 
     x, _ = _data()
     points = torch.cat([x[:40], 20 * x[40:80]])  # on and far off the data: members disagree

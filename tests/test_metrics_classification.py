@@ -227,9 +227,15 @@ def test_classification_report():
         "brier",
         "ece",
         "adaptive_ece",
+        "tpr_at_fpr_0_1",
         "tpr_at_fpr_1",
         "tpr_at_fpr_5",
         "n",
+        "real_accuracy",
+        "fake_accuracy",
+        "eer",
+        "oracle_accuracy",
+        "cllr",
     }
     assert r["n"] == 4
     # predictions [0, 0, 0, 1]: correct [1, 1, 0, 1]

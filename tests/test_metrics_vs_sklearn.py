@@ -1,7 +1,8 @@
 """metrics.json against scikit-learn and a textbook ECE, recomputed from predictions.csv.
 
 Independent of bnnkit's metric code: accuracy, balanced accuracy, AUROC, AP, NLL, the 2-class
-Brier score and TPR@FPR come from scikit-learn, the ECE from a plain numpy loop over Guo et
+Brier score, TPR@FPR, R.Acc / F.Acc, EER and the oracle accuracy come from scikit-learn, the
+Cllr from its likelihood-ratio form, the ECE from a plain numpy loop over Guo et
 al.'s bins (i/15, (i+1)/15]. Checked per generator, on the seen aggregate, and for the OOD
 AUROC, AUPR and FPR@95%TPR of every score (per unseen generator and pooled): once on synthetic
 per-image results with ties and saturated probabilities, and end to end on tiny CLI runs (BBB,
@@ -57,6 +58,19 @@ def _tpr_at_fpr(y: np.ndarray, p: np.ndarray, fpr: float) -> float:
     return float(tprs[fprs <= fpr + 1e-12].max())
 
 
+def _eer(y: np.ndarray, p: np.ndarray) -> float:
+    """Where the ROC polyline meets FPR = 1 - TPR: interpolate the FPR at FPR + TPR = 1."""
+    fprs, tprs, _ = roc_curve(y, p)
+    return float(np.interp(1.0, fprs + tprs, fprs))
+
+
+def _cllr(y: np.ndarray, p: np.ndarray) -> float:
+    """Balanced Cllr in its likelihood-ratio form, p clipped at float64 epsilon."""
+    q = np.clip(p, np.finfo(np.float64).eps, 1 - np.finfo(np.float64).eps)
+    lr = q / (1 - q)
+    return 0.5 * (np.mean(np.log2(1 + 1 / lr[y == 1])) + np.mean(np.log2(1 + lr[y == 0])))
+
+
 def group_reference(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
     pred = (p >= 0.5).astype(int)
     both = 0 < y.sum() < len(y)
@@ -75,6 +89,13 @@ def group_reference(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         ref["ap"] = average_precision_score(y, p)
         ref["tpr_at_fpr_1"] = _tpr_at_fpr(y, p, 0.01)
         ref["tpr_at_fpr_5"] = _tpr_at_fpr(y, p, 0.05)
+        ref["tpr_at_fpr_0_1"] = _tpr_at_fpr(y, p, 0.001)
+        ref["eer"] = _eer(y, p)
+        ref["cllr"] = _cllr(y, p)
+        cuts = np.append(np.unique(p), np.inf)  # every threshold: the oracle's best accuracy
+        ref["oracle_accuracy"] = max(accuracy_score(y, (p >= t).astype(int)) for t in cuts)
+        ref["real_accuracy"] = accuracy_score(y[y == 0], pred[y == 0])
+        ref["fake_accuracy"] = accuracy_score(y[y == 1], pred[y == 1])
     return ref
 
 
@@ -146,7 +167,7 @@ def test_condition_metrics_match_sklearn_with_ties_and_saturation():
         "total": total.numpy(),
         "epistemic": epi.numpy(),
     }
-    assert check_against_sklearn(metrics, cols) == 4 * 9 + 2 * 9
+    assert check_against_sklearn(metrics, cols) == 4 * 15 + 2 * 9
     # the confidently wrong saturated items make the NLL large and finite (clamped)
     assert 0 < metrics["per_generator"]["biggan"]["nll"] < 30
 
@@ -194,7 +215,7 @@ def test_metrics_json_matches_sklearn_from_predictions_csv(runner, request, whic
     cols = _read_predictions(run)
     n_gen = len(metrics["per_generator"])
     n_ood = len(metrics["ood"]) + (metrics["ood_combined"] is not None)
-    assert check_against_sklearn(metrics, cols) == (n_gen + 1) * 9 + n_ood * 9
+    assert check_against_sklearn(metrics, cols) == (n_gen + 1) * 15 + n_ood * 9
     sel = metrics["selective"]
     if which == "map":
         # constant epistemic score: AURC and accuracy-at-coverage are undefined, not file order

@@ -159,7 +159,7 @@ def test_recipe_override_wins_over_the_backbone():
 
 def test_feature_cache_key_changes_with_the_normalisation():
     from bnnkit.engine.build import build
-    from bnnkit.engine.cache import feature_key
+    from bnnkit.engine.features.cache import feature_key
     from bnnkit.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "quickstart.toml")
@@ -180,7 +180,7 @@ def _sets(root: Path, **extra: object) -> list[str]:
         "train.epochs": 1, "train.batch_size": 16, "train.backbone": '"frozen"',
         "eval.samples": 4,
         # quickstart's high-pass filter would hide the normalised pixels from the backbone spy
-        "model.input_filter": '"none"', **extra,
+        "model.frontend": '{name = "none"}', **extra,
     }  # fmt: skip
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 

@@ -132,7 +132,7 @@ def test_attention_map_comes_from_the_spatial_mask_or_the_feature_norm(calibrate
     from torch import nn
 
     from bnnkit.engine.build import load_run
-    from bnnkit.engine.explain import attention_maps
+    from bnnkit.engine.predict.explain import attention_maps
 
     _, detector, _, _ = load_run(calibrated_run, torch.device("cpu"))
     images = torch.randn(2, 3, 32, 32)

@@ -11,7 +11,7 @@ import pytest
 from helpers import invoke
 
 from bnnkit.api import run_protocol
-from bnnkit.engine.protocol import PROTOCOL_FILE, plan_cells
+from bnnkit.engine.protocol.cells import PROTOCOL_FILE, plan_cells
 from bnnkit.errors import UsageError
 from bnnkit.report.protocol import PAPER_ORDER, PUBLISHED_SDV4
 
@@ -108,7 +108,7 @@ def test_sdv4_protocol_prints_published_rows_and_writes_the_tables(tmp_path, syn
 def test_killed_protocol_finishes_remaining_cells_with_the_same_table(
     tmp_path, synth_root, cross_run, monkeypatch
 ) -> None:
-    from bnnkit.engine.signals import StopSignals, TrainingInterrupted
+    from bnnkit.engine.train.signals import StopSignals, TrainingInterrupted
 
     calls = [0]
 
@@ -170,7 +170,7 @@ def test_other_settings_into_the_same_out_are_refused_unless_forced(
 
     from click.testing import CliRunner
 
-    import bnnkit.engine.protocol_launch as launch_module
+    import bnnkit.engine.protocol.launch as launch_module
     from bnnkit.cli import main
 
     table = (cross_run / "table.md").read_text()

@@ -122,6 +122,7 @@ def test_write_report_writes_pngs_and_a_standalone_markdown(evaluated, tmp_path)
     for name in PLOT_FILES.values():
         assert f"](plots/{name})" in report
     for heading in ("## Summary", "## Detection per generator", "## Abstention",
+                    "## Forensic metrics per generator",
                     "## Degradations", "## Unreadable files skipped"):  # fmt: skip
         assert heading in report
     assert "| midjourney\\* |" in report and "| jpeg:30 |" in report
@@ -143,8 +144,8 @@ def test_render_report_tables_and_missing_values(evaluated):
     lines = text.splitlines()
     start = lines.index("## Detection per generator")
     table = [ln for ln in lines[start + 2 :] if ln.startswith("|")][: 2 + len(GENERATORS) + 2]
-    assert table[0].startswith("| generator | n | acc |")
-    assert table[2].split(" | ")[4] == "–"  # adm's AUROC column
+    assert table[0].startswith("| generator | n | acc | R.Acc | F.Acc |")
+    assert table[2].split(" | ")[6] == "–"  # adm's AUROC column
     assert [r.split(" | ")[0] for r in table[2:]] == [
         "| adm", "| biggan", "| midjourney\\*", "| **all seen**", "| **all unseen**",
     ]  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -159,6 +159,148 @@ def test_lower_layers_never_import_engine_or_cli(layer):
         if any(name == h or name.startswith(f"{h}.") for h in HIGHER)
     ]
     assert not offenders, "\n".join(offenders)
+
+
+#: what each part of the engine may import from the others (``bnnkit.engine.__init__`` says why)
+ENGINE_PARTS: dict[str, set[str]] = {
+    "top": set(),  # build.py, device.py and the package __init__
+    "features": {"top"},
+    "train": {"top", "features"},
+    "evaluate": {"top", "features"},
+    "predict": {"top", "features", "evaluate"},
+    "protocol": {"top", "features", "train", "evaluate"},
+}
+ENGINE = REPO / "bnnkit" / "engine"
+
+
+def _engine_part(name: str) -> str | None:
+    """The part of the engine a dotted module name belongs to (None outside the engine)."""
+    parts = name.split(".")
+    if parts[:2] != ["bnnkit", "engine"]:
+        return None
+    return parts[2] if len(parts) > 2 and parts[2] in ENGINE_PARTS else "top"
+
+
+def test_engine_has_only_build_and_device_at_its_top():
+    top = sorted(p.name for p in ENGINE.glob("*.py"))
+    assert top == ["__init__.py", "build.py", "device.py"]
+    assert sorted(p.name for p in ENGINE.iterdir() if p.is_dir() and p.name != "__pycache__") == (
+        sorted(k for k in ENGINE_PARTS if k != "top")
+    )
+
+
+def test_engine_parts_import_only_downwards():
+    offenders = []
+    for path in _python_files(ENGINE):
+        here = _engine_part(".".join(path.relative_to(REPO).with_suffix("").parts))
+        for line, name in _imported_modules(path):
+            if name == "bnnkit.api" or name.startswith(("bnnkit.api.", "bnnkit.cli")):
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {name}")
+                continue
+            there = _engine_part(name)
+            if name == "bnnkit.engine.moved_warning":  # the package's own helper, not a part
+                continue
+            if there is not None and there != here and there not in ENGINE_PARTS[here]:
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {here} imports {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_edges(path: Path, modules: Iterable[str]) -> Iterator[str]:
+    """What each import statement of ``path`` names: ``import a.b`` names ``a.b``; ``from a
+    import b`` names ``a.b`` when that is a module, else ``a`` (``b`` is re-exported there)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path.parent)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing package
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            for alias in node.names:
+                yield f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+
+
+def import_graph(root: Path = REPO / "bnnkit") -> dict[str, set[str]]:
+    """Module -> the bnnkit modules it imports, at module level or in a function (a package's
+    ``__init__`` is a module: what it re-exports are its edges). An imported name is an edge to
+    the deepest module it names; the parent packages an import runs on the way are not edges
+    (each is checked as a module of its own)."""
+    modules = {_module_name(p): p for p in _python_files(root)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for imported in _imported_edges(path, modules):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                edges.add(imported)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "bnnkit"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from bnnkit.sub.a import f\n")
+    (pkg / "sub" / "a.py").write_text("def f():\n    from bnnkit.b import g\n")
+    (pkg / "b.py").write_text("from bnnkit.sub import f\n")
+    (pkg / "c.py").write_text("import bnnkit.b\nfrom bnnkit import sub\n")  # no circle
+    graph = _graph_under(tmp_path)
+    assert import_cycles(graph) == [["bnnkit.b", "bnnkit.sub", "bnnkit.sub.a"]]
+
+
+def _graph_under(root: Path) -> dict[str, set[str]]:
+    global REPO
+    saved, REPO = REPO, root
+    try:
+        return import_graph(root / "bnnkit")
+    finally:
+        REPO = saved
+
+
+def test_bnnkit_has_no_import_cycle():
+    cycles = import_cycles(import_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def test_import_bnnkit_run_does_not_import_torch_or_engine():

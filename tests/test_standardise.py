@@ -1,7 +1,7 @@
-"""Feature standardisation before the head (``model.standardise``) and the fixed input filter
-(``model.input_filter``): statistics from the training features alone, raw features in the
-frozen cache, old checkpoints loading as identity, and every path to the head (streamed images,
-cached features, predict) giving the same p(fake) for the same image."""
+"""Feature standardisation before the head (``model.standardise``) and the fixed Laplacian
+frontend (formerly ``model.input_filter``): statistics from the training features alone, raw
+features in the frozen cache, old checkpoints loading as identity, and every path to the head
+(streamed images, cached features, predict) giving the same p(fake) for the same image."""
 
 from __future__ import annotations
 
@@ -60,17 +60,19 @@ def test_checkpoint_without_the_statistics_loads_as_identity(tmp_path):
 
 
 def test_laplacian_input_filter_sees_residuals_only():
-    plain, filtered = _detector(), _detector(input_filter="laplacian")
+    from bnnkit.errors import PluginError
+
+    plain, filtered = _detector(), _detector(frontend="laplacian")
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(filtered.features(x), filtered.features(x + 0.7))
         assert not torch.allclose(plain.features(x), plain.features(x + 0.7))
-    with pytest.raises(ValueError, match="input_filter"):
-        _detector(input_filter="sobel")
+    with pytest.raises(PluginError, match="unknown frontend 'sobel'"):
+        _detector(frontend="sobel")
 
 
 def test_auto_is_on_for_a_frozen_backbone_only():
-    from bnnkit.engine.standardise import standardises
+    from bnnkit.engine.features.standardise import standardises
     from bnnkit.recipe import load_recipe
 
     def on(*sets: str) -> bool:
@@ -85,7 +87,7 @@ def test_auto_is_on_for_a_frozen_backbone_only():
 def frozen_run(tmp_path_factory, synth_root) -> Path:
     work = tmp_path_factory.mktemp("std")
     sets = {"train.backbone": '"frozen"', "data.train_generators": '["sdv4", "adm"]',
-            "model.input_filter": '"laplacian"'}  # fmt: skip
+            "model.frontend": '{name = "laplacian"}'}  # fmt: skip
     invoke(["train", QUICKSTART, "--runs-dir", work / "runs", "--cache-dir", work / "cache",
             "-q", *tiny_overrides(synth_root, **sets)])  # fmt: skip
     (run,) = (work / "runs").iterdir()
@@ -117,7 +119,7 @@ def _loaded(run: Path):
 def test_statistics_come_from_the_training_features_alone(frozen_run):
     from sklearn.preprocessing import StandardScaler
 
-    from bnnkit.engine.loop import make_loader
+    from bnnkit.engine.features.loop import make_loader
 
     recipe, detector, _, _, dataset = _loaded(frozen_run)
     assert detector.standardiser.active
@@ -139,8 +141,8 @@ def test_cached_streamed_and_predicted_p_fake_agree(frozen_run, tmp_path):
     """Evaluation's clean condition reads the cache (raw features, standardised on reading);
     stream_predictive and predict run the images: one p(fake) per image on every path."""
     from bnnkit.api import Run
-    from bnnkit.engine.cache import cached_condition, run_feature_cache
-    from bnnkit.engine.loop import make_loader, stream_predictive
+    from bnnkit.engine.features.cache import cached_condition, run_feature_cache
+    from bnnkit.engine.features.loop import make_loader, stream_predictive
 
     recipe, detector, method, meta, dataset = _loaded(frozen_run)
     val = dataset("val")

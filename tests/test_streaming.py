@@ -11,7 +11,12 @@ from torch import nn
 
 from bnnkit.data.dataset import ImageDataset, build_transform
 from bnnkit.data.genimage import index_split
-from bnnkit.engine.loop import extract_features, make_loader, predict_features, stream_predictive
+from bnnkit.engine.features.loop import (
+    extract_features,
+    make_loader,
+    predict_features,
+    stream_predictive,
+)
 from bnnkit.model.detector import Detector
 from bnnkit_plugins.attention_spatial import SpatialAttention
 from bnnkit_plugins.backbone_timm import create_timm_backbone

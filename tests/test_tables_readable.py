@@ -65,7 +65,7 @@ def test_protocol_command_output_in_a_pipe_keeps_numbers_whole(monkeypatch, tmp_
     """``bnnkit protocol loo`` printed into a pipe (CliRunner: no tty, 80 columns); the
     protocol itself is stubbed. Before, ``100.0`` came out as ``100…`` in MJ and ADM."""
     import bnnkit.api
-    from bnnkit.engine.protocol import ProtocolResult
+    from bnnkit.engine.protocol.run import ProtocolResult
 
     record = {"generators": GENS, "score": "mutual_info", "abstain_on": "entropy", "seconds": 1.0}
     result = ProtocolResult(tmp_path, record, _loo_rows(), {})

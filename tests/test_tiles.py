@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from bnnkit.data.dataset import IMAGENET
-from bnnkit.engine.explain import stitch
-from bnnkit.engine.tiles import (
+from bnnkit.engine.features.tiles import (
     TILE_FIELDS,
     TiledTransform,
     Tiling,
@@ -24,6 +23,7 @@ from bnnkit.engine.tiles import (
     tile_grid,
     tile_spread,
 )
+from bnnkit.engine.predict.explain import stitch
 from bnnkit.metrics.records import Predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +108,7 @@ def _corner_image(path: Path, size=(320, 240), patch=40) -> Path:
 def colour_scorer(monkeypatch):
     """Runs whose detector scores a crop by its mean colour: p(fake) is high when red dominates
     (a stand-in for a detector that has learnt some local artifact)."""
-    import bnnkit.engine.predict as predict
+    import bnnkit.engine.predict.run as predict
 
     real_load = predict.load_run
 
@@ -196,7 +196,10 @@ def test_explain_with_tiles_draws_the_whole_image(runner, trained_run, tmp_path,
 
     monkeypatch.setattr(figures, "tiled_explain_figure", spy)
     out = tmp_path / "out" / "preds.json"
-    args = ["predict", str(trained_run), str(img), "--tiles", "--explain", "--format", "json"]
+    # --no-abstain: the shared run may have been evaluated with the default abstention score
+    # (rel_mahalanobis), a feature-space score a tiled image has none of
+    args = ["predict", str(trained_run), str(img), "--tiles", "--explain", "--format", "json",
+            "--no-abstain"]  # fmt: skip
     result = runner.invoke(main, [*args, "-o", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(out.read_text())["predictions"]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from bnnkit import hookimpl, plugins
 from bnnkit.cli import main
 from bnnkit.data.genimage import index_split
-from bnnkit.engine.phases import Phase, plan_phases
+from bnnkit.engine.train.phases import Phase, plan_phases
 from bnnkit.methods.base import InferenceMethod
 
 
@@ -121,8 +121,8 @@ def test_no_training_batch_is_a_lone_sample():
 
     import torch
 
-    from bnnkit.engine.distributed import DistInfo
-    from bnnkit.engine.train_data import TrainData
+    from bnnkit.engine.train.data import TrainData
+    from bnnkit.engine.train.distributed import DistInfo
 
     for world in (1, 2):
         recipe = SimpleNamespace(seed=0, train=SimpleNamespace(batch_size=4))

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from helpers import QUICKSTART
 
 from bnnkit.engine.build import build
-from bnnkit.engine.cache import model_digest
-from bnnkit.engine.phases import Phase, plan_phases
+from bnnkit.engine.features.cache import model_digest
+from bnnkit.engine.train.phases import Phase, plan_phases
 from bnnkit.errors import RecipeError, UsageError
 from bnnkit.model.perturbed import perturbation_seeds
 from bnnkit.plugins import get_registry

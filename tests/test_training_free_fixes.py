@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from bnnkit.cli import main
 from bnnkit.engine.build import build
-from bnnkit.engine.cache import model_digest
+from bnnkit.engine.features.cache import model_digest
 from bnnkit.errors import UsageError
 from bnnkit.model.perturbed import PerturbationHead, perturbation_seeds
 from bnnkit.plugins import get_registry

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from bnnkit.engine.loop import batch_record
+from bnnkit.engine.features.loop import batch_record
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.metrics.records import Predictions
 from bnnkit.metrics.uncertainty import decompose_from_logits, max_prob_from_logits

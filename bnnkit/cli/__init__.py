@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from bnnkit import __version__
+from bnnkit._version import __version__
 from bnnkit.errors import BnnkitError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

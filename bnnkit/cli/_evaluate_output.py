@@ -10,10 +10,11 @@ def print_metrics(metrics: dict, out=None) -> None:
     """The evaluation as compact tables that fit an 80-column terminal without truncation
     (the tables of :mod:`bnnkit.report.tables`, shared with report.md)."""
     from bnnkit.report import tables as t
+    from bnnkit.report.tables_generators import calibration_table, detection_table
 
     out = out or console()
-    out.print(t.render_rich(t.detection_table(metrics)))
-    out.print(t.render_rich(t.calibration_table(metrics)))
+    out.print(t.render_rich(detection_table(metrics)))
+    out.print(t.render_rich(calibration_table(metrics)))
     out.print(f"GenImage average accuracy: {fmt(metrics['average_accuracy']['all'])}")
     for name, o in metrics["ood"].items():
         auroc = ood_score(o, "mutual_info").get("auroc")  # only when mutual_info was requested

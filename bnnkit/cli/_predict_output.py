@@ -14,8 +14,8 @@ from bnnkit.cli._common import console, fmt, print_table
 
 
 def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bool) -> None:
-    """Write ``result`` (a :class:`bnnkit.engine.predict.PredictResult`) as ``fmt_``."""
-    from bnnkit.engine.predict import row_fields
+    """Write ``result`` (a :class:`bnnkit.engine.predict.run.PredictResult`) as ``fmt_``."""
+    from bnnkit.engine.predict.run import row_fields
 
     rows, k, rule, tiling = result.rows, result.samples, result.rule, result.tiling
     t = result.temperature

@@ -1,5 +1,5 @@
 """The tiling options shared by ``bnnkit predict`` and ``bnnkit evaluate``
-(see :mod:`bnnkit.engine.tiles`)."""
+(see :mod:`bnnkit.engine.features.tiles`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ TILE_HELP = (
 def tile_options(f: Callable) -> Callable:
     """``--tiles``, ``--max-tiles``, ``--tile-overlap``, ``--tile-reduce``, handed to the command
     as one ``tiling`` argument: ``None`` without ``--tiles``, else the keyword arguments of
-    :func:`bnnkit.engine.predict.predict_run` (``tiles``, ``max_tiles``, ``tile_overlap``,
+    :func:`bnnkit.engine.predict.run.predict_run` (``tiles``, ``max_tiles``, ``tile_overlap``,
     ``tile_reduce``)."""
 
     @functools.wraps(f)

@@ -139,7 +139,7 @@ def command(
     from bnnkit.api import Run
     from bnnkit.data.degrade import parse_degradations
     from bnnkit.engine.device import select_device
-    from bnnkit.engine.eval_options import score_overrides
+    from bnnkit.engine.evaluate.options import score_overrides
     from bnnkit.run import layout
 
     degradations = parse_degradations(degrade)

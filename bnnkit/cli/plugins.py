@@ -11,14 +11,15 @@ from bnnkit.cli._common import console, print_json, print_table
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--kind",
-    type=click.Choice(["backbone", "attention", "head", "method", "score"]),
+    type=click.Choice(["frontend", "backbone", "attention", "head", "method", "score"]),
     help="Show only one kind.",
 )
 def command(as_json: bool, kind: str | None) -> None:
-    """List every backbone, attention block, head, inference method and OOD score, with the
-    package (and version) that provides it; a score also shows where its algorithm comes from
-    and what it is fitted on (train images, seen validation images, or nothing). Plugins that
-    failed to load are listed as broken with their error; the rest of bnnkit keeps working.
+    """List every frontend, backbone, attention block, head, inference method and OOD score,
+    with the package (and version) that provides it; a score also shows where its algorithm
+    comes from and what it is fitted on (train images, seen validation images, or nothing).
+    Plugins that failed to load are listed as broken with their error; the rest of bnnkit
+    keeps working.
 
     With --kind, each plugin's options follow: type (with its range or choices), default
     and help, as the plugin declares them.
@@ -26,6 +27,7 @@ def command(as_json: bool, kind: str | None) -> None:
     \b
     Examples:
       bnnkit plugins
+      bnnkit plugins --kind frontend
       bnnkit plugins --kind method
       bnnkit plugins --kind method --json
       bnnkit plugins --kind score

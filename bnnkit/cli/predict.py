@@ -1,6 +1,6 @@
 """``bnnkit predict``: p(fake), uncertainty parts and a verdict (real / fake / uncertain) per file.
 
-Parses the options, calls :func:`bnnkit.engine.predict.predict_run` and renders its rows as a
+Parses the options, calls :func:`bnnkit.engine.predict.run.predict_run` and renders its rows as a
 table, JSON or CSV.
 """
 

@@ -136,7 +136,7 @@ def command(
         seconds = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
         shown.print(f"  {cell.block} {cell.key}: {info['status']}{seconds}")
 
-    from bnnkit.engine.protocol import new_protocol_dir
+    from bnnkit.engine.protocol.cells import new_protocol_dir
 
     folder = out or new_protocol_dir(name)
     shown.print(f"[bold]bnnkit protocol[/] {name}: {', '.join(recipes)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -50,6 +51,15 @@ def select_device(requested: str = "auto") -> tuple[torch.device, str]:
     if torch.backends.mps.is_available():
         return torch.device("mps"), "mps (Apple GPU)"
     return torch.device("cpu"), f"cpu ({torch.get_num_threads()} threads; no GPU found)"
+
+
+def resolve_device(device: Any, recipe_device: str = "auto") -> tuple[torch.device, str]:
+    """A ``torch.device`` as given, else :func:`select_device` of ``device`` (``"auto"`` or
+    ``None``: the recipe's ``train.device``): what the Python API and the protocol's cells use."""
+    if isinstance(device, torch.device):
+        return device, str(device)
+    requested = str(device) if device not in (None, "auto") else recipe_device
+    return select_device(requested)
 
 
 def _pick_cuda(local_rank: str | None, allow_none: bool = False):

@@ -194,7 +194,8 @@ class InferenceMethod:
     def sample(self, features: Tensor, k: int) -> Tensor:
         """Posterior predictive samples ``probs[k, B, C]``: the softmax of :meth:`sample_logits`.
         A third-party method may override only this; its logits are then ``log probs``
-        (:func:`bnnkit.engine.loop.head_outputs`), which softmax-based scores do not mind."""
+        (:func:`bnnkit.engine.features.loop.head_outputs`), which softmax-based scores do not
+        mind."""
         return torch.softmax(self.sample_logits(features, k), dim=-1)
 
     # -- persistence (beyond the head's own parameters, which live in the detector) ------------

@@ -17,9 +17,9 @@ with one shift of every ``z_k`` so that the posterior-mean ``p(fake)`` (the mean
 much the perturbations disagree about an image.
 
 A recipe of a training-free method says ``train.epochs = 0`` (validation insists): the trainer
-then plans one ``head`` phase of no epochs (:func:`bnnkit.engine.phases.plan_phases`): features
-are extracted (and cached with ``train.backbone = "frozen"``), ``after_training`` calibrates,
-and the checkpoint is a run that ``evaluate`` and ``predict`` accept.
+then plans one ``head`` phase of no epochs (:func:`bnnkit.engine.train.phases.plan_phases`):
+features are extracted (and cached with ``train.backbone = "frozen"``), ``after_training``
+calibrates, and the checkpoint is a run that ``evaluate`` and ``predict`` accept.
 
 Seeds: ``inference.seed``, or else the recipe's ``seed`` (the trainer seeds torch with it before
 building; :func:`torch.initial_seed` reads it back), gives P seeds
@@ -39,9 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from bnnkit import hookimpl
 from bnnkit.errors import UsageError
-from bnnkit.hookspecs import RegisterPart
+from bnnkit.hookspecs import RegisterPart, hookimpl
 from bnnkit.methods.base import InferenceMethod, LossParts
 from bnnkit.model.detector import Detector, build_detector
 from bnnkit.model.perturbed import (
@@ -202,7 +201,7 @@ class WeightPerturbation(TrainingFreeMethod):
         selection = "\n".join(opts.layers)
         backbone = PerturbedBackbone(plain.backbone, cls.kind, seed, seeds, opts.sigma, selection)
         return WeightPerturbedDetector(
-            backbone, plain.attention, head, plain.pool, plain.input_filter_name,
+            backbone, plain.attention, head, plain.pool, plain.frontend,
             layers=opts.layers,
         )  # fmt: skip
 
@@ -221,9 +220,7 @@ class InputPerturbation(TrainingFreeMethod):
     ) -> PerturbedDetector:
         seeds = perturbation_seeds(seed, opts.perturbations, cls.kind)
         backbone = PerturbedBackbone(plain.backbone, cls.kind, seed, seeds, opts.sigma)
-        return InputPerturbedDetector(
-            backbone, plain.attention, head, plain.pool, plain.input_filter_name
-        )
+        return InputPerturbedDetector(backbone, plain.attention, head, plain.pool, plain.frontend)
 
 
 def plugin_hooks(name: str, method: type[TrainingFreeMethod]) -> tuple[Callable, Callable]:

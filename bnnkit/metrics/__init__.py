@@ -15,6 +15,7 @@ from typing import Any
 _HOMES: dict[str, str] = {
     "classification": "accuracy adaptive_ece auroc average_precision balanced_accuracy brier "
     "classification_report ece ece_bin_index nll tpr_at_fpr",
+    "forensic": "cllr eer fake_accuracy forensic_report oracle_accuracy real_accuracy",
     "ood": "fpr_at_95_tpr ood_aupr ood_auroc ood_report",
     "selective": "accuracy_at_coverage aurc aurc_optimal expected_errors risk_coverage "
     "threshold_for_coverage",

@@ -26,7 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from bnnkit.metrics._inputs import paired
+from bnnkit.metrics.forensic import forensic_report
+from bnnkit.metrics.roc import _both_classes, _prep, _roc_counts, _unit_ranks
 
 # torchmetrics is imported inside the functions that use it: importing it pulls in torchvision
 # and its audio/image modules (~3 s), which ``import bnnkit.metrics`` should not cost.
@@ -47,43 +48,6 @@ __all__ = [
 
 NAN = float("nan")
 _EPS = 1e-12
-
-
-def _prep(p_fake: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Flatten, check shapes, return ``(float64 probabilities, long labels)``."""
-    return paired(p_fake, labels, label_dtype=torch.long, names=("p_fake", "labels"))
-
-
-def _unit_ranks(scores: Tensor) -> Tensor:
-    """Map scores to dense ranks scaled into ``[0, 1]`` (float64), preserving order and ties.
-
-    Rank metrics are invariant to strictly increasing maps, and the result stays inside
-    ``[0, 1]``, so torchmetrics never mistakes it for logits.
-    """
-    _, inverse = torch.unique(scores, sorted=True, return_inverse=True)
-    top = int(inverse.max()) if inverse.numel() else 0
-    return inverse.to(torch.float64) / max(top, 1)
-
-
-def _both_classes(y: Tensor) -> bool:
-    n_pos = int(y.sum())
-    return 0 < n_pos < y.numel()
-
-
-def _roc_counts(scores: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """ROC as integer counts ``(false positives, true positives)`` per operating point.
-
-    Operating points come from torchmetrics' exact ROC (flag ``score >= t`` for every distinct
-    score, plus the leading point that flags nothing). Counts avoid float comparisons against
-    rate targets such as 0.01. torchmetrics returns float32 rates; rounding them back to counts
-    is exact while a class has fewer than ~4 million items.
-    """
-    from torchmetrics.functional.classification import binary_roc
-
-    fpr, tpr, _ = binary_roc(_unit_ranks(scores), y)
-    n_pos = int(y.sum())
-    n_neg = y.numel() - n_pos
-    return torch.round(fpr.double() * n_neg).long(), torch.round(tpr.double() * n_pos).long()
 
 
 def accuracy(p_fake: Tensor, labels: Tensor) -> float:
@@ -297,8 +261,10 @@ def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
 
     Keys: ``accuracy``, ``balanced_accuracy``, ``auroc``, ``ap``, ``nll``, ``brier`` (summed
     over both classes), ``ece`` (top-label, 15 equal-width bins), ``adaptive_ece`` (top-label,
-    15 equal-mass bins), ``tpr_at_fpr_1`` and ``tpr_at_fpr_5`` (TPR at 1% and 5% FPR), ``n``
-    (number of items, an ``int``).
+    15 equal-mass bins), ``tpr_at_fpr_0_1``, ``tpr_at_fpr_1`` and ``tpr_at_fpr_5`` (TPR at
+    0.1%, 1% and 5% FPR), ``n`` (number of items, an ``int``), and the forensic papers' metrics
+    of :func:`bnnkit.metrics.forensic.forensic_report` (``real_accuracy``, ``fake_accuracy``,
+    ``eer``, ``oracle_accuracy``, ``cllr``).
     """
     p, y = _prep(p_fake, labels)
     return {
@@ -310,7 +276,9 @@ def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
         "brier": brier(p, y),
         "ece": ece(p, y),
         "adaptive_ece": adaptive_ece(p, y),
+        "tpr_at_fpr_0_1": tpr_at_fpr(p, y, 0.001),
         "tpr_at_fpr_1": tpr_at_fpr(p, y, 0.01),
         "tpr_at_fpr_5": tpr_at_fpr(p, y, 0.05),
         "n": p.numel(),
+        **forensic_report(p, y),
     }

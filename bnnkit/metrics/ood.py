@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from bnnkit.metrics._inputs import paired
-from bnnkit.metrics.classification import _both_classes, _roc_counts, _unit_ranks
+from bnnkit.metrics.roc import _both_classes, _roc_counts, _unit_ranks
 
 __all__ = ["fpr_at_95_tpr", "ood_aupr", "ood_auroc", "ood_report"]
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.data.dataset import IMAGENET, Normalisation
+from bnnkit.model import frontend as frontends
 from bnnkit.model.heads import Head
 
 
@@ -30,38 +31,6 @@ def backbone_normalisation(backbone: nn.Module) -> Normalisation:
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"backbone {type(backbone).__name__} declares a bad input {exc}") from None
-
-
-#: ``model.input_filter`` values: a fixed filter in front of the backbone
-INPUT_FILTERS = ("none", "laplacian")
-
-
-class LaplacianFilter(nn.Module):
-    """A fixed per-channel 3x3 Laplacian (reflect padding) in front of the backbone: the image's
-    high-frequency residual, where generator fingerprints live (the SRM-style residual of image
-    forensics), so that even a random or generic frozen backbone sees them rather than the
-    scene. No parameters: nothing to train or save."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-        self.register_buffer("kernel", kernel.view(1, 1, 3, 3), persistent=False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        from torch.nn import functional as F
-
-        c = images.shape[1]
-        kernel = self.kernel.expand(c, 1, 3, 3).to(images.dtype)
-        return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), kernel, groups=c)
-
-
-def make_input_filter(name: str) -> nn.Module:
-    """The module of an ``input_filter`` name (:data:`INPUT_FILTERS`)."""
-    if name == "laplacian":
-        return LaplacianFilter()
-    if name == "none":
-        return nn.Identity()
-    raise ValueError(f"input_filter must be one of {', '.join(INPUT_FILTERS)}, got {name!r}")
 
 
 class FeatureStandardiser(nn.Module):
@@ -127,7 +96,7 @@ POOLS = ("avg", "max", "cls")
 
 
 class Detector(nn.Module):
-    """image -> [input filter] -> backbone feature map -> attention (map -> map) -> global pool
+    """image -> frontend -> backbone feature map -> attention (map -> map) -> global pool
     -> [standardiser] -> head -> logits.
 
     ``features`` stops before the head: it is what every inference method samples its head over,
@@ -135,8 +104,11 @@ class Detector(nn.Module):
     what the frozen-backbone cache stores (one extraction serves every run on that backbone,
     whatever statistics their training features give); every consumer of raw features hands
     them to the head through :meth:`standardise` (the cache's reader does it,
-    :func:`bnnkit.engine.cache.cached_features`). The standardiser is identity unless the
+    :func:`bnnkit.engine.features.cache.cached_features`). The standardiser is identity unless the
     trainer fit it (``model.standardise``).
+
+    ``frontend`` (:mod:`bnnkit.model.frontend`) is a module, or a registered frontend's name
+    built with its default options (``"none"``, ``"laplacian"``: what ``input_filter`` was).
 
     ``normalisation`` is the input normalisation the detector's images must have (the backbone's
     own unless a recipe overrides it; for a loaded run, what it was trained with): every
@@ -149,11 +121,10 @@ class Detector(nn.Module):
         attention: nn.Module,
         head: Head,
         pool: str = "avg",
-        input_filter: str = "none",
+        frontend: nn.Module | str = "none",
     ):
         super().__init__()
-        self.input_filter_name = input_filter
-        self.input_filter = make_input_filter(input_filter)
+        self.frontend = frontends.make_frontend(frontend) if isinstance(frontend, str) else frontend
         self.backbone = backbone
         self.attention = attention
         self.head = head
@@ -175,8 +146,24 @@ class Detector(nn.Module):
     def feature_dim(self) -> int:
         return int(self.backbone.out_channels)
 
+    @property
+    def frontend_name(self) -> str:
+        return frontends.frontend_name(self.frontend)
+
+    @property
+    def input_filter_name(self) -> str:
+        """The frontend's identity for the frozen-feature cache's key
+        (:func:`bnnkit.model.frontend.frontend_key`: ``none``, ``laplacian``, or name, options
+        and a digest of its saved tensors). Named after the ``input_filter`` it replaced."""
+        return frontends.frontend_key(self.frontend)
+
+    @property
+    def input_filter(self) -> nn.Module:
+        """The frontend (its name before frontends were plugins)."""
+        return self.frontend
+
     def feature_map(self, images: Tensor) -> Tensor:
-        return self.attention(self.backbone(self.input_filter(images)))
+        return self.attention(self.backbone(self.frontend(images)))
 
     def pool_raw(self, fmap: Tensor) -> Tensor:
         """The global pooling of a :meth:`feature_map` to one raw feature vector per image."""
@@ -209,15 +196,25 @@ def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: i
             f"'{model_cfg.attention.name}' (a block over a feature map) cannot weight: set "
             "model.attention.name = 'none', or pool = 'avg' / 'max'"
         )
+    fe = model_cfg.frontend
+    frontend = frontends.make_frontend(fe.name, fe.options(), registry=registry)
+    in_chans = frontends.frontend_channels(frontend)
     bb = model_cfg.backbone
     backbone_entry = registry.get("backbone", bb.name)
-    backbone = backbone_entry.obj(bb.name, pretrained=bb.pretrained, **bb.options())
+    extra = {} if in_chans == 3 else {"in_chans": in_chans}
+    try:
+        backbone = backbone_entry.obj(bb.name, pretrained=bb.pretrained, **bb.options(), **extra)
+    except TypeError as exc:
+        if not extra or "in_chans" not in str(exc):
+            raise
+        raise ValueError(
+            f"frontend '{fe.name}' gives {in_chans} channels, and backbone '{bb.name}' takes no "
+            f"in_chans (it reads 3-channel images): choose a 3-channel frontend"
+        ) from None
     channels = int(backbone.out_channels)
     attention = registry.get("attention", model_cfg.attention.name).obj(
         channels, **model_cfg.attention.options()
     )
     head_opts = model_cfg.head.options() if model_cfg.head is not None else {}
     head = registry.get("head", head_name).obj(channels, num_classes, **head_opts)
-    return Detector(
-        backbone, attention, head, pool=model_cfg.pool, input_filter=model_cfg.input_filter
-    )
+    return Detector(backbone, attention, head, pool=model_cfg.pool, frontend=frontend)

@@ -95,7 +95,7 @@ class EnsembleDetector(Detector):
             nn.ModuleList(m.attention for m in members),
             EnsembleHead([m.head for m in members]),
             first.pool,
-            input_filter=getattr(first, "input_filter_name", "none"),
+            frontend=first.frontend,  # one frontend pass per image, shared by the members
         )
         self.normalisation = first.normalisation
 
@@ -108,7 +108,7 @@ class EnsembleDetector(Detector):
         head modules (its standardiser is its own: see :meth:`load_member`)."""
         member = Detector(
             self.backbone[index], self.attention[index], self.head.heads[index], self.pool,
-            input_filter=self.input_filter_name,
+            frontend=self.frontend,
         )  # fmt: skip
         member.normalisation = self.normalisation
         return member
@@ -129,6 +129,6 @@ class EnsembleDetector(Detector):
 
     def feature_map(self, images: Tensor) -> Tensor:
         """The members' feature maps side by side on the channel axis, ``[B, M*D, H, W]``."""
-        x = self.input_filter(images)
+        x = self.frontend(images)
         maps = [att(bb(x)) for bb, att in zip(self.backbone, self.attention, strict=True)]
         return torch.cat(maps, dim=1)

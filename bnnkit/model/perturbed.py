@@ -122,9 +122,9 @@ class PerturbedDetector(Detector):
 
     def __init__(
         self, backbone: PerturbedBackbone, attention: nn.Module, head: Head, pool: str = "avg",
-        input_filter: str = "none",
+        frontend: nn.Module | str = "none",
     ) -> None:  # fmt: skip
-        super().__init__(backbone, attention, head, pool, input_filter)
+        super().__init__(backbone, attention, head, pool, frontend)
         self.standardiser = FeatureStandardiser(self.perturbations)  # of the P disagreements
         self._drawn: dict[Any, Any] = {}  # perturbations drawn from the seeds, per device
         self.register_load_state_dict_post_hook(lambda module, keys: module._drawn.clear())
@@ -142,7 +142,7 @@ class PerturbedDetector(Detector):
 
     def clean_features(self, images: Tensor) -> Tensor:
         """Pooled features of the unperturbed backbone and attention, ``(B, C)``."""
-        return self.pool_raw(self.attention(self.backbone(self.input_filter(images))))
+        return self.pool_raw(self.attention(self.backbone(self.frontend(images))))
 
     def perturbed_features(self, images: Tensor, k: int) -> Tensor:
         """Pooled features under perturbation ``k``, ``(B, C)``."""
@@ -195,9 +195,9 @@ class WeightPerturbedDetector(PerturbedDetector):
 
     def __init__(
         self, backbone: PerturbedBackbone, attention: nn.Module, head: Head, pool: str = "avg",
-        input_filter: str = "none", *, layers: Sequence[str] = (),
+        frontend: nn.Module | str = "none", *, layers: Sequence[str] = (),
     ) -> None:  # fmt: skip
-        super().__init__(backbone, attention, head, pool, input_filter)
+        super().__init__(backbone, attention, head, pool, frontend)
         self.layers = tuple(layers)
         self.selected = select_parameters(backbone.base, self.layers)
 
@@ -220,7 +220,7 @@ class WeightPerturbedDetector(PerturbedDetector):
         return self._drawn[key]
 
     def perturbed_features(self, images: Tensor, k: int) -> Tensor:
-        filtered = self.input_filter(images)
+        filtered = self.frontend(images)
         fmap = torch.func.functional_call(self.backbone.base, self._weights(k), (filtered,))
         return self.pool_raw(self.attention(fmap))
 

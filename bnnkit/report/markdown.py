@@ -15,9 +15,7 @@ from bnnkit.report.history import MemberHistory, member_history
 from bnnkit.report.tables import (
     SCORE_NAMES,
     abstention_table,
-    calibration_table,
     degradation_table,
-    detection_table,
     fmt_value,
     is_missing,
     ood_table,
@@ -25,6 +23,7 @@ from bnnkit.report.tables import (
     score_summary_table,
     selective_table,
 )
+from bnnkit.report.tables_generators import calibration_table, detection_table, forensic_table
 from bnnkit.run.layout import THRESHOLD_FILE
 
 __all__ = ["render_report"]
@@ -234,6 +233,9 @@ def render_report(
         "",
         render_markdown(calibration_table(m)),
     ]
+    forensic = forensic_table(m)
+    lines += ["", "## Forensic metrics per generator", "", forensic.caption or ""]
+    lines += ["", render_markdown(forensic)]
     lines += ["", "## Unseen generators as out-of-distribution inputs", "", *_ood_section(m)]
     lines += ["", "## Selective prediction", "", *_selective_section(m)]
     lines += ["", "## Abstention", "", *_abstention_section(m)]

@@ -1,9 +1,13 @@
 """The terminal renderer of :class:`~bnnkit.report.tables.Table`: a compact rich table whose
-numbers are always printed whole (at any terminal width, and in a pipe)."""
+numbers are always printed whole (at any terminal width, and in a pipe).
+
+It imports nothing from :mod:`bnnkit.report.tables` (which calls it): the table's shown columns,
+its cell formatter and its label type come as arguments."""
 
 from __future__ import annotations
 
-from bnnkit.report.tables import Label, Table, _cell, _shown
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["render_rich"]
 
@@ -38,11 +42,13 @@ def _whole_table_class():
     return WholeTable
 
 
-def render_rich(table: Table):
+def render_rich(table: Any, cols: Sequence[Any], cell: Callable[..., str], label: type):
     """A compact rich table (no side borders, one space between columns). Numbers are printed
     whole at any width: a number column is as wide as its widest value and never wraps; a text
     column (labels) wraps when the terminal is too narrow, and below the width of the numbers
-    and the longest words the table keeps that width (the terminal wraps the lines)."""
+    and the longest words the table keeps that width (the terminal wraps the lines).
+    ``cols``: the columns shown in a terminal, ``cell(value, column, markdown)``: one formatted
+    cell, ``label``: the row-label type (:class:`bnnkit.report.tables.Label`)."""
     from rich import box
     from rich.cells import cell_len
 
@@ -55,13 +61,12 @@ def render_rich(table: Table):
         caption=table.caption,
         caption_justify="left",
     )
-    cols = _shown(table, "rich")
     body: list[tuple[list[str], str | None]] = []
     for row in table.rows:
         cells, style = [], None
         for c in cols:
             value = c.get(row)
-            if isinstance(value, Label):
+            if isinstance(value, label):
                 text = value.short or value.text
                 if value.strong:
                     style = "bold magenta" if value.unseen else "bold"
@@ -69,7 +74,7 @@ def render_rich(table: Table):
                     text = f"[bold magenta]{text}*[/]"
                 cells.append(text)
             else:
-                cells.append(_cell(value, c, False))
+                cells.append(cell(value, c, False))
         body.append((cells, style))
     for j, c in enumerate(cols):
         header = c.short or c.header

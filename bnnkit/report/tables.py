@@ -27,9 +27,7 @@ __all__ = [
     "Marked",
     "Table",
     "abstention_table",
-    "calibration_table",
     "degradation_table",
-    "detection_table",
     "fmt_value",
     "is_missing",
     "no_negative_zero",
@@ -179,11 +177,12 @@ def render_rich(table: Table):
     printed whole."""
     from bnnkit.report.rich_table import render_rich as render
 
-    return render(table)
+    return render(table, _shown(table, "rich"), _cell, Label)
 
 
 # --------------------------------------------------------------------------------------------
-# The tables of an evaluation (rows from the metrics dict, metrics.json schema 2)
+# The tables of an evaluation (rows from the metrics dict, metrics.json schema 2); the
+# per-generator ones are in bnnkit.report.tables_generators
 
 
 def _key(name: str) -> Callable[[Any], Any]:
@@ -192,61 +191,6 @@ def _key(name: str) -> Callable[[Any], Any]:
 
 def _label(row: Any) -> Any:
     return row[0]
-
-
-def _generator_rows(m: Mapping[str, Any]) -> tuple[list[tuple[Label, Any]], tuple[int, ...]]:
-    rows = [(Label(n, unseen=not e.get("seen", True)), e) for n, e in m["per_generator"].items()]
-    section = (len(rows),)
-    rows.append((Label("all seen", strong=True), m["seen"]))
-    if m.get("unseen"):
-        rows.append((Label("all unseen", strong=True, unseen=True), m["unseen"]))
-    return rows, section
-
-
-#: (header, key of a generator entry, Column options) of the per-generator tables.
-_DETECTION = [
-    ("n", "n", {}),
-    ("acc", "accuracy", {}),
-    ("bal. acc", "balanced_accuracy", {"short": "bal.acc"}),
-    ("AUROC", "auroc", {}),
-    ("AP", "ap", {}),
-    ("TPR@1%FPR", "tpr_at_fpr_1", {"short": "TPR@1%"}),
-    ("TPR@5%FPR", "tpr_at_fpr_5", {"short": "TPR@5%"}),
-]
-_CALIBRATION = [
-    ("NLL", "nll", {}),
-    ("Brier", "brier", {}),
-    ("ECE", "ece", {}),
-    ("adaptive ECE", "adaptive_ece", {"short": "aECE"}),
-    ("total", "total_uncertainty", {}),
-    ("aleatoric", "aleatoric_uncertainty", {"short": "aleat."}),
-    ("epistemic", "epistemic_uncertainty", {"short": "epist.", "digits": 4}),
-]
-
-
-def _per_generator_table(m: Mapping[str, Any], specs: list, title: str, caption: str) -> Table:
-    rows, sections = _generator_rows(m)
-    columns = [Column("generator", _label, left=True)]
-    columns += [Column(header, _key(key), **opts) for header, key, opts in specs]
-    return Table(columns, rows, title=title, caption=caption, sections=sections)
-
-
-def detection_table(m: Mapping[str, Any]) -> Table:
-    return _per_generator_table(
-        m,
-        _DETECTION,
-        f"{m['run']}: {m['method']}, K={m['samples']} posterior samples, {m['split']} split",
-        "* unseen in training. TPR@1%/5%: fakes detected at 1%/5% false positives.",
-    )
-
-
-def calibration_table(m: Mapping[str, Any]) -> Table:
-    return _per_generator_table(
-        m,
-        _CALIBRATION,
-        "calibration and uncertainty (nats)",
-        "total = H(mean p), aleatoric = mean H(p), epistemic = mutual information.",
-    )
 
 
 def ood_table(m: Mapping[str, Any]) -> Table:
