@@ -1,4 +1,4 @@
-"""``bnnkit data``: write the synthetic stand-in, check a GenImage tree."""
+"""``bnnkit data``: write the synthetic stand-in, check a data root (any layout)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ SYNTH_MARKER = "bnnkit-synth.json"
 
 @click.group("data")
 def command() -> None:
-    """Prepare and inspect GenImage-layout data.
+    """Prepare and inspect data (GenImage, {0_real,1_fake} trees, manifests).
 
     GenImage is laid out as <root>/<generator folder>/{train,val}/{ai,nature}/*; generators are
     named by short name (adm biggan glide midjourney sdv4 sdv5 vqdm wukong), found by folder-name
-    suffix, so official, "tiny" and nested copies all work.
+    suffix, so official, "tiny" and nested copies all work. Other layouts (data.layout): binary
+    ({train,val,test}/<generator>/{0_real,1_fake}) and manifest (CSV/Parquet path,label
+    [,generator,family,split]); auto detects which.
     """
 
 
@@ -49,6 +51,13 @@ def command() -> None:
 @click.option(
     "--exist-ok", is_flag=True, help="Do nothing if ROOT already holds this exact synthetic set."
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["genimage", "binary"]),
+    default="genimage",
+    show_default=True,
+    help="Folders: GenImage's, or {train,val}/<generator>/{0_real,1_fake} (same images).",
+)
 def synth(
     root: Path,
     seed: int,
@@ -58,6 +67,7 @@ def synth(
     strength: float,
     generators: tuple[str, ...],
     exist_ok: bool,
+    layout: str,
 ) -> None:
     """Write a synthetic GenImage-shaped dataset to ROOT (seconds, no download).
 
@@ -69,6 +79,7 @@ def synth(
     Example:
       bnnkit data synth data/synth --seed 0
       bnnkit data synth data/tiny --train-per-class 8 --val-per-class 4 --size 32
+      bnnkit data synth data/synth-binary --layout binary
     """
     from rich.progress import Progress
 
@@ -82,6 +93,7 @@ def synth(
         "strength": strength,
         "generators": sorted(generators) or "all",
         "version": SYNTH_VERSION,  # a tree written by another version is rewritten
+        **({"layout": layout} if layout != "genimage" else {}),
     }
     marker = root / SYNTH_MARKER
     if exist_ok and marker.is_file():
@@ -101,6 +113,7 @@ def synth(
             size=size,
             strength=strength,
             generators=list(generators) or None,
+            layout=layout,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     marker.write_text(json.dumps(params, indent=2))
@@ -116,8 +129,21 @@ def synth(
 @click.option("--no-decode", is_flag=True, help="Count files only; skip decoding every image.")
 @path_option("--cache-dir", ".bnnkit-cache", "Where the dataset index is kept.")
 @click.option("--rescan", is_flag=True, help="Stat every file, even in unchanged folders.")
-def check(root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: bool) -> None:
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "genimage", "binary", "manifest"]),
+    default="auto",
+    show_default=True,
+    help="The data layout (data.layout); auto detects it.",
+)
+def check(
+    root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: bool, layout: str
+) -> None:
     """Count images per generator, split and class, and list files that cannot be read.
+
+    ROOT is a GenImage tree, a {0_real,1_fake} tree or a manifest (CSV/Parquet file, or a folder
+    holding one manifest.csv); the layout found is printed first. A manifest's rows left out
+    (file missing, bad label) are listed with their row numbers.
 
     Every image is fully decoded (truncated, empty, non-image, oversized files are caught);
     --no-decode only counts. Exit code 0 even when broken files are found: they are reported
@@ -130,10 +156,9 @@ def check(root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: b
       bnnkit data check /data/genimage --json > genimage-check.json
     """
     from rich.progress import Progress
-    from rich.table import Table
 
+    from bnnkit.cli._data_output import render_inventory
     from bnnkit.data.inventory import take_inventory
-    from bnnkit.data.layout import CLASS_FOLDERS, SPLITS
 
     progress = Progress(console=console(), disable=as_json)
     task = progress.add_task("decoding", total=None)
@@ -145,7 +170,12 @@ def check(root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: b
 
     try:
         inv = take_inventory(
-            root, decode=not no_decode, progress=advance, cache_dir=cache_dir, rescan=rescan
+            root,
+            decode=not no_decode,
+            progress=advance,
+            cache_dir=cache_dir,
+            rescan=rescan,
+            layout=layout,
         )
     finally:
         if progress.live.is_started:
@@ -153,26 +183,4 @@ def check(root: Path, as_json: bool, no_decode: bool, cache_dir: Path, rescan: b
     if as_json:
         print_json(inv.to_json())
         return
-    table = Table(title=f"GenImage check: {root}", title_justify="left")
-    table.add_column("generator")
-    table.add_column("folder")
-    for s in SPLITS:
-        for c in CLASS_FOLDERS:
-            table.add_column(f"{s}/{c}", justify="right")
-    for g, folder in inv.generators.items():
-        cells = [inv.counts[g][s][c].cell() for s in SPLITS for c in CLASS_FOLDERS]
-        table.add_row(g, str(folder.relative_to(root)), *cells)
-    console().print(table)
-    if inv.missing:
-        console().print(f"[yellow]missing generators:[/] {', '.join(inv.missing)}")
-    if inv.broken:
-        console().print(
-            f"[bold red]{len(inv.broken)} unreadable file(s)[/] (skipped by train/evaluate):"
-        )
-        for b in inv.broken:
-            console().print(f"  {b.path}: {b.reason}")
-    elif not no_decode:
-        console().print(f"all {inv.total} images decode.")
-    if inv.skipped:
-        parts = ", ".join(f"{n} {ext}" for ext, n in inv.skipped.items())
-        console().print(f"skipped {sum(inv.skipped.values())} non-image file(s): {parts}")
+    render_inventory(inv, root, decoded=not no_decode)

@@ -42,7 +42,11 @@ Quirks of real copies are reproduced so that the loader is exercised: ``sdv4`` i
 extra folder (``stable_diffusion_v_1_4/imagenet_ai_0419_sdv4``); ``adm`` fakes have an upper-case
 ``.PNG`` extension; a few ``glide`` fakes are JPEG inside despite their ``.png`` name. Note the
 format/size shortcut of the real dataset is reproduced too (fakes PNG and fixed-size, reals JPEG
-of varying size).
+of varying size). With the default ``strength`` a detector learns the fingerprints, which survive
+``data.debias = ["jpeg96"]`` (:mod:`bnnkit.data.debias`); ``strength = 0`` (``bnnkit data synth
+--strength 0``) writes no fingerprint at all, so the format (and size) is the only cue: the
+stand-in on which a detector that learned the shortcut collapses under ``jpeg96``
+(``tests/test_debias.py``).
 
 Determinism: every file is drawn from its own ``numpy.random.default_rng`` seeded with
 ``(seed, generator index, split index, class index, i)``, so the same arguments give byte-identical
@@ -72,9 +76,11 @@ from bnnkit.errors import UsageError
 __all__ = [
     "FAMILIES",
     "FINGERPRINTS",
+    "SYNTH_LAYOUTS",
     "SYNTH_VERSION",
     "SynthSummary",
     "family_of",
+    "class_dir",
     "generator_dir",
     "synthesize",
 ]
@@ -112,6 +118,22 @@ def generator_dir(root: str | Path, generator: str) -> Path:
     folder = GENERATOR_FOLDERS[generator]
     parent = _NESTED.get(generator)
     return root / parent / folder if parent else root / folder
+
+
+#: ``layout="binary"``: the class folder of each GenImage class folder
+_BINARY_CLASS: dict[str, str] = {"ai": "1_fake", "nature": "0_real"}
+SYNTH_LAYOUTS: tuple[str, ...] = ("genimage", "binary")
+
+
+def class_dir(
+    root: str | Path, generator: str, split: str, cls: str, layout: str = "genimage"
+) -> Path:
+    """The folder :func:`synthesize` writes ``generator``'s ``split``/``cls`` images to:
+    ``<generator folder>/<split>/<ai|nature>`` (genimage) or
+    ``<split>/<generator>/<1_fake|0_real>`` (binary)."""
+    if layout == "binary":
+        return Path(root) / split / generator / _BINARY_CLASS[cls]
+    return generator_dir(root, generator) / split / cls
 
 
 def _fake_size(generator: str, size: int) -> int:
@@ -252,10 +274,11 @@ def _make_file(
     seed: int,
     size: int,
     strength: float = 1.0,
+    layout: str = "genimage",
 ) -> Path:
     split_index = SPLITS.index(split)
     rng = np.random.default_rng([seed, gen_index, split_index, _CLASSES.index(cls), i])
-    folder = generator_dir(root, generator) / split / cls
+    folder = class_dir(root, generator, split, cls, layout)
     if cls == "nature":
         name = _real_name(rng, split, gen_index, i)
         hi = max(size, int(round(1.5 * size)))
@@ -283,6 +306,7 @@ def synthesize(
     generators: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     strength: float = 3.0,
+    layout: str = "genimage",
 ) -> SynthSummary:
     """Write a synthetic GenImage-layout dataset under ``root``; see the module docstring.
 
@@ -292,8 +316,11 @@ def synthesize(
     parts (smoothing, blocks, resampling: in full from 3); the default 3 lets a tiny CNN learn the
     artifacts from cropped pixels in a CPU demo.
     Existing files with the same names are overwritten; other files under ``root`` are left
-    alone.
+    alone. ``layout="binary"`` writes the same images as ``<split>/<generator>/{0_real,1_fake}``
+    (a ``data.layout = "binary"`` tree) instead of GenImage's folders.
     """
+    if layout not in SYNTH_LAYOUTS:
+        raise UsageError(f"unknown layout '{layout}' for synthetic data; choose genimage or binary")
     for label, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         if int(value) != value or value < 0:
             raise UsageError(f"{label} must be a non-negative integer, got {value!r}")
@@ -313,10 +340,19 @@ def synthesize(
         for split in SPLITS:
             counts[generator][split] = {}
             for cls in _CLASSES:
-                (generator_dir(root, generator) / split / cls).mkdir(parents=True, exist_ok=True)
+                class_dir(root, generator, split, cls, layout).mkdir(parents=True, exist_ok=True)
                 for i in range(per_split[split]):
                     _make_file(
-                        root, generator, gen_index, split, cls, i, int(seed), int(size), strength
+                        root,
+                        generator,
+                        gen_index,
+                        split,
+                        cls,
+                        i,
+                        int(seed),
+                        int(size),
+                        strength,
+                        layout,
                     )
                     done += 1
                     if progress is not None:
