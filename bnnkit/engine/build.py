@@ -10,7 +10,9 @@ import torch
 from bnnkit.data.dataset import Normalisation
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
+from bnnkit.model.adapt import ADAPTING, adapt, check_base_file
 from bnnkit.model.detector import Detector
+from bnnkit.model.head_init import without_init
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import Recipe, read_run_recipe, validate
 from bnnkit.run.checkpoint import find_checkpoint, load_checkpoint, warn_fallback
@@ -41,15 +43,22 @@ def build(recipe: Recipe, num_train: int, *, pretrained: bool | str | None = Non
     registry = get_registry()
     model_cfg = recipe.model
     if pretrained is not None:
-        model_cfg = model_cfg.model_copy(
+        model_cfg = without_init(model_cfg.model_copy(  # a run's checkpoint holds the head too
             update={"backbone": model_cfg.backbone.model_copy(update={"pretrained": pretrained})}
-        )
+        ))  # fmt: skip
     head_name = recipe.head_name(registry)
     method_cls = registry.get("method", recipe.inference.name).obj
+    adapting = recipe.train.backbone in ADAPTING
     try:
-        detector = method_cls.build_detector(
-            model_cfg, head_name, registry, recipe.inference.options()
-        )
+        # lora/partial: the base is rebuilt from its reference when the run is loaded, so a
+        # random init (pretrained = false) is drawn under the recipe's seed, whatever came before
+        with torch.random.fork_rng(devices=[], enabled=adapting):
+            if adapting:
+                torch.manual_seed(recipe.seed)
+            detector = method_cls.build_detector(
+                model_cfg, head_name, registry, recipe.inference.options()
+            )
+            adapt(detector, recipe)
     except (TypeError, ValueError) as exc:  # a plugin factory rejecting an option value
         raise UsageError(f"model: {exc}") from None
     detector.normalisation = resolve_normalisation(recipe, detector.normalisation)
@@ -86,7 +95,11 @@ def load_run(
         )
     if found.fallback:
         warn_fallback(found)
-    detector, method = build(recipe, int(found.meta.get("num_train", 1)), pretrained=False)
+    base = found.meta.get("base")  # lora/partial: the checkpoint holds what trained, not the base
+    if base:
+        check_base_file(base)
+    pretrained = base["pretrained"] if base else False
+    detector, method = build(recipe, int(found.meta.get("num_train", 1)), pretrained=pretrained)
     state, meta = load_checkpoint(run_dir, detector, device="cpu", found=found)
     method.load_extra_state(state.get("method", {}))
     method.load_extra_meta(meta.get("method_meta", {}))

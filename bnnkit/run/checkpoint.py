@@ -4,6 +4,7 @@ Layout inside a run directory (names in :mod:`bnnkit.run.layout`):
 
 - ``model-<tag>.safetensors``: the detector's parameters and buffers (safetensors'
   ``save_model`` handles blitz's aliased parameters, e.g. ``weight_mu`` == ``weight_sampler.mu``);
+  for ``train.backbone = "lora"``/``"partial"`` only what trains (:mod:`bnnkit.run.partial`);
 - ``state-<tag>.safetensors``: the method's extra tensors, optimiser and RNG state;
 - ``checkpoint.json``: which files are current, epoch/step, the non-tensor skeleton of the
   state and method facts.
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from bnnkit.errors import CheckpointWarning, DiskFullError, UnsafeFileError, UsageError
@@ -52,6 +53,7 @@ from bnnkit.run.layout import (
     model_file,
     state_file,
 )
+from bnnkit.run.partial import load_weights, save_weights
 
 __all__ = [
     "FORMAT_VERSION",
@@ -280,11 +282,19 @@ def _keep_as_previous(layout: RunLayout, old: CheckpointSet) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any], tag: str
+    run_dir: Path,
+    model: nn.Module,
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    tag: str,
+    *,
+    only: set[str] | None = None,
 ) -> None:
     """Save the model, a nested ``state`` (tensors and plain values) and JSON ``meta``; the
     checkpoint it replaces becomes the previous one. A full disk raises
-    :class:`~bnnkit.errors.DiskFullError` with nothing of the new checkpoint left behind."""
+    :class:`~bnnkit.errors.DiskFullError` with nothing of the new checkpoint left behind.
+    ``only``: the state-dict keys to save (``lora``/``partial``: what trains; ``meta`` then
+    has ``base``: the frozen rest's reference and :func:`bnnkit.run.partial.frozen_digest`)."""
     layout = RunLayout(run_dir)
     try:
         current: CheckpointSet | None = _verified(layout.root)
@@ -298,7 +308,7 @@ def save_checkpoint(
     text = json.dumps(payload, indent=2, sort_keys=True)
     tmp_model, tmp_state = temp_path(layout.model(tag)), temp_path(layout.state(tag))
     try:
-        save_model(model, str(tmp_model))
+        save_weights(model, tmp_model, only)
         save_file(tensors, str(tmp_state))
         fsync_replace(tmp_model, layout.model(tag))
         fsync_replace(tmp_state, layout.state(tag))
@@ -372,8 +382,10 @@ def load_checkpoint(
     found = found or find_checkpoint(Path(run_dir))
     meta = dict(found.meta)
     try:
-        load_model(model, str(found.root / found.files["model"]), strict=True, device=str(device))
+        load_weights(model, found.root / found.files["model"], meta.get("base"), str(device))
         tensors = load_file(str(found.root / found.files["state"]), device=str(device))
+    except UsageError:
+        raise
     except Exception as exc:  # a model of other shapes, or damage the header did not show
         raise UsageError(f"cannot load checkpoint in {found.root}: {exc}") from None
     return unflatten(meta.pop("state", {}), tensors), meta

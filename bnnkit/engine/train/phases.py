@@ -6,6 +6,9 @@
   ``finetune-map`` (the detector fine-tuned with cross-entropy), then phase ``head``: the method
   on the pooled features, extracted once.
 - ``frozen`` backbone: phase ``head`` only, on features cached on disk.
+- ``lora`` / ``partial`` (:mod:`bnnkit.model.adapt`): as ``finetune`` (``finetune``, or
+  ``finetune-map`` then ``head``), with only the adapters / the last blocks of the backbone
+  learning; the features change, so nothing is cached.
 - ``train.epochs = 0`` (training-free methods only; recipe validation enforces it): one
   ``head`` phase of no epochs: the features are extracted (cached when frozen) and the method's
   ``after_training`` runs, nothing is optimised.
@@ -20,6 +23,8 @@ from typing import NamedTuple
 
 #: every phase name, in the order a run goes through them (also part of each epoch's data seed)
 PHASES = ("finetune", "finetune-map", "head")
+#: ``train.backbone`` values; all but ``frozen`` train the backbone (or part of it) on images
+BACKBONE_MODES = ("finetune", "frozen", "lora", "partial")
 
 
 class Phase(NamedTuple):
@@ -43,10 +48,12 @@ class Phase(NamedTuple):
 def plan_phases(
     backbone: str, joint_finetune: bool, epochs: int, head_epochs: int | None = None
 ) -> list[Phase]:
-    """The phases of a run: ``backbone`` is ``train.backbone`` (``"finetune"`` or
-    ``"frozen"``), ``joint_finetune`` the method's flag of that name."""
-    if backbone not in ("finetune", "frozen"):
-        raise ValueError(f"train.backbone must be 'finetune' or 'frozen', got {backbone!r}")
+    """The phases of a run: ``backbone`` is ``train.backbone`` (``"finetune"``, ``"frozen"``,
+    ``"lora"`` or ``"partial"``), ``joint_finetune`` the method's flag of that name."""
+    if backbone not in BACKBONE_MODES:
+        raise ValueError(
+            f"train.backbone must be one of {', '.join(BACKBONE_MODES)}, got {backbone!r}"
+        )
     if epochs == 0:  # a training-free method: features and after_training only
         return [Phase("head", 0)]
     head = Phase("head", head_epochs or epochs)

@@ -1,0 +1,65 @@
+"""Checkpoints that hold part of a model (``train.backbone = "lora"`` / ``"partial"``): the
+trained tensors are saved, the frozen rest (the *base*) is rebuilt by the caller and checked
+against the digest recorded at training time."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from bnnkit.errors import UsageError
+
+
+def frozen_digest(model: nn.Module, saved: set[str]) -> str:
+    """sha256 of the model's state-dict tensors *not* in ``saved`` (names, dtypes, shapes and
+    bytes, in name order): the frozen base of a checkpoint that holds only ``saved``."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name in saved:
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
+    return h.hexdigest()
+
+
+def load_part(model: nn.Module, path: Path, base: dict[str, Any], device: str) -> None:
+    """Load a checkpoint that holds part of ``model`` (see ``save_checkpoint(only=...)``) and
+    check that the rest, the base the caller rebuilt, is the one it was trained on."""
+    part = load_file(str(path), device=device)
+    result = model.load_state_dict(part, strict=False)
+    if result.unexpected_keys:
+        raise UsageError(
+            f"cannot load checkpoint {path}: keys the model lacks {result.unexpected_keys[:3]}"
+        )
+    if frozen_digest(model, set(part)) != base.get("digest"):
+        src = base.get("pretrained")
+        how = {False: f"timm's init under seed {base.get('init_seed')}", True: "the hub weights"}
+        raise UsageError(
+            f"the base weights rebuilt for {path.parent} ({base.get('backbone')}: "
+            f"{how.get(src, src) if isinstance(src, bool) else src}) differ from those it was "
+            f"trained on; its checkpoint holds only the {base.get('mode')} weights",
+            hint="use the torch/timm versions (and weights) the run was trained with",
+        )
+
+
+def save_weights(model: nn.Module, path: Path, only: set[str] | None) -> None:
+    """The model's state dict (``only``: those keys) to a safetensors file."""
+    if only is None:  # save_model handles blitz's aliased parameters
+        save_model(model, str(path))
+        return
+    sd = model.state_dict()  # copies: aliased parameters are then separate tensors
+    save_file({k: sd[k].detach().cpu().clone() for k in sorted(only)}, str(path))
+
+
+def load_weights(model: nn.Module, path: Path, base: dict[str, Any] | None, device: str) -> None:
+    """Load a model file: all of the model, or (``base``: the checkpoint's reference) part."""
+    if base:
+        load_part(model, path, base, device)
+    else:
+        load_model(model, str(path), strict=True, device=device)
