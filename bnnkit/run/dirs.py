@@ -67,8 +67,14 @@ def resolve_run(run: str | Path | None, runs_root: str | Path = DEFAULT_RUNS_ROO
                 "(it has no checkpoint of its own until they are)",
                 hint=f"finish it with: bnnkit train --resume {run}",
             )
+        if (path / "config.json").is_file():  # a model repository, not written by bnnkit export
+            raise UsageError(
+                f"'{run}' has a config.json but is not a bnnkit run or export (no "
+                f"{CHECKPOINT_FILE} / {RECIPE_FILE})",
+                hint="bnnkit reads folders written by `bnnkit export` (or `bnnkit pull`)",
+            )
         raise UsageError(
             f"'{run}' is not a finished bnnkit run (no {CHECKPOINT_FILE} / {RECIPE_FILE})",
-            hint="a run directory is made by `bnnkit train`",
+            hint="a run directory is made by `bnnkit train` (a portable one by `bnnkit export`)",
         )
     return path
