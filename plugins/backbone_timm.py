@@ -18,11 +18,21 @@ switches the backbone to its CLS embedding instead: row 0 of ``forward_features`
 final norm; what timm's ``forward_head(pre_logits=True)`` gives with ``global_pool = "token"``)
 as a ``(B, C, 1, 1)`` map. ``model.pool = "cls"`` does this, and the training-free methods'
 ViT recipes use it (WePe and RIGID read DINOv2's CLS embedding).
+
+CLIP image towers (a timm name with a CLIP pretrained tag, e.g.
+``vit_large_patch14_clip_224.openai``, whose pretrained config keeps CLIP's projection as the
+model's ``head``; see
+:func:`clip_projection_dim`) are built with that head, and their CLS readout is the *image
+embedding*: the CLS row after the final norm times the projection (``out_channels`` = the
+projection's width, 768 for ViT-L/14), i.e. ``model(x)`` of timm's model and what UnivFD
+probes. With ``pool = "avg"``/``"max"`` the projection is left out (it maps one vector, not a
+token grid) and is not part of the saved weights.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +47,24 @@ from bnnkit.options import Field, PluginOptions
 class TimmBackbone(nn.Module):
     """A timm model whose ``forward`` gives a ``(B, C, h, w)`` map, ``C = out_channels``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, projection: bool | None = None) -> None:
+        """``projection``: whether the model's ``head`` is a CLIP-style projection of the CLS
+        embedding (kept for the ``cls`` readout); ``None``: as :func:`clip_projection_dim`
+        says of its pretrained config."""
         super().__init__()
         self.model = model
         self.out_channels = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
         self.input_mean, self.input_std, self.input_interpolation = _data_config(model)
         self.readout = "map"  # or "cls": see use_cls_token
+        if projection is None:
+            projection = clip_projection_dim(getattr(model, "pretrained_cfg", None) or {}) > 0
+        head = getattr(model, "head", None)
+        keep = projection and isinstance(head, nn.Linear) and self.has_cls_token
+        # held outside the module tree until use_cls_token: a map readout neither uses nor saves it
+        self._projection: list[nn.Linear] = [head] if keep else []
+        if int(getattr(model, "num_classes", 0) or 0) and hasattr(model, "reset_classifier"):
+            model.reset_classifier(0)
 
     @property
     def has_cls_token(self) -> bool:
@@ -61,11 +82,23 @@ class TimmBackbone(nn.Module):
                 f"'{type(self.model).__name__}' has {kind}: use pool = 'avg' or 'max'"
             )
         self.readout = "cls"
+        if self._projection and getattr(self, "projection", None) is None:
+            self.projection = self._projection[0]  # now a submodule: trained, saved, moved
+            self.out_channels = int(self.projection.out_features)
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the model came with a CLIP-style projection of its CLS embedding."""
+        return bool(self._projection)
 
     def forward(self, images: Tensor) -> Tensor:
         out = self.model.forward_features(images)
         if self.readout == "cls":
-            return out[:, 0, :, None, None]  # the CLS row after the final norm
+            cls = out[:, 0]  # the CLS row after the final norm
+            projection = getattr(self, "projection", None)
+            if projection is not None:
+                cls = projection(cls)
+            return cls[:, :, None, None]
         if out.ndim == 4:
             if out.shape[1] != self.out_channels and out.shape[-1] == self.out_channels:
                 out = out.permute(0, 3, 1, 2)  # NHWC models (e.g. some ConvNeXt/Swin variants)
@@ -113,7 +146,8 @@ def create_timm_backbone(
 
     opts = TimmOptions.parse(options, "model.backbone", owner="backbone 'timm'")
     name = name.split("/", 1)[1] if name.startswith("timm/") else name
-    kwargs: dict = {"num_classes": 0, "global_pool": ""}
+    projection = _projection_of(name)
+    kwargs: dict = {"num_classes": projection, "global_pool": ""}
     if in_chans != 3:
         kwargs["in_chans"] = int(in_chans)
     if opts.drop_path_rate:
@@ -151,13 +185,43 @@ def create_timm_backbone(
                 "--set model.backbone.pretrained='path/to/weights.safetensors'"
             ),
         ) from exc
-    return TimmBackbone(model)
+    return TimmBackbone(model, projection=projection > 0)
+
+
+#: a tag of an ImageNet(-21k) classifier fine-tuned from CLIP (its head is a classifier)
+_CLASSIFIER_TAG = re.compile(r"(^|_)(ft_)?in\d+k")
+
+
+def clip_projection_dim(cfg: Any) -> int:
+    """The width of the CLIP projection a timm pretrained config keeps as the model's head
+    (``vit_large_patch14_clip_224.openai``: 768), else 0. A CLIP image tower is a config whose
+    architecture or tag names CLIP, with a head (``num_classes > 0``) that is not an ImageNet
+    classifier (tags such as ``openai_ft_in12k_in1k``, ``laion2b_ft_in1k``)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+    architecture, tag = str(get("architecture", "") or ""), str(get("tag", "") or "")
+    if "clip" not in f"{architecture}.{tag}".lower() or _CLASSIFIER_TAG.search(tag):
+        return 0
+    return max(int(get("num_classes", 0) or 0), 0)
+
+
+def _projection_of(name: str) -> int:
+    """:func:`clip_projection_dim` of a timm name (with or without a pretrained tag)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):  # an unknown name: create_model says so
+        return 0
+    return clip_projection_dim(cfg) if cfg is not None else 0
 
 
 def _catalog() -> list[str]:
+    """Every timm model name, and every name with a pretrained tag
+    (``vit_large_patch14_clip_224.openai``): the tag picks the weights and the normalisation.
+    Both lists are timm's local registry (no hub)."""
     import timm
 
-    return timm.list_models()
+    return [*timm.list_models(), *timm.list_pretrained()]
 
 
 @hookimpl

@@ -162,6 +162,7 @@ class KronPosterior:
 class KFLaplace(InferenceMethod):
     heads = ("linear",)
     joint_finetune = False
+    post_hoc = True  # train.epochs = 0 wraps a released head ([model.head] init)
     needs_train_features = True
     summary = "last-layer KFAC Laplace (laplace-torch), prior precision by marginal likelihood"
 

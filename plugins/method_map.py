@@ -18,6 +18,7 @@ from bnnkit.methods.base import InferenceMethod
 
 class MAP(InferenceMethod):
     heads = ("linear", "dropout")
+    post_hoc = True  # train.epochs = 0 wraps a released head ([model.head] init)
     summary = "deterministic MAP baseline (cross-entropy + weight decay)"
 
     def sample_logits(self, features: Tensor, k: int) -> Tensor:

@@ -91,8 +91,36 @@ class FeatureStandardiser(nn.Module):
         return lambda x: (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
 
 
-#: global poolings of ``model.pool``: ``cls`` is a token backbone's CLS embedding
-POOLS = ("avg", "max", "cls")
+#: global poolings of ``model.pool``: ``gem`` is generalised-mean pooling (:func:`gem_pool`),
+#: ``cls`` a token backbone's CLS embedding (for a CLIP image tower: times its projection)
+POOLS = ("avg", "max", "gem", "cls")
+#: GeM's exponent (fixed: a frozen backbone's features are cached after pooling, so a learnt
+#: exponent could not train there) and its floor
+GEM_P, GEM_EPS = 3.0, 1e-6
+
+
+def gem_pool(fmap: Tensor, p: float = GEM_P, eps: float = GEM_EPS) -> Tensor:
+    """Generalised-mean pooling (Radenovic et al. 2018) of ``(B, C, h, w)`` to ``(B, C)``:
+    ``mean(clamp(x, eps)^p)^(1/p)``; between average (``p = 1``) and max pooling (``p -> inf``).
+    Activations are clamped at ``eps`` first, so it suits non-negative (post-ReLU) CNN maps."""
+    return fmap.clamp_min(eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def select_pool(backbone: nn.Module, pool: str) -> None:
+    """Prepare ``backbone`` for ``pool`` (before reading its ``out_channels``): ``cls`` switches
+    it to its CLS readout (:meth:`use_cls_token`, whose width may differ: a CLIP projection),
+    and a backbone without one is refused with a ``ValueError``. Idempotent."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if pool != "cls":
+        return
+    use_cls_token = getattr(backbone, "use_cls_token", None)
+    if use_cls_token is None:
+        raise ValueError(
+            f"model.pool = 'cls' needs a backbone with a CLS token (a ViT-style timm "
+            f"model); {type(backbone).__name__} has none: use pool = 'avg', 'max' or 'gem'"
+        )
+    use_cls_token()
 
 
 class Detector(nn.Module):
@@ -128,16 +156,7 @@ class Detector(nn.Module):
         self.backbone = backbone
         self.attention = attention
         self.head = head
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if pool == "cls":  # the backbone's CLS embedding, a (B, C, 1, 1) map (see use_cls_token)
-            use_cls_token = getattr(backbone, "use_cls_token", None)
-            if use_cls_token is None:
-                raise ValueError(
-                    f"model.pool = 'cls' needs a backbone with a CLS token (a ViT-style timm "
-                    f"model); {type(backbone).__name__} has none: use pool = 'avg' or 'max'"
-                )
-            use_cls_token()
+        select_pool(backbone, pool)  # cls: the CLS embedding, a (B, C, 1, 1) map
         self.pool = pool
         self.normalisation: Normalisation = backbone_normalisation(backbone)
         self.standardiser = FeatureStandardiser(int(backbone.out_channels))
@@ -167,7 +186,9 @@ class Detector(nn.Module):
 
     def pool_raw(self, fmap: Tensor) -> Tensor:
         """The global pooling of a :meth:`feature_map` to one raw feature vector per image."""
-        return fmap.amax(dim=(2, 3)) if self.pool == "max" else fmap.mean(dim=(2, 3))
+        if self.pool == "max":
+            return fmap.amax(dim=(2, 3))
+        return gem_pool(fmap) if self.pool == "gem" else fmap.mean(dim=(2, 3))
 
     def standardise(self, raw: Tensor) -> Tensor:
         """Raw pooled features -> the head's input (the fitted standardisation, or identity)."""
@@ -194,7 +215,7 @@ def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: i
         raise ValueError(
             f"model.pool = 'cls' reads one CLS embedding per image, which attention "
             f"'{model_cfg.attention.name}' (a block over a feature map) cannot weight: set "
-            "model.attention.name = 'none', or pool = 'avg' / 'max'"
+            "model.attention.name = 'none', or pool = 'avg' / 'max' / 'gem'"
         )
     fe = model_cfg.frontend
     frontend = frontends.make_frontend(fe.name, fe.options(), registry=registry)
@@ -211,6 +232,7 @@ def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: i
             f"frontend '{fe.name}' gives {in_chans} channels, and backbone '{bb.name}' takes no "
             f"in_chans (it reads 3-channel images): choose a 3-channel frontend"
         ) from None
+    select_pool(backbone, model_cfg.pool)  # before out_channels: cls may project
     channels = int(backbone.out_channels)
     attention = registry.get("attention", model_cfg.attention.name).obj(
         channels, **model_cfg.attention.options()
