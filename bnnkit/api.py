@@ -92,9 +92,20 @@ class Run:
         predictions.csv, threshold.json, plots and report.md into the run and returns the
         metrics. ``options`` are :func:`bnnkit.engine.evaluate.run.evaluate_run`'s (``data_root``,
         ``degradations``, ``coverage``, ``abstain_on``, ``plots``, ``overrides``, ``tiles``,
-        ``scores``, ``score_options``, ``fit_limit``)."""
+        ``scores``, ``score_options``, ``fit_limit``). ``benchmarks=["NAME=ROOT[:LAYOUT]", ...]``
+        evaluates on those data roots instead, in one pass (``bnnkit evaluate --data``,
+        :mod:`bnnkit.engine.evaluate.benchmarks`; no ``ood``, ``degradations`` or ``tiles``)."""
         from bnnkit.engine.evaluate.run import evaluate_run_dir
 
+        if options.get("benchmarks"):
+            from bnnkit.engine.evaluate.benchmarks import evaluate_benchmarks_dir
+
+            if ood or options.get("degradations") or options.get("tiles"):
+                raise ValueError("benchmarks= does not combine with ood, degradations or tiles")
+            specs = options.pop("benchmarks")
+            return evaluate_benchmarks_dir(
+                self.path, specs, samples=samples, device=device, console=console, **options
+            )
         return evaluate_run_dir(
             self.path, ood, samples=samples, device=device, console=console, **options
         )

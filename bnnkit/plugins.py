@@ -153,6 +153,10 @@ class Registry:
         raise PluginError(self.unknown_message(kind, name))
 
     def unknown_message(self, kind: str, name: str) -> str:
+        if kind == "backbone" and (tags := self._known_tags(name)) is not None:
+            base, _, tag = name.rpartition(".")
+            known = ", ".join(tags) if tags else "none (the name has no pretrained weights)"
+            return f"unknown pretrained tag '{tag}' of backbone '{base}'; its tags: {known}"
         candidates = list(self.entries[kind])
         if kind == "backbone":
             for names in self._catalogs.values():
@@ -163,6 +167,23 @@ class Registry:
             return f"{msg}; did you mean '{close[0]}'?"
         shown = sorted(self.entries[kind])
         return f"{msg}; available: {', '.join(shown) if shown else '(none installed)'}"
+
+    def _known_tags(self, name: str) -> list[str] | None:
+        """For ``model.tag`` (or ``family/model.tag``) whose ``model`` a backbone family
+        catalogues: the tags catalogued for it (``model.<tag>`` entries); else ``None``."""
+        base, dot, _ = name.rpartition(".")
+        if not dot or not base:
+            return None
+        family, _, model = base.partition("/")
+        catalogs = (
+            [self._catalogs[family]] if model and family in self._catalogs else
+            list(self._catalogs.values())
+        )  # fmt: skip
+        model = model if model and family in self._catalogs else base
+        for names in catalogs:
+            if model in names:
+                return sorted(n.rpartition(".")[2] for n in names if n.startswith(model + "."))
+        return None
 
 
 def _split_env(var: str) -> set[str] | None:

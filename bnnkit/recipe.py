@@ -112,19 +112,41 @@ def _check_generators(path: str, names: list[str]) -> list[str]:
         if name not in GENERATORS:
             close = difflib.get_close_matches(name, GENERATORS, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(GENERATORS)}"
-            problems.append(f"{path}: unknown generator '{name}'; {hint}")
+            problems.append(
+                f"{path}: unknown generator '{name}'; {hint} (GenImage's names; another "
+                'layout\'s generators need data.layout = "binary" or "manifest")'
+            )
     return problems
+
+
+def _genimage_names(raw: _Raw) -> bool:
+    """Whether generator names are GenImage's short names (checked, with "did you mean"):
+    ``data.layout = "genimage"``, or ``"auto"`` unless the root exists and is detected as another
+    layout. Other layouts name generators as their data does (checked when the data is read)."""
+    layout, root = raw.get("data.layout"), raw.get("data.root")
+    if layout == "genimage":
+        return True
+    if layout != "auto" or not isinstance(root, str):
+        return False
+    from bnnkit.data.layouts import resolve_layout
+    from bnnkit.errors import UsageError
+
+    try:
+        return resolve_layout(root, "auto") == "genimage"
+    except UsageError:
+        return True  # no data there (yet): GenImage's names, as before layouts
 
 
 def _data_problems(raw: _Raw) -> list[str]:
     problems: list[str] = []
     train, holdout = raw.get("data.train_generators"), raw.get("data.holdout")
+    check = _check_generators if _genimage_names(raw) else (lambda path, names: [])
     if train is not _MISSING:
-        problems += _check_generators("data.train_generators", train)
+        problems += check("data.train_generators", train)
         if not train:
             problems.append("data.train_generators: needs at least one generator")
     if holdout is not _MISSING:
-        problems += _check_generators("data.holdout", holdout)
+        problems += check("data.holdout", holdout)
     if train is not _MISSING and holdout is not _MISSING:
         both = sorted(set(train) & set(holdout))
         if both:
@@ -166,13 +188,39 @@ def _normalisation_problems(mean: list[float] | None, std: list[float] | None) -
 
 
 def _epoch_problems(raw: _Raw, method: Any) -> list[str]:
-    """``train.epochs = 0`` exactly for training-free methods (``trains = False``)."""
+    """``train.epochs = 0`` exactly for training-free methods (``trains = False``), and for a
+    post-hoc method (``post_hoc``) wrapping a released head (``[model.head] init``)."""
     epochs, head_epochs = raw.get("train.epochs"), raw.get("train.head_epochs")
-    if getattr(method.obj, "trains", True):
-        zero = f"{method.name} needs at least 1 epoch (0 is for training-free methods: wepe, rigid)"
-        return [f"train.epochs: {zero}"] if epochs == 0 else []
-    why = f"{method.name} is training-free (it calibrates on real images, nothing is optimised)"
+    released = isinstance(raw.get("model.head.init"), str)
     problems = []
+    if released and raw.get("model.standardise") is True:
+        problems.append(
+            "model.standardise: a released head (model.head.init) reads the features as they "
+            "were when it was trained: leave model.standardise unset or false"
+        )
+    if getattr(method.obj, "trains", True):
+        if epochs != 0:
+            return problems
+        if released and getattr(method.obj, "post_hoc", False):
+            if head_epochs not in (0, _MISSING):
+                problems.append(
+                    "train.head_epochs: train.epochs = 0 wraps the released head as it is "
+                    "(nothing trains); leave it 0"
+                )
+            return problems
+        if released:
+            zero = (
+                f"{method.name} cannot wrap a released head without training (train.epochs = 0 "
+                "with model.head.init is for post-hoc methods: kflaplace, map)"
+            )
+        else:
+            zero = (
+                f"{method.name} needs at least 1 epoch (0 is for training-free methods: wepe, "
+                "rigid; or, with [model.head] init = a released head's file, for post-hoc "
+                "methods: kflaplace, map)"
+            )
+        return [*problems, f"train.epochs: {zero}"]
+    why = f"{method.name} is training-free (it calibrates on real images, nothing is optimised)"
     if epochs not in (0, _MISSING):
         problems.append(f"train.epochs: {why}; set train.epochs = 0, got {epochs}")
     if head_epochs not in (0, _MISSING):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bnnkit.data.layout import GENERATORS
 
@@ -43,8 +43,71 @@ class BackboneRef(PluginRef):
     pretrained: bool | str = False
 
 
+def _range(value: list[Any], lo: float, hi: float, *, positive: bool = False) -> list[Any]:
+    """``value`` as a [low, high] pair within [lo, hi], low <= high (and > 0 with positive)."""
+    if len(value) != 2 or value[0] > value[1]:
+        raise ValueError(f"expected [low, high] with low <= high, got {value}")
+    if value[0] < lo or value[1] > hi or (positive and value[0] <= 0):
+        bound = f"({lo}, {hi}]" if positive else f"[{lo}, {hi}]"
+        raise ValueError(f"both ends must lie in {bound}, got {value}")
+    return value
+
+
+class AugmentConfig(_Strict):
+    """Training augmentation (``[data.augment]``, :mod:`bnnkit.data.augment`): each operation is
+    applied with its probability ``*_p`` (0 = off, the default) and its strength drawn uniformly
+    from its [low, high] range; only the images of backbone training are augmented."""
+
+    hflip: bool = Field(True, description="random horizontal flip (p 0.5)")
+    vflip: bool = Field(False, description="random vertical flip (p 0.5)")
+    blur_p: float = Field(0.0, ge=0, le=1, description="Gaussian blur probability")
+    blur_sigma: list[float] = Field(
+        default_factory=lambda: [0.0, 3.0], description="blur sigma range in pixels (CNNDetection)"
+    )
+    jpeg_p: float = Field(0.0, ge=0, le=1, description="JPEG re-encoding probability")
+    jpeg_quality: list[int] = Field(
+        default_factory=lambda: [30, 100], description="JPEG quality range (CNNDetection)"
+    )
+    noise_p: float = Field(0.0, ge=0, le=1, description="additive Gaussian noise probability")
+    noise_sigma: list[float] = Field(
+        default_factory=lambda: [0.015, 0.075],
+        description="noise sigma range on the 0-1 pixel scale (AI-GenBench's)",
+    )
+    resize_p: float = Field(0.0, ge=0, le=1, description="downscale-then-upscale probability")
+    resize_scale: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0], description="downscale factor range, in (0, 1]"
+    )
+    grayscale_p: float = Field(0.0, ge=0, le=1, description="grayscale probability")
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _blur_sigma(cls, v: list[float]) -> list[float]:
+        return _range(v, 0.0, 10.0)
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _jpeg_quality(cls, v: list[int]) -> list[int]:
+        return _range(v, 1, 100)
+
+    @field_validator("noise_sigma")
+    @classmethod
+    def _noise_sigma(cls, v: list[float]) -> list[float]:
+        return _range(v, 0.0, 1.0)
+
+    @field_validator("resize_scale")
+    @classmethod
+    def _resize_scale(cls, v: list[float]) -> list[float]:
+        return _range(v, 0.0, 1.0, positive=True)
+
+
 class DataConfig(_Strict):
     root: str = "data/synth"
+    layout: Literal["auto", "genimage", "binary", "manifest"] = Field(
+        "auto",
+        description="how data.root is laid out: genimage (<generator>/{train,val}/{ai,nature}), "
+        "binary ({0_real,1_fake} trees), manifest (CSV/Parquet path,label[,generator,family,"
+        "split]; data.root = the file); auto = detect (README: Layouts)",
+    )
     train_generators: list[str] = Field(
         default_factory=lambda: [g for g in GENERATORS if g != "midjourney"]
     )
@@ -77,6 +140,18 @@ class DataConfig(_Strict):
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
         None, description='resize interpolation (preprocess = "resize"); default: the backbone\'s'
     )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="training augmentation (blur, JPEG, noise, downscale, grayscale, flips); "
+        "off by default",
+    )
+    debias: list[Literal["jpeg96", "size_matched"]] = Field(
+        default_factory=list,
+        description="bias controls of GenImage's format/size shortcut, on train, calibration and "
+        "evaluation images alike: jpeg96 = fakes re-encoded as JPEG quality 96 at load time, "
+        "size_matched = reals restricted to their generator's fakes' size band "
+        "(bnnkit.data.debias)",
+    )
 
 
 def input_filter_frontend(model: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +172,11 @@ class ModelConfig(_Strict):
     backbone: BackboneRef
     attention: PluginRef = Field(default_factory=lambda: PluginRef(name="none"))
     head: PluginRef | None = None
-    pool: Literal["avg", "max", "cls"] = Field(
+    pool: Literal["avg", "max", "gem", "cls"] = Field(
         "avg",
-        description="global pooling of the feature map; cls = a ViT-style backbone's CLS "
-        "embedding after its final norm (needs model.attention.name = 'none')",
+        description="global pooling of the feature map; gem = generalised mean (p = 3, for "
+        "post-ReLU CNN maps); cls = a ViT-style backbone's CLS embedding after its final norm, "
+        "times the projection for a CLIP image tower (needs model.attention.name = 'none')",
     )
     input_filter: Literal["none", "laplacian"] | None = Field(
         None,
@@ -110,7 +186,8 @@ class ModelConfig(_Strict):
     standardise: Literal["auto"] | bool = Field(
         "auto",
         description="standardise pooled features (mean/std of the training features) before "
-        'the head in the head phase; auto = on with train.backbone = "frozen"',
+        'the head in the head phase; auto = on with train.backbone = "frozen" (off with a '
+        "released head: model.head.init)",
     )
 
     @model_validator(mode="before")
@@ -136,6 +213,20 @@ class ModelConfig(_Strict):
         return mapped
 
 
+class LoraSettings(_Strict):
+    """``[train.lora]``: the LoRA adapters of ``train.backbone = "lora"`` (peft's LoraConfig)."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is alpha/r BA)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="modules that get adapters: a list of module-name suffixes (peft's rule) or "
+        "one regex on the full name; default: a ViT's blocks' attn.qkv, attn.proj, mlp.fc1, "
+        "mlp.fc2, a ResNet's conv1-3 of layer3 and layer4",
+    )
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(3, ge=0, description="0 for (and only for) training-free methods")
     head_epochs: int = Field(0, ge=0, description="head-only phase epochs; 0 = train.epochs")
@@ -144,7 +235,16 @@ class TrainConfig(_Strict):
     backbone_lr_scale: float = Field(1.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    backbone: Literal["finetune", "frozen"] = "finetune"
+    backbone: Literal["finetune", "frozen", "lora", "partial"] = Field(
+        "finetune",
+        description="finetune: all of it learns; frozen: cached features, the head learns; lora: "
+        "peft LoRA adapters ([train.lora]) learn, the base is frozen; partial: the last "
+        "train.partial_blocks blocks learn",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    partial_blocks: int = Field(
+        1, ge=1, description='train.backbone = "partial": how many of the last blocks learn'
+    )
     feature_dtype: Literal["float32", "float16"] = Field(
         "float32", description="stored dtype of the frozen-feature cache (computed in float32)"
     )
@@ -156,6 +256,15 @@ class TrainConfig(_Strict):
     log: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="extra loggers beside history.csv"
     )
+
+    @model_validator(mode="after")
+    def _adapting_needs_epochs(self) -> TrainConfig:
+        if self.backbone in ("lora", "partial") and self.epochs == 0:
+            raise ValueError(
+                f'train.backbone = "{self.backbone}" adapts the backbone, which needs '
+                'train.epochs >= 1 (a training-free method: train.backbone = "frozen")'
+            )
+        return self
 
 
 class EvalConfig(_Strict):
@@ -173,6 +282,18 @@ class Recipe(_Strict):
     inference: PluginRef = Field(default_factory=lambda: PluginRef(name="map"))
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _adapting_whole_detector_ensembles(self) -> Recipe:
+        if self.train.backbone in ("lora", "partial") and (
+            self.inference.options().get("members") == "detectors"
+        ):
+            raise ValueError(
+                f'train.backbone = "{self.train.backbone}" is not supported with whole-detector '
+                'ensembles (inference.members = "detectors") yet: use members = <int> (head '
+                'ensembles on one adapted backbone) or train.backbone = "finetune"'
+            )
+        return self
 
     def head_name(self, registry: Any) -> str:
         head = self.model.head.name if self.model.head is not None else None

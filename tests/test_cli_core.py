@@ -20,9 +20,11 @@ COMMANDS = {
     "data": {"synth", "check"},
     "devices": None,
     "evaluate": None,
+    "export": None,
     "plugins": None,
     "predict": None,
     "protocol": None,
+    "pull": None,
     "recipes": {"list", "show", "validate", "copy"},
     "train": None,
 }

@@ -59,6 +59,9 @@ def evaluated():
     metrics["degradations"] = {
         "jpeg:30": {"kind": "jpeg", "value": 30.0, "description": "JPEG at quality 30",
                     **degraded},
+        # a severity level: the severity plot (one point of the jpeg sweep)
+        "jpeg@5": {"kind": "jpeg", "value": 30.0, "values": [30.0], "severity": 5,
+                   "description": "severity 5 of 5: JPEG at quality 30", **degraded},
     }  # fmt: skip
     return metrics, data
 
@@ -76,7 +79,7 @@ def _assert_labelled(fig) -> None:
 def test_every_figure_has_titles_and_labelled_axes(evaluated):
     metrics, data = evaluated
     figures = make_figures(metrics, data, HISTORY)
-    assert set(figures) == set(PLOT_FILES)  # the five kinds + degradations
+    assert set(figures) == set(PLOT_FILES)  # the five kinds + degradations + severity
     for fig in figures.values():
         _assert_labelled(fig)
         assert fig.get_suptitle() or fig.axes[0].get_title()
@@ -127,6 +130,13 @@ def test_write_report_writes_pngs_and_a_standalone_markdown(evaluated, tmp_path)
         assert heading in report
     assert "| midjourney\\* |" in report and "| jpeg:30 |" in report
     assert "Training: 3 epoch(s)" in report
+
+    # evaluated again without a severity sweep: its stale plot and link go
+    fewer = {**metrics, "degradations": {"jpeg:30": metrics["degradations"]["jpeg:30"]}}
+    written = write_report(tmp_path, fewer, data)
+    assert "severity" not in written and "degradations" in written
+    assert not (tmp_path / "plots" / PLOT_FILES["severity"]).exists()
+    assert "plots/severity.png" not in (tmp_path / "report.md").read_text()
 
     # Without plots: the earlier PNGs go, and the report no longer links them.
     written = write_report(tmp_path, metrics, data, plots=False)

@@ -39,7 +39,7 @@ def test_plan_head_epochs_default_to_epochs_and_phase_roles():
     assert not head.trains_backbone and head.uses_method_loss
     assert Phase("finetune", 1).trains_backbone and Phase("finetune", 1).uses_method_loss
     with pytest.raises(ValueError, match="train.backbone"):
-        plan_phases("partial", True, epochs=1)
+        plan_phases("halfway", True, epochs=1)  # "partial" is a mode now (lora.py tests it)
 
 
 CALLS: list[tuple] = []

@@ -37,6 +37,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     checkpoint.json (read as plain files: comparing needs no plugin to be installed)."""
     from bnnkit.errors import UsageError
     from bnnkit.metrics.schema import abstention_score, canonical_score, ood_score
+    from bnnkit.report.benchmarks import benchmark_row
     from bnnkit.report.compare import protocol_cell
     from bnnkit.run import RunLayout
 
@@ -88,6 +89,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "predict_timed": _timed(timing, recipe, checkpoint),
         "seen_generators": metrics.get("seen_generators", []),
         "unseen_generators": unseen,
+        **benchmark_row(metrics),  # with --data: the cross-benchmark mean and minimum
     }
 
 

@@ -14,6 +14,7 @@ from bnnkit.cli._common import (
     path_option,
     print_json,
 )
+from bnnkit.cli._evaluate_options import data_option, evaluate_benchmarks, fit_limit_option
 from bnnkit.cli._evaluate_output import print_metrics
 from bnnkit.cli._tiles import tile_options
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
@@ -35,8 +36,14 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     multiple=True,
     metavar="SPECS",
     help="Also evaluate under degradations, comma-separated and/or repeated: jpeg:QUALITY, "
-    "blur:SIGMA, resize:SHORT_SIDE; 'genimage' = the paper's six "
-    "(jpeg:65,jpeg:30,blur:3,blur:5,resize:112,resize:64).",
+    "blur:SIGMA, resize:SHORT_SIDE, noise:SIGMA (0-1 scale), webp:QUALITY, grayscale, "
+    "chain:Q1,SCALE,Q2 (JPEG, downscale, JPEG), jpegblur:QUALITY,SIGMA; A/B lists "
+    "alternatives (a grid: jpegblur:30/50,1/2); KIND@1-5 severity levels of jpeg, webp, blur, "
+    "noise, resize; 'genimage' = the paper's six (jpeg:65,jpeg:30,blur:3,blur:5,resize:112,"
+    "resize:64); 'laundering' = the five sweeps, chain:95,0.75,80, grayscale and "
+    "jpegblur:50,2 (plots/severity.png); fgsm:EPS, pgd:EPS,STEPS: white-box attacks on the "
+    "predictive mean (L-inf EPS on the 0-1 pixel scale, e.g. fgsm:0.0314 for 8/255), reporting "
+    "attack success and the share abstention catches.",
 )
 @click.option(
     "--samples",
@@ -67,14 +74,7 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     "Score the abstention threshold is calibrated on, saved for `bnnkit predict` (any "
     "score; added to --score; total = entropy, epistemic = mutual_info)."
 )
-@click.option(
-    "--fit-limit",
-    type=click.IntRange(min=0),
-    default=2000,
-    show_default=True,
-    help="Training images (balanced over generator and class) a fitted score such as "
-    "mahalanobis or knn is fitted on when the run has no fit of it yet; 0 = all.",
-)
+@fit_limit_option
 @overrides_option(
     "KEY=VALUE",
     "Evaluation-time option of the run's inference method (inference.KEY=VALUE) or of a score "
@@ -84,8 +84,13 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
 )
 @click.option("--no-plots", is_flag=True, help="Skip RUN/plots/*.png (report.md keeps tables).")
 @click.option(
-    "--data-root", default=None, help="Evaluate on data at this root instead of the recipe's."
+    "--debias",
+    multiple=True,
+    type=click.Choice(["jpeg96", "size_matched", "none"]),
+    help="Evaluate under these data.debias controls whatever the run was trained with "
+    "(repeatable; 'none' = raw data). Default: the run's own. Recorded in metrics.json.",
 )
+@data_option
 @path_option(
     "--runs-dir", DEFAULT_RUNS_ROOT, "Where to look for the latest run when RUN is not given."
 )
@@ -105,7 +110,9 @@ def command(
     fit_limit: int,
     overrides: tuple[str, ...],
     no_plots: bool,
+    debias: tuple[str, ...],
     data_root: str | None,
+    data: tuple[str, ...],
     runs_dir: Path,
     as_json: bool,
     tiling: dict | None,
@@ -133,7 +140,9 @@ def command(
       bnnkit evaluate runs/quickstart-20261121-101500 --ood midjourney --ood glide \\
           --degrade jpeg:65,blur:3 --samples 32
       bnnkit evaluate RUN --degrade genimage --coverage 0.9
+      bnnkit evaluate RUN --degrade laundering
       bnnkit evaluate RUN --set inference.prior_precision=10
+      bnnkit evaluate RUN --data genimage=/data/GenImage --data chameleon=/data/Chameleon:binary
       bnnkit evaluate RUN --ood midjourney --score mahalanobis --score knn --abstain-on knn
     """
     from bnnkit.api import Run
@@ -149,6 +158,14 @@ def command(
     dev, note = select_device(device)
     if not as_json:
         console().print(f"evaluating {run_dir} on {note}")
+    if data:  # several benchmarks, one pass (bnnkit.engine.evaluate.benchmarks)
+        refused = {"--ood": ood, "--degrade": degradations, "--tiles": tiling}
+        return evaluate_benchmarks(
+            run_dir, data, as_json=as_json, refused=refused, samples=samples, device=dev,
+            data_root=data_root, coverage=coverage, abstain_on=abstain_on, fit_limit=fit_limit,
+            scores=list(scores) or None, score_options=score_options or None,
+            plots=not no_plots, overrides=list(overrides), debias=list(debias) or None,
+        )  # fmt: skip
     metrics = the_run.evaluate(
         list(ood) or None,
         samples=samples,
@@ -163,6 +180,7 @@ def command(
         fit_limit=fit_limit,
         plots=not no_plots,
         overrides=list(overrides),
+        debias=list(debias) or None,
         tiles=tiling
         and {
             "max_tiles": tiling["max_tiles"],

@@ -59,6 +59,15 @@ from bnnkit.metrics.schema import DEFAULT_ABSTAIN_SCORE
 )
 @click.option("--plots", is_flag=True, help="Also write each cell's evaluation plots.")
 @click.option(
+    "--debias",
+    "debias",
+    multiple=True,
+    type=click.Choice(["jpeg96", "size_matched"]),
+    help="Also evaluate every cell under these data.debias controls and print the raw and the "
+    "controlled table side by side (OUT/debias-*/); to train under them too: --set "
+    "'data.debias=[\"jpeg96\"]'.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Run into an --out whose protocol.json has other settings (protocol, recipes, --set, "
@@ -94,6 +103,7 @@ def command(
     scores: tuple[str, ...],
     abstain_on: str | None,
     plots: bool,
+    debias: tuple[str, ...],
     force: bool,
     device: str,
     launcher: str,
@@ -124,6 +134,8 @@ def command(
       bnnkit protocol sdv4 --recipe genimage_sdv4_map --recipe genimage_sdv4_bbb \\
           --set data.root=/data/genimage --launcher slurm --partition gpu --gpus 1
     """
+    from rich.table import Table
+
     from bnnkit.api import run_protocol
     from bnnkit.report.protocol import protocol_table
     from bnnkit.report.tables import render_rich
@@ -146,19 +158,29 @@ def command(
         name, list(recipes), list(overrides), out=folder, generators=gens, cache_dir=cache_dir,
         score=score, scores=list(scores) or None, device=device, plots=plots,
         abstain_on=abstain_on or DEFAULT_ABSTAIN_SCORE, launcher=launcher, jobs=jobs,
-        slurm=slurm, on_cell=on_cell, force=force,
+        slurm=slurm, on_cell=on_cell, force=force, debias=list(debias),
     )  # fmt: skip
-    blocks = [result.rows]  # sdv4: one table, a row per recipe; cross, loo: one per recipe
+    # sdv4: one table, a row per recipe; cross, loo: one per recipe (each beside its controlled)
+    blocks = [(result.rows, result.controlled)]
     if name != "sdv4":
         names = list(dict.fromkeys(r["block"] for r in result.rows))
-        blocks = [[r for r in result.rows if r["block"] == b] for b in names]
-    for rows in blocks:
+        blocks = [([r for r in rs if r["block"] == b] for rs in (result.rows, result.controlled))
+                  for b in names]  # fmt: skip
+    rec = result.record
+    for rows, controlled in (list(b) for b in blocks):
         title = f"bnnkit protocol {name}" + ("" if name == "sdv4" else f": {rows[0]['block']}")
-        table = protocol_table(
-            rows, result.record["generators"], protocol=name, score=result.record["score"],
-            abstain_on=result.record["abstain_on"], title=title,
-        )  # fmt: skip
-        print_table(shown, render_rich(table))
+        controls = "+".join(rec.get("debias", []))
+        tables = [(rows, title)] if not controlled else [
+            (rows, f"{title}, raw data"), (controlled, f"{title}, {controls} (controlled)")
+        ]  # fmt: skip
+        shown_tables = [render_rich(protocol_table(
+            r, rec["generators"], protocol=name, score=rec["score"],
+            abstain_on=rec["abstain_on"], title=t,
+        )) for r, t in tables]  # fmt: skip
+        grid = Table.grid(padding=(0, 3))  # side by side
+        grid.add_row(*shown_tables)
+        print_table(shown, grid if controlled else shown_tables[0])
     shown.print(f"[green]done[/] in {result.record['seconds']:.1f} s")
-    for path in result.files.values():
+    controlled = [result.out / p for p in rec.get("controlled", {}).get("files", {}).values()]
+    for path in [*result.files.values(), *controlled]:
         shown.print(f"  {path}")

@@ -63,6 +63,7 @@ def command(
         )
         out.print(f"device: {note}")
         out.print(f"run:    {run_dir}" + ("  (resuming)" if resume else ""))
+        _data_notes(out, r.data)
 
     run = train(
         recipe, list(overrides), resume=resume, runs_dir=runs_dir, cache_dir=cache_dir,
@@ -80,6 +81,19 @@ def command(
             f"(listed in {RunLayout(run_dir).broken})"
         )
     out.print(f"next:   bnnkit evaluate {run_dir}")
+
+
+def _data_notes(out, data) -> None:
+    """The data's layout and generators (and a manifest's skipped rows); a data problem is left
+    for training to report."""
+    from bnnkit.data.layouts import data_notes
+    from bnnkit.errors import UsageError
+
+    try:
+        for note in data_notes(data.root, data.layout):
+            out.print(note, markup=False)
+    except UsageError:
+        pass
 
 
 def _summary(history: list) -> str:

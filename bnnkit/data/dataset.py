@@ -15,6 +15,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
+from bnnkit.data.augment import AugmentSettings, flip_ops, pixel_ops
+from bnnkit.data.debias import JPEG96_QUALITY, reencode_jpeg
 from bnnkit.data.genimage import Sample
 from bnnkit.data.images import UnreadableImage, open_rgb
 
@@ -97,12 +99,17 @@ IMAGENET = Normalisation()
 
 
 def build_transform(
-    image_size: int, preprocess: str, train: bool, norm: Normalisation = IMAGENET
+    image_size: int,
+    preprocess: str,
+    train: bool,
+    norm: Normalisation = IMAGENET,
+    augment: AugmentSettings | None = None,
 ) -> T.Compose:
     """``crop`` keeps native resolution (generation artifacts survive; small images are padded),
     ``resize`` scales the whole image (with ``norm.interpolation``). Train adds a random crop and
-    a horizontal flip. Pixels are then normalised with ``norm`` (the backbone's; ImageNet's by
-    default)."""
+    a horizontal flip, or with ``augment`` (``[data.augment]``) its flips and then its pixel
+    operations (:mod:`bnnkit.data.augment`). Pixels are then normalised with ``norm`` (the
+    backbone's; ImageNet's by default)."""
     if preprocess == "resize":
         mode = INTERPOLATIONS[norm.interpolation]
         geometry = [T.Resize((image_size, image_size), interpolation=mode, antialias=True)]
@@ -110,13 +117,18 @@ def build_transform(
         geometry = [T.RandomCrop(image_size, pad_if_needed=True, padding_mode="reflect")]
     else:
         geometry = [T.CenterCrop(image_size)]
+    uint8_ops: list[T.Transform] = []
+    scaled_ops: list[T.Transform] = []
     if train:
-        geometry.append(T.RandomHorizontalFlip())
+        geometry.extend(flip_ops(augment))
+        uint8_ops, scaled_ops = pixel_ops(augment)
     return T.Compose(
         [
             T.ToImage(),
             *geometry,
+            *uint8_ops,
             T.ToDtype(torch.float32, scale=True),
+            *scaled_ops,
             norm.normalize(),
         ]
     )
@@ -140,7 +152,8 @@ class ImageDataset(Dataset):
     """Labelled samples through ``transform``. ``draft`` (see :func:`draft_size`) decodes JPEGs
     at the smallest 1/2^k scale still at least that size: faster for large photos, pixels
     within a few levels of a full decode after the resize (measured by benchmarks/scale.py);
-    off by default."""
+    off by default. ``debias`` (``data.debias``): with ``jpeg96`` every fake is re-encoded as
+    JPEG quality 96 right after decoding (:mod:`bnnkit.data.debias`)."""
 
     def __init__(
         self,
@@ -149,11 +162,14 @@ class ImageDataset(Dataset):
         generators: Sequence[str],
         *,
         draft: tuple[int, int] | None = None,
+        debias: Sequence[str] = (),
     ):
         self.samples = list(samples)
         self.transform = transform
         self.generators = list(generators)
         self.draft = draft
+        #: ``data.debias`` controls acting at load time (``jpeg96``: fakes re-encoded as JPEG)
+        self.debias = tuple(debias)
         self._gen_index = {g: i for i, g in enumerate(self.generators)}
 
     def __len__(self) -> int:
@@ -165,6 +181,8 @@ class ImageDataset(Dataset):
             image = open_rgb(s.path, draft=self.draft)
         except UnreadableImage as exc:
             return Broken(str(s.path), exc.reason)
+        if s.label == 1 and "jpeg96" in self.debias:
+            image = reencode_jpeg(image, JPEG96_QUALITY)
         return self.transform(image), s.label, self._gen_index[s.generator], index
 
 

@@ -24,8 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bnnkit.data.genimage import Sample, index_split
+from bnnkit.data.binary import BINARY_CLASSES
+from bnnkit.data.debias import apply_debias
+from bnnkit.data.genimage import Sample
 from bnnkit.data.layout import CLASS_FOLDERS
+from bnnkit.data.layouts import index_split
 from bnnkit.errors import UsageError
 
 __all__ = [
@@ -45,11 +48,15 @@ LEGACY_CALIBRATION = 0.0
 
 
 def _relative(sample: Sample) -> str:
-    """The sample's path from its class folder down (``ai/x.png``): stable across data roots."""
+    """The sample's path from its class folder down (``ai/x.png``; for a ``{0_real,1_fake}``
+    tree from the folder above it, ``car/0_real/x.png``): stable across data roots. A manifest's
+    file: its name."""
     parts = Path(sample.path).parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] in CLASS_FOLDERS:
             return "/".join(parts[i:])
+        if parts[i] in BINARY_CLASSES:
+            return "/".join(parts[max(i - 1, 0) :])
     return Path(sample.path).name
 
 
@@ -82,13 +89,15 @@ def train_calibration_split(
     recipe: Any, cache_dir: str | Path | None = None
 ) -> tuple[list[Sample], list[Sample]]:
     """``(train_items, calibration_items)`` of ``recipe``: its training generators' training
-    split (``data.balance``, ``data.train_limit``, ``seed``), with ``data.calibration`` of each
-    (generator, class) carved out as the calibration images."""
+    split (``data.balance``, ``data.train_limit``, ``seed``; ``data.debias``'s
+    ``size_matched``), with ``data.calibration`` of each (generator, class) carved out as the
+    calibration images."""
     d = recipe.data
     items = index_split(
         d.root, list(d.train_generators), "train", limit=d.train_limit, balance=d.balance,
-        seed=recipe.seed, cache_dir=cache_dir,
+        seed=recipe.seed, cache_dir=cache_dir, layout=getattr(d, "layout", "auto"),
     )  # fmt: skip
+    items = apply_debias(recipe, items)
     return carve_calibration(items, float(d.calibration), recipe.seed)
 
 

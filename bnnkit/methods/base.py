@@ -74,6 +74,8 @@ class InferenceMethod:
     - ``clip_gradients``: whether ``train.grad_clip`` applies (False for SG-MCMC samplers).
     - ``trains``: False for a training-free method (``wepe``, ``rigid``): its recipe has
       ``train.epochs = 0``, the run extracts features and calls ``after_training`` only.
+    - ``post_hoc``: ``train.epochs = 0`` is also allowed with a released head
+      (``[model.head] init``): the run extracts features and calls ``after_training`` only.
 
     With ``train.backbone = "frozen"`` every method trains on cached pooled features.
     ``train.head_epochs`` (default: ``train.epochs``) sets the epochs of that head-only phase.
@@ -89,6 +91,10 @@ class InferenceMethod:
     clip_gradients: ClassVar[bool] = True
     #: False for training-free methods (``train.epochs = 0``: no optimisation at all).
     trains: ClassVar[bool] = True
+    #: True when ``train.epochs = 0`` with a released head (``[model.head] init``) is a whole
+    #: method: the head is kept as loaded and ``after_training`` fits what the method adds
+    #: (kflaplace: the Laplace posterior on the training features; map: nothing).
+    post_hoc: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -41,6 +41,7 @@ def make_figures(
 ) -> dict[str, Any]:
     """Plot kind -> matplotlib Figure, for every kind in :data:`PLOT_FILES` that applies."""
     from bnnkit.report import plots
+    from bnnkit.report.severity import severity_figure, sweeps
 
     names = [*metrics["seen_generators"], *metrics["ood_generators"]]
     n_seen = len(metrics["seen_generators"])
@@ -71,6 +72,8 @@ def make_figures(
     }
     if metrics.get("degradations"):
         figures["degradations"] = plots.degradation_figure(metrics)
+    if sweeps(metrics):
+        figures["severity"] = severity_figure(metrics)
     return figures
 
 

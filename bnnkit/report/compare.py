@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bnnkit.report.benchmarks import BENCH_CAPTION, BENCHMARK_COLUMNS
 from bnnkit.report.tables import RICH_DASH, Column, Marked, Table
 
 __all__ = [
@@ -43,6 +44,7 @@ COMPARE_COLUMNS: list[tuple[str, str, int]] = [
     ("abstain_score", "abstain on", 0),
     ("abstain_auroc", "its OOD AUROC", 3),
     ("caught_rate", "unseen caught", 1),
+    *BENCHMARK_COLUMNS,  # only when a run was evaluated with --data
     ("train_seconds", "train s", 1),
     ("predict_ms_per_image", "predict ms/img", 2),
 ]
@@ -121,8 +123,10 @@ def compare_table(
             return Column(header, get, digits, kind="pct", short=header.split()[-1])
         return Column(header, get, digits, short=header.replace(" ", "\n", 1))
 
+    if not any(r.get("bench_acc_mean") is not None for r in rows):
+        drop = [*drop, *(c[0] for c in BENCHMARK_COLUMNS)]
     columns = [column(*c) for c in COMPARE_COLUMNS if c[0] not in drop]
-    caption = COMPARE_CAPTION
+    caption = COMPARE_CAPTION + ("" if BENCHMARK_COLUMNS[0][0] in drop else BENCH_CAPTION)
     if any(r.get("predict_timed") == TIMED_CACHED for r in rows):
         caption += CACHED_CAPTION
     named = [{**r, "run": name} for r, name in zip(rows, row_names(rows), strict=True)]

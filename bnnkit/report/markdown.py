@@ -54,6 +54,12 @@ PLOT_CAPTIONS = {
         "Degradations",
         "Accuracy and mean epistemic uncertainty, clean and under each degradation.",
     ),
+    "severity": (
+        "Severity sweeps",
+        "Accuracy, the share of unseen-generator errors the abstention threshold catches and "
+        "the seen coverage it keeps, against severity (0 = clean), one line per degradation "
+        "kind; the threshold is the clean-calibrated one.",
+    ),
 }
 
 
@@ -130,7 +136,9 @@ def _degradation_section(m: Mapping[str, Any]) -> list[str]:
     if not degs:
         return [
             "Not evaluated. GenImage's protocol: "
-            "`--degrade jpeg:65,jpeg:30,blur:3,blur:5,resize:112,resize:64`."
+            "`--degrade jpeg:65,jpeg:30,blur:3,blur:5,resize:112,resize:64`; laundering "
+            "(severity sweeps, a social-media chain, noise, WebP, grayscale): "
+            "`--degrade laundering`."
         ]
     out = [
         "Accuracy per generator (GenImage's table), then seen-generator AUROC and ECE, and the "
@@ -217,6 +225,10 @@ def render_report(
             f"{uc['errors_caught']} of {uc['errors']} errors on unseen generators."
         )
     lines += summary
+    if m.get("benchmarks"):  # --data: the cross-benchmark table and each benchmark's
+        from bnnkit.report.benchmarks import benchmark_section
+
+        lines += benchmark_section(m)
     lines += [
         "",
         "## Detection per generator",

@@ -369,9 +369,10 @@ def degradation_figure(metrics: Mapping[str, Any]) -> Figure:
     groups = [("seen", "seen generators")]
     if metrics.get("unseen"):
         groups.append(("unseen", "unseen generators"))
+    many = len(names) > 8  # e.g. --degrade laundering: one panel per row, upright labels
     with _style():
-        fig = Figure(figsize=(WIDTH, 3.0), layout="constrained")
-        ax_acc, ax_unc = fig.subplots(1, 2)
+        fig = Figure(figsize=(WIDTH, 6.0 if many else 3.0), layout="constrained")
+        ax_acc, ax_unc = fig.subplots(2, 1) if many else fig.subplots(1, 2)
         x = np.arange(len(names))
         width = 0.8 / len(groups)
         for i, ((key, label), colour) in enumerate(zip(groups, _colours(2), strict=False)):
@@ -384,8 +385,8 @@ def degradation_figure(metrics: Mapping[str, Any]) -> Figure:
         ax_unc.set(ylabel="mean epistemic uncertainty (nats)", title="Epistemic uncertainty")
         ax_unc.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         for ax in (ax_acc, ax_unc):
-            ax.set_xticks(x, names, rotation=30, ha="right")
+            ax.set_xticks(x, names, rotation=90 if many else 30, ha="center" if many else "right")
             ax.set_xlabel("condition")
             ax.legend()
-        fig.suptitle("GenImage degradation protocol")
+        fig.suptitle("Degradations" if many else "GenImage degradation protocol")
     return fig

@@ -78,9 +78,11 @@ def _mean(values: Sequence[Any]) -> float | None:
 def _row_labels(protocol: str, cell: Any) -> tuple[str, str]:
     """(label, the terminal's shorter label) of a cell's row."""
     if protocol == "cross":
-        return f"train {cell.train[0]}", f"train {PAPER_LABELS[cell.train[0]]}"
+        name = cell.train[0]
+        return f"train {name}", f"train {PAPER_LABELS.get(name, name)}"
     if protocol == "loo":
-        return f"without {cell.unseen[0]}", f"w/o {PAPER_LABELS[cell.unseen[0]]}"
+        name = cell.unseen[0]
+        return f"without {name}", f"w/o {PAPER_LABELS.get(name, name)}"
     return f"train {'+'.join(cell.train)}", cell.block
 
 
@@ -96,7 +98,8 @@ def protocol_rows(
     """The table's rows from each cell (``block``, ``train``, ``unseen``) and its metrics.json;
     the published rows first for ``sdv4``."""
     rows: list[dict[str, Any]] = []
-    if protocol == "sdv4":
+    published = set(PAPER_ORDER) >= set(generators)  # GenImage's generators (not another layout's)
+    if protocol == "sdv4" and published:
         for name, values in PUBLISHED_SDV4.items():
             acc = {g: round(values[g] / 100, 4) for g in generators}
             unseen = [g for g in generators if g != "sdv4"]
@@ -177,7 +180,7 @@ def protocol_table(
             left=True,
             rich={"overflow": "ellipsis", "max_width": 28},
         ),  # fmt: skip
-        *[num(PAPER_LABELS[g], _pct("accuracy", g, mark)) for g in generators],
+        *[num(PAPER_LABELS.get(g, g), _pct("accuracy", g, mark)) for g in generators],
         num("avg", _pct("average")),
         num("unseen avg", _pct("unseen_average"), "unseen"),
         num(f"OOD AUROC ({score})", _pct("ood_auroc"), "AUROC"),
@@ -281,7 +284,7 @@ def protocol_heatmap_figure(
                 if math.isfinite(v):
                     ax.text(j, i, no_negative_zero(f"{100 * v:.0f}"), ha="center", va="center",
                             fontsize=6, color="black" if v > 0.6 else "white")  # fmt: skip
-            ax.set_xticks(range(len(generators)), [PAPER_LABELS[g] for g in generators])
+            ax.set_xticks(range(len(generators)), [PAPER_LABELS.get(g, g) for g in generators])
             ax.set_yticks(range(len(block_rows)), [r["row"] for r in block_rows])
             ax.set(title=block, xlabel="test generator", ylabel="cell")
             if not held_out:

@@ -313,8 +313,10 @@ def _calibration_images(cal: Mapping[str, Any]) -> str:
 
 def degradation_table(m: Mapping[str, Any]) -> Table:
     """Clean and each degradation: per-generator accuracy (markdown), pooled accuracies, seen
-    AUROC / ECE, mean epistemic (terminal) and the clean threshold's seen coverage (markdown)."""
+    AUROC / ECE, mean epistemic (terminal) and the clean threshold's seen coverage (markdown);
+    with an attack (``fgsm``/``pgd``), its success rate and the share abstention catches."""
     conditions = {"clean": m, **(m.get("degradations") or {})}
+    attacked = any("attack" in c for c in conditions.values())
 
     def coverage(c: Mapping[str, Any]) -> Any:
         return abstention_score(c["abstention"])["seen"]["coverage"]
@@ -337,8 +339,14 @@ def degradation_table(m: Mapping[str, Any]) -> Table:
                 "epist.", lambda r: r[1]["seen"]["epistemic_uncertainty"], digits=4, only="rich"
             ),
             Column("seen coverage", lambda r: coverage(r[1]), kind="pct", only="markdown"),
+            *([Column("attack success", lambda r: (r[1].get("attack") or {}).get("success_rate"),
+                      kind="pct"),
+               Column("caught", lambda r: (r[1].get("attack") or {}).get("caught_rate"),
+                      kind="pct")] if attacked else []),
         ],  # fmt: skip
         list(conditions.items()),
         title="degradations",
-        caption="epist.: mean epistemic uncertainty of seen images.",
-    )
+        caption="epist.: mean epistemic uncertainty of seen images."
+        + (" attack success: share of clean-correct images whose verdict the attack flips; "
+           "caught: share of those above the clean abstention threshold." if attacked else ""),
+    )  # fmt: skip

@@ -21,6 +21,10 @@ def _get(name: str):
 
 def _generator_rows(m: Mapping[str, Any]) -> tuple[list[tuple[Label, Any]], tuple[int, ...]]:
     rows = [(Label(n, unseen=not e.get("seen", True)), e) for n, e in m["per_generator"].items()]
+    families = m.get("families") or {}
+    if families:  # grouped by family (a manifest's family column), in order of appearance
+        order = list(dict.fromkeys(families.get(label.text) for label, _ in rows))
+        rows.sort(key=lambda r: order.index(families.get(r[0].text)))
     section = (len(rows),)
     rows.append((Label("all seen", strong=True), m["seen"]))
     if m.get("unseen"):
@@ -51,9 +55,17 @@ _CALIBRATION = [
 ]
 
 
+def _family_column(m: Mapping[str, Any]) -> list[Column]:
+    """The family column, when ``metrics.json`` records generator families (manifests)."""
+    families = m.get("families") or {}
+    if not families:
+        return []
+    return [Column("family", lambda row: families.get(getattr(row[0], "text", "")), left=True)]
+
+
 def _per_generator_table(m: Mapping[str, Any], specs: list, title: str, caption: str) -> Table:
     rows, sections = _generator_rows(m)
-    columns = [Column("generator", _label, left=True)]
+    columns = [Column("generator", _label, left=True), *_family_column(m)]
     columns += [Column(header, _get(key), **opts) for header, key, opts in specs]
     return Table(columns, rows, title=title, caption=caption, sections=sections)
 
@@ -93,7 +105,7 @@ _FORENSIC = [
 def forensic_table(m: Mapping[str, Any]) -> Table:
     """The metrics forensic papers print, per generator (docs/metrics-schema.md)."""
     rows, sections = _generator_rows(m)
-    columns = [Column("generator", _label, left=True)]
+    columns = [Column("generator", _label, left=True), *_family_column(m)]
     columns += [Column(header, _get(key), **opts) for header, key, opts in _FORENSIC]
     return Table(
         columns,

@@ -53,7 +53,8 @@ EVAL_PARTIAL_SUFFIX = ".safetensors"
 MEMBERS_DIR = "members"
 MEMBERS_FILE = "members.json"
 
-#: plot kind -> file name under ``RUN/plots/``. ``degradations`` only with ``--degrade``.
+#: plot kind -> file name under ``RUN/plots/``. ``degradations`` only with ``--degrade``;
+#: ``severity`` only when a severity sweep ran (``--degrade jpeg@1-5``, ``laundering``).
 PLOT_FILES: dict[str, str] = {
     "reliability": "reliability.png",
     "epistemic_histogram": "epistemic_histogram.png",
@@ -61,6 +62,7 @@ PLOT_FILES: dict[str, str] = {
     "roc": "roc_per_generator.png",
     "training_curves": "training_curves.png",
     "degradations": "degradations.png",
+    "severity": "severity.png",
 }
 
 #: the fixed-name files of a run directory (tensor files are named per tag).

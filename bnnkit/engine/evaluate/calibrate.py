@@ -36,8 +36,9 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
-from bnnkit.data.genimage import index_split
+from bnnkit.data.debias import apply_debias, debias_of
 from bnnkit.data.index import DEFAULT_CACHE_DIR
+from bnnkit.data.layouts import index_split
 from bnnkit.data.splits import (
     CALIBRATION_SPLIT,
     calibration_items,
@@ -112,7 +113,7 @@ def _features(detector, method, recipe, meta, items, device) -> Features:
     )
     dataset = ImageDataset(
         items, transform, list(d.train_generators),
-        draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft),
+        draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft), debias=debias_of(recipe),
     )  # fmt: skip
     workers = worker_count(d.num_workers, device)
     cache_dir = run_feature_cache(recipe, meta)
@@ -162,7 +163,9 @@ def calibrate_run(
     else:
         warnings.warn(in_sample_warning("the temperature is"), stacklevel=2)
         items = index_split(d.root, seen, "val", limit=d.val_limit, balance=d.balance,
-                            seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR)  # fmt: skip
+                            seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR,
+                            layout=d.layout)  # fmt: skip
+        items = apply_debias(recipe, items)
     feats = _features(detector, method, recipe, meta, items, device)
     if not len(feats.labels):
         which = "calibration" if d.calibration else "validation"

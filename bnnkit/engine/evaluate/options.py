@@ -10,11 +10,23 @@ from bnnkit.data.genimage import check_generator_name
 from bnnkit.errors import UsageError
 from bnnkit.overrides import parse_value
 
-__all__ = ["inference_overrides", "resolve_ood", "score_overrides"]
+__all__ = ["evaluation_debias", "inference_overrides", "resolve_ood", "score_overrides"]
+
+
+def evaluation_debias(recipe, debias: list[str] | None) -> None:
+    """``bnnkit evaluate --debias``: evaluate under these ``data.debias`` controls whatever the
+    run was trained with (``["none"]``: the raw data; ``None``: the run's own), set on
+    ``recipe`` so that the evaluation, calibration and score-fit images all follow it."""
+    if debias is not None:
+        from bnnkit.data.debias import normalise_debias
+
+        recipe.data.debias = normalise_debias(v for v in debias if v != "none")
 
 
 def resolve_ood(recipe, ood: list[str] | None) -> list[str]:
-    names = [check_generator_name(g) for g in (ood or recipe.data.holdout)]
+    names = list(ood or recipe.data.holdout)
+    if _genimage_names(recipe.data):  # other layouts: checked against the data when read
+        names = [check_generator_name(g) for g in names]
     seen = set(recipe.data.train_generators)
     trained = [g for g in names if g in seen]
     if trained:
@@ -24,6 +36,17 @@ def resolve_ood(recipe, ood: list[str] | None) -> list[str]:
             hint=f"unseen here: {', '.join(sorted(set(recipe.data.holdout) - seen)) or 'none'}",
         )
     return list(dict.fromkeys(names))
+
+
+def _genimage_names(data: Any) -> bool:
+    """Whether ``data``'s generators are GenImage's short names (its layout, or a root that
+    cannot be read yet: then the names are checked as before layouts existed)."""
+    from bnnkit.data.layouts import resolve_layout
+
+    try:
+        return resolve_layout(data.root, getattr(data, "layout", "auto")) == "genimage"
+    except UsageError:
+        return True
 
 
 def inference_overrides(overrides: list[str] | None) -> dict[str, Any]:

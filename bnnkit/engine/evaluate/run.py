@@ -35,15 +35,16 @@ import torch
 from rich.console import Console
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
+from bnnkit.data.debias import apply_debias, debias_of, debias_record
 from bnnkit.data.degrade import Degradation
-from bnnkit.data.genimage import Sample, index_split
 from bnnkit.data.index import DEFAULT_CACHE_DIR
+from bnnkit.data.layouts import Sample, data_notes, index_split, layout_record
 from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_items, calibration_record
 from bnnkit.engine.build import load_run
 from bnnkit.engine.device import resolve_device
-from bnnkit.engine.evaluate import score_fit
+from bnnkit.engine.evaluate import attack, score_fit
 from bnnkit.engine.evaluate.calibrate import apply_run_temperature, temperature_metrics
-from bnnkit.engine.evaluate.options import inference_overrides, resolve_ood
+from bnnkit.engine.evaluate.options import evaluation_debias, inference_overrides, resolve_ood
 from bnnkit.engine.evaluate.partial import PartialResults, evaluation_key
 from bnnkit.engine.evaluate.score_fit import (
     FIT_LIMIT,
@@ -101,10 +102,9 @@ def _run_condition(
     detector, method, items: list[Sample], generators: list[str], transform, recipe, device,
     k: int, progress, label: str, cache_dir: Path | None = None, scorer: Scorer | None = None,
 ) -> tuple[Predictions, StreamStats]:  # fmt: skip
-    d = recipe.data
-    dataset = ImageDataset(
-        items, transform, generators, draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft)
-    )
+    d, perturb = recipe.data, attack.step(transform, detector, method, k)  # fgsm/pgd, else None
+    dataset = ImageDataset(items, transform, generators, debias=debias_of(recipe),
+                           draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft))  # fmt: skip
     if tiling_of(transform) is not None:  # a grid of crops per image (never the feature cache)
         return run_tiled(detector, method, dataset, recipe, device, k, progress, label)
     if cache_dir is not None and label in (CLEAN, CALIBRATION_SPLIT):  # frozen: the cache
@@ -122,9 +122,8 @@ def _run_condition(
     )
     task = progress.add_task(f"evaluate: {label}", total=len(dataset))
     torch.manual_seed(recipe.seed)  # same draws for every condition and every run
-    return stream_predictive(
-        detector, method, loader, k, device, lambda n: progress.advance(task, n), scorer=scorer
-    )
+    return stream_predictive(detector, method, loader, k, device,
+        lambda n: progress.advance(task, n), scorer=scorer, perturb=perturb)  # fmt: skip
 
 
 def _run_conditions(
@@ -188,6 +187,7 @@ def evaluate_run(
     scores: list[str] | None = None,
     score_options: dict[str, dict[str, Any]] | None = None,
     fit_limit: int = FIT_LIMIT,
+    debias: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run, write ``metrics.json``, ``timing.json``, ``threshold.json``,
     ``predictions.csv``, ``plots/*.png`` (unless ``plots=False``) and ``report.md``; return the
@@ -197,7 +197,7 @@ def evaluate_run(
     a grid of crops instead of one centre crop). ``scores``: score plugin names reported (default
     ``DEFAULT_SCORES``), with ``score_options`` per name; ``abstain_on``: the score the
     threshold is calibrated on (any score); ``fit_limit``: training images a fitted score is
-    fitted on at most (when it has no fit yet)."""
+    fitted on at most (when it has no fit yet); ``debias``: :func:`evaluation_debias`."""
     from bnnkit.plugins import get_registry
     from bnnkit.report import write_report
 
@@ -212,6 +212,7 @@ def evaluate_run(
     t_value = temperature["temperature"] if temperature else None
     if data_root:
         recipe.data.root = data_root
+    evaluation_debias(recipe, debias)  # --debias: data.debias for this evaluation
     coverage = recipe.eval.coverage if coverage is None else float(coverage)
     if not 0.0 < coverage <= 1.0:
         raise UsageError(f"--coverage {coverage}: must be in (0, 1], e.g. 0.95")
@@ -229,10 +230,12 @@ def evaluate_run(
     abstain_on, requested = chosen.abstain_on, chosen.requested
     degradations = list(degradations or [])
     d = recipe.data
-    items = index_split(
+    items = apply_debias(recipe, index_split(
         d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
-        cache_dir=DEFAULT_CACHE_DIR,
-    )  # fmt: skip
+        cache_dir=DEFAULT_CACHE_DIR, layout=d.layout,
+    ))  # fmt: skip
+    for note in data_notes(d.root, d.layout) if console is not None else ():
+        console.print(note, markup=False)
     cal_items = _calibration_items(recipe, console)
     fit_info: dict[str, Any] = {}
     scorer = chosen.scorer
@@ -302,8 +305,10 @@ def evaluate_run(
         **({"temperature": temperature_metrics(temperature)} if temperature else {}),
         "seed": recipe.seed,
         "split": "val",
+        **layout_record(d.root, d.layout, generators),
         "image_size": d.image_size,
         "preprocess": d.preprocess,
+        **({"debias": debias_record(d.debias, items)} if d.debias else {}),
         "seen_generators": seen,
         "ood_generators": ood_gens,
         "coverage_target": coverage,
@@ -325,10 +330,9 @@ def evaluate_run(
     for deg in degradations:
         data = records[deg.name]
         metrics["degradations"][deg.name] = {
-            "kind": deg.kind,
-            "value": deg.value,
-            "description": deg.describe(),
+            **deg.record(),  # kind, value, values, severity, description
             **condition_metrics(data, generators, n_seen, requested),
+            **attack.record(deg, records, thresholds, abstain_on, detector, method),
             "abstention": abstention_metrics(
                 data, generators, n_seen, thresholds, abstain_on, coverage, options=options
             ),

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
+from bnnkit.data.debias import debias_of
 from bnnkit.data.genimage import Sample
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.data.splits import train_calibration_split
@@ -112,6 +113,7 @@ def train_fingerprint(run_dir: Path, recipe: Any, method: Any, fit_limit: int, k
             "train": [list(d.train_generators), d.train_limit, d.balance, recipe.seed],
             "calibration": d.calibration,  # the share of the training folders held out
             "transform": [d.image_size, d.preprocess, d.jpeg_draft],
+            **({"debias": list(debias_of(recipe))} if debias_of(recipe) else {}),
             "fit_limit": int(fit_limit),
         }
     )
@@ -131,7 +133,7 @@ def _training_inputs(recipe, detector, method, meta, device, fit_limit, k, progr
     workers = worker_count(d.num_workers, device)
     cache = run_feature_cache(recipe, meta)
     if cache is not None:  # the features training cached: no backbone pass
-        dataset = ImageDataset(items, transform, gens, draft=draft)
+        dataset = ImageDataset(items, transform, gens, draft=draft, debias=debias_of(recipe))
         feats = cached_features(
             detector, dataset, device, recipe, "train", cache, progress, workers=workers
         )
@@ -141,7 +143,9 @@ def _training_inputs(recipe, detector, method, meta, device, fit_limit, k, progr
         labels_all = torch.tensor([s.label for s in items])
         groups = torch.tensor([gens.index(s.generator) for s in items])
         pick = balanced_rows(labels_all, groups, fit_limit, recipe.seed).tolist()
-        dataset = ImageDataset([items[i] for i in pick], transform, gens, draft=draft)
+        dataset = ImageDataset(
+            [items[i] for i in pick], transform, gens, draft=draft, debias=debias_of(recipe)
+        )
         loader = make_loader(dataset, recipe.eval.batch_size, seed=recipe.seed,
                              workers=workers, device=device)  # fmt: skip
         advance = None

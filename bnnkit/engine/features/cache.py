@@ -5,10 +5,10 @@ An entry's key hashes everything its features depend on: the backbone and attent
 (their actual tensors, so a path, a hub tag or a random init with a given seed all key
 correctly; with a frozen backbone neither is trained, and the key would change if either were),
 the pooling, the transform (image size, preprocessing, input normalisation: mean, std,
-interpolation), the stored dtype (``train.feature_dtype``), the split, the generator and that
-folder's file list (paths, labels, sizes, mtimes). Runs on different generator subsets that share
-a backbone (the protocol's cross matrix) therefore extract each folder once, and evaluation of a
-frozen run takes its clean condition from the same entries.
+interpolation), the bias controls (``data.debias``), the stored dtype (``train.feature_dtype``),
+the split, the generator and that folder's file list (paths, labels, sizes, mtimes). Runs on
+different generator subsets that share a backbone (the protocol's cross matrix) therefore extract
+each folder once, and evaluation of a frozen run takes its clean condition from the same entries.
 
 The entries themselves (sharded, resumable, verified, memory-mapped) are
 :mod:`bnnkit.engine.features.store`.
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnnkit.data.dataset import ImageDataset, collate, draft_size
+from bnnkit.data.debias import debias_of
 from bnnkit.data.index import samples_digest
 from bnnkit.engine.features.loop import Features, Scorer, StreamStats, batch_record, worker_count
 from bnnkit.engine.features.store import FeatureEntry, FeatureRows, Shard
@@ -81,6 +82,9 @@ def model_digest(detector: Detector, recipe: Any) -> str:
                 ),
                 "normalisation": detector.normalisation.to_dict(),
                 "feature_dtype": recipe.train.feature_dtype,
+                # data.debias (jpeg96 changes the fakes' pixels); absent when raw, so the
+                # entries of runs from before the key keep theirs
+                **({"debias": sorted(debias)} if (debias := debias_of(recipe)) else {}),
             },
             sort_keys=True,
         ).encode()
@@ -179,7 +183,9 @@ def cached_features(
                 total = sum(len(entry.span(s)) for s in todo)
                 task = progress.add_task(f"features ({split}, {gen})", total=total, stats="cached")
                 advance = lambda n, task=task: progress.advance(task, n)  # noqa: E731
-            sub = ImageDataset(samples, dataset.transform, [gen], draft=dataset.draft)
+            sub = ImageDataset(
+                samples, dataset.transform, [gen], draft=dataset.draft, debias=dataset.debias
+            )
             entry.fill(_compute(detector, sub, device, workers, advance), recipe.eval.batch_size)
             good = entry.verify()
             if entry.missing(good):

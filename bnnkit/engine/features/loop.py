@@ -267,6 +267,11 @@ class StreamStats:
 #: images on the device, the attention-output feature map and the batch's record.
 BatchHook = Callable[[Batch, Tensor, Tensor, Predictions], None]
 
+#: ``perturb(images, labels) -> images``: replaces each batch's (normalised) images on the device
+#: before the backbone, e.g. an adversarial attack (:mod:`bnnkit.engine.evaluate.attack`), which
+#: enables gradients itself inside this no-grad loop.
+Perturb = Callable[[Tensor, Tensor], Tensor]
+
 
 @torch.no_grad()
 def stream_predictive(
@@ -279,11 +284,13 @@ def stream_predictive(
     *,
     on_batch: BatchHook | None = None,
     scorer: Scorer | None = None,
+    perturb: Perturb | None = None,
 ) -> tuple[Predictions, StreamStats]:
     """One backbone pass and K head samples per batch, keeping only per-image results (and the
     values of each score of ``scorer``), so peak memory does not grow with the number of images
     (the pooled features are dropped). The record carries each image's label, generator and
-    dataset index, in loader order."""
+    dataset index, in loader order. ``perturb`` replaces each batch's images first (its time
+    counts as feature time)."""
     detector.eval()
     method.head.eval()
     parts: list[Predictions] = []
@@ -293,6 +300,8 @@ def stream_predictive(
         if len(batch):
             t0 = time.perf_counter()
             images = batch.images.to(device, non_blocking=True)
+            if perturb is not None:
+                images = perturb(images, batch.labels.to(device))
             fmap = detector.feature_map(images)
             feats = detector.pool_features(fmap).float()
             t1 = time.perf_counter()

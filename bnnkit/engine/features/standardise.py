@@ -22,9 +22,14 @@ def standardises(recipe: Any) -> bool:
     """Whether the head phase standardises its features: ``model.standardise``, where
     ``auto`` is on for a frozen backbone (a random or generic backbone's pooled features have
     arbitrary scales; a tiny random one's are ~0.01, too small for a Bayesian head to fit) and
-    off after ``finetune-map``, whose head was trained on the raw features."""
+    off after ``finetune-map``, whose head was trained on the raw features, and off for a
+    released head (``[model.head] init``), trained on its own raw features."""
     setting = recipe.model.standardise
-    return recipe.train.backbone == "frozen" if setting == "auto" else bool(setting)
+    if setting == "auto":
+        head = recipe.model.head
+        released = head is not None and head.options().get("init") is not None
+        return recipe.train.backbone == "frozen" and not released
+    return bool(setting)
 
 
 def standardised(detector: Any, feats: Features) -> Features:

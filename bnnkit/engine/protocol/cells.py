@@ -18,6 +18,12 @@ protocol and starting it again with the same ``--out`` finishes the remaining ce
 cell trains with one shared feature cache (``cache_dir``), so ``train.backbone = "frozen"``
 cells that share a backbone reuse the features of each generator folder.
 
+With ``debias`` (``bnnkit protocol sdv4 --debias jpeg96``) every cell is also evaluated under
+those ``data.debias`` controls (:mod:`bnnkit.data.debias`): the same trained run, evaluated first
+controlled (kept as ``RUN/metrics-debias-<controls>.json``, :func:`controlled_metrics`) and then
+on the raw data (``RUN/metrics.json``, the main table), so the two tables differ only in the
+evaluation data. To train the cells under the controls too, add ``--set data.debias=[...]``.
+
 :func:`run_cell` is the unit of work: picklable, by paths only, so a launcher can run it in
 this process, in worker processes or as a SLURM job (:mod:`bnnkit.engine.protocol.launch`).
 """
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnnkit.data.debias import normalise_debias
 from bnnkit.data.genimage import check_generator_name
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE
@@ -67,6 +74,8 @@ class Cell:
     plots: bool = False
     #: the scores each cell's evaluation reports (empty: evaluate's default set)
     scores: tuple[str, ...] = ()
+    #: ``data.debias`` controls of the cell's second, controlled evaluation (empty: none)
+    debias: tuple[str, ...] = ()
 
 
 def _cells_of(protocol: str, generators: list[str]) -> list[tuple[str, list[str], list[str]]]:
@@ -82,6 +91,27 @@ def _cells_of(protocol: str, generators: list[str]) -> list[tuple[str, list[str]
     if protocol == "loo":
         return [(f"without-{g}", [h for h in generators if h != g], [g]) for g in generators]
     raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def protocol_generators(
+    names: Sequence[str] | None, recipes: Sequence[str], overrides: Sequence[str] = ()
+) -> list[str]:
+    """The protocol's generators: :func:`select_generators` for GenImage data; for another
+    layout (the first recipe's ``data.root``/``data.layout``), ``--generators`` as given, or
+    every generator the data has."""
+    from bnnkit.data.layouts import list_generators, resolve_layout
+    from bnnkit.recipe import load_recipe
+
+    if recipes:
+        data = load_recipe(_recipe_ref(recipes[0]), list(overrides)).data
+        try:
+            kind = resolve_layout(data.root, data.layout)
+        except UsageError:
+            kind = "genimage"  # no data there yet: GenImage's names, checked
+        if kind != "genimage":
+            chosen = [n.strip() for n in names or () if n.strip()]
+            return list(dict.fromkeys(chosen)) or list(list_generators(data.root, kind))
+    return select_generators(names)
 
 
 def select_generators(names: Sequence[str] | None) -> list[str]:
@@ -117,6 +147,7 @@ def plan_cells(
     device: str = "auto",
     plots: bool = False,
     scores: Sequence[str] = (),
+    debias: Sequence[str] = (),
 ) -> list[Cell]:
     """Every cell of ``protocol`` for each recipe (validated with the overrides now, so a typo
     fails before anything runs)."""
@@ -131,7 +162,8 @@ def plan_cells(
                 f"--set {item}: the protocol sets {' and '.join(_CELL_KEYS)} for every cell",
                 hint="choose the generators with --generators",
             )
-    gens = select_generators(generators)
+    gens = protocol_generators(generators, recipes, overrides)
+    debias = tuple(normalise_debias(debias))
     out = Path(out).resolve()
     cache = Path(cache_dir).resolve() if cache_dir is not None else out / "cache"
     cells: list[Cell] = []
@@ -143,7 +175,7 @@ def plan_cells(
             name = load_recipe(ref, sets).name  # validates every cell's recipe
             folder = str(out / "cells" / name / key)
             cell = Cell(name, key, ref, tuple(train), tuple(unseen), tuple(sets), folder,
-                        str(cache), abstain_on, device, plots, tuple(chosen))  # fmt: skip
+                        str(cache), abstain_on, device, plots, tuple(chosen), debias)  # fmt: skip
             cells.append(cell)
         if name in blocks:
             raise UsageError(f"--recipe {recipe}: a recipe named {name!r} is given twice")
@@ -175,17 +207,30 @@ def cell_run_dir(cell: Cell) -> Path | None:
     return None
 
 
+def controlled_metrics(run: Path, debias: Sequence[str]) -> Path:
+    """Where a cell keeps the ``metrics.json`` of its evaluation under ``debias``."""
+    return Path(run) / f"metrics-debias-{'+'.join(debias)}.json"
+
+
 def _metrics_match(cell: Cell, run: Path) -> bool:
-    f = RunLayout(run).metrics
-    if not f.is_file():
-        return False
-    m = json.loads(f.read_text(encoding="utf-8"))
-    wanted = {cell.abstain_on, *cell.scores}
-    return (
-        m.get("seen_generators") == list(cell.train)
-        and sorted(m.get("ood_generators") or []) == sorted(cell.unseen)
-        and wanted <= set((m.get("abstention") or {}).get("by_score") or {})
-    )
+    # without --debias the run is evaluated as trained (its own data.debias, not checked)
+    files: list[tuple[Path, list[str] | None]] = [(RunLayout(run).metrics, None)]
+    if cell.debias:
+        files[0] = (RunLayout(run).metrics, [])
+        files.append((controlled_metrics(run, cell.debias), list(cell.debias)))
+    for f, debias in files:
+        if not f.is_file():
+            return False
+        m = json.loads(f.read_text(encoding="utf-8"))
+        wanted = {cell.abstain_on, *cell.scores}
+        if not (
+            m.get("seen_generators") == list(cell.train)
+            and sorted(m.get("ood_generators") or []) == sorted(cell.unseen)
+            and wanted <= set((m.get("abstention") or {}).get("by_score") or {})
+            and (debias is None or (m.get("debias") or {}).get("controls", []) == debias)
+        ):
+            return False
+    return True
 
 
 def cell_done(cell: Cell) -> bool:
@@ -212,10 +257,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         run_dir, status = train_run(resume=run_dir, runs_dir=cell.folder, **opts)[0], "resumed"
     if status != "skipped" or not _metrics_match(cell, run_dir):
         # a frozen run's evaluation reads the feature cache its training filled (the shared one)
-        evaluate_run_dir(
-            run_dir, list(cell.unseen), device=cell.device, abstain_on=cell.abstain_on,
-            plots=cell.plots, scores=list(cell.scores) or None,
-        )  # fmt: skip
+        options = {"device": cell.device, "abstain_on": cell.abstain_on, "plots": cell.plots,
+                   "scores": list(cell.scores) or None}  # fmt: skip
+        if cell.debias:  # controlled first, then raw: metrics.json, report.md are the raw ones
+            evaluate_run_dir(run_dir, list(cell.unseen), debias=list(cell.debias), **options)
+            RunLayout(run_dir).metrics.replace(controlled_metrics(run_dir, cell.debias))
+            options["debias"] = ["none"]
+        evaluate_run_dir(run_dir, list(cell.unseen), **options)
         status = "evaluated" if status == "skipped" else status
     layout = RunLayout(run_dir)
     return {

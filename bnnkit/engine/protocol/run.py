@@ -18,8 +18,8 @@ from bnnkit.engine.protocol.cells import (
     cell_done,
     cell_run_dir,
     plan_cells,
+    protocol_generators,
     resolved_cell,
-    select_generators,
 )
 from bnnkit.errors import BnnkitError
 from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE
@@ -37,6 +37,9 @@ class ProtocolResult:
     record: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    #: with ``debias``: the rows of the same cells evaluated under the controls (no published
+    #: rows: the papers' numbers are on the raw data)
+    controlled: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _write_record(out: Path, record: dict[str, Any]) -> None:
@@ -64,12 +67,15 @@ def run_protocol(
     scores: Sequence[str] | None = None,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
     force: bool = False,
+    debias: Sequence[str] = (),
 ) -> ProtocolResult:
     """Run (or finish) every cell of ``protocol`` and write ``protocol.json``, ``table.md``,
     ``table.tex``, ``table.csv`` and ``heatmap.png`` into ``out``. ``on_cell(cell, info)`` is
     called as each cell finishes (``info["status"]``: trained, resumed, evaluated, skipped).
     An ``out`` made with other settings is refused (:class:`~bnnkit.errors.UsageError`, naming
-    the keys that differ) unless ``force``."""
+    the keys that differ) unless ``force``. ``debias``: each cell is also evaluated under these
+    ``data.debias`` controls (``metrics.json`` then holds the raw-data evaluation); their table
+    goes to ``out/debias-<controls>/`` and ``protocol.json``'s ``controlled``."""
     from bnnkit.engine.protocol.launch import launch
     from bnnkit.engine.protocol.settings import check_same_settings
     from bnnkit.report.protocol import write_protocol_tables
@@ -80,10 +86,10 @@ def run_protocol(
     out = Path(out)
     cells = plan_cells(
         protocol, recipes, overrides, out, generators=generators, cache_dir=cache_dir,
-        abstain_on=abstain_on, device=device, plots=plots, scores=scores or (),
+        abstain_on=abstain_on, device=device, plots=plots, scores=scores or (), debias=debias,
     )  # fmt: skip
     abstain_on = cells[0].abstain_on
-    gens = select_generators(generators)
+    gens = protocol_generators(generators, recipes, overrides)
     record: dict[str, Any] = {
         "protocol": protocol,
         "generators": gens,
@@ -94,6 +100,7 @@ def run_protocol(
         "scores": list(cells[0].scores) or "default",
         "cache_dir": cells[0].cache_dir,
         "launcher": launcher,
+        **({"debias": list(cells[0].debias)} if cells[0].debias else {}),
         "cells": [{**_cell_entry(c), "status": "pending"} for c in cells],
     }
     if not force:
@@ -128,8 +135,35 @@ def run_protocol(
     record["seconds"] = time.perf_counter() - t0
     files = write_protocol_tables(out, protocol, rows, gens, score=score, abstain_on=abstain_on)
     record["files"] = {k: p.name for k, p in files.items()}
+    controlled = _controlled(out, protocol, cells, record, gens, score, abstain_on)
     _write_record(out, record)
-    return ProtocolResult(out, record, rows, files)
+    return ProtocolResult(out, record, rows, files, controlled)
+
+
+def _controlled(out: Path, protocol: str, cells: list[Cell], record: dict[str, Any], gens,
+                score: str, abstain_on: str) -> list[dict[str, Any]]:  # fmt: skip
+    """The table of the cells' evaluations under ``data.debias`` (none without): rows, in
+    ``record["controlled"]`` and written under ``out/debias-<controls>/``."""
+    from bnnkit.engine.protocol.cells import controlled_metrics
+    from bnnkit.report.protocol import write_protocol_tables
+
+    debias = cells[0].debias
+    if not debias:
+        return []
+    paths = [controlled_metrics(Path(e["run"]), debias) for e in record["cells"]]
+    metrics = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    rows = protocol_rows(protocol, cells, metrics, gens, score=score, abstain_on=abstain_on)
+    rows = [r for r in rows if r.get("source") != "published"]
+    folder = out / f"debias-{'+'.join(debias)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = write_protocol_tables(folder, protocol, rows, gens, score=score, abstain_on=abstain_on)
+    record["controlled"] = {
+        "debias": list(debias),
+        "metrics": [str(p) for p in paths],
+        "table": rows,
+        "files": {k: str(p.relative_to(out)) for k, p in files.items()},
+    }
+    return rows
 
 
 def _cell_entry(cell: Cell) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from bnnkit.errors import BnnkitError, RecipeError
+from bnnkit.model.detector import select_pool
 from bnnkit.options import KIND_PATHS
 from bnnkit.recipe import Recipe
 
@@ -32,6 +33,7 @@ def construction_problems(recipe: Recipe, registry: Any, *, num_train: int = 2) 
             backbone = registry.get("backbone", bb.name).obj(
                 bb.name, pretrained=False, **bb.options()
             )
+            select_pool(backbone, model.pool)  # cls may project (a CLIP image tower)
         channels = int(backbone.out_channels)
     except Exception as exc:  # any failure is the plugin's message to the user
         return [_message(KIND_PATHS["backbone"], exc)]

@@ -5,6 +5,7 @@ unreadable files skipped on the way."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from bnnkit.data.augment import FROZEN_NOTE, SeededSamples, is_active
 from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform, draft_size
-from bnnkit.data.genimage import index_split
+from bnnkit.data.debias import apply_debias, debias_of
+from bnnkit.data.layouts import index_split
 from bnnkit.data.splits import CALIBRATION_SPLIT, train_calibration_split
 from bnnkit.engine.features.cache import cached_features
 from bnnkit.engine.features.loop import Features, extract_features, make_loader, worker_count
@@ -59,7 +62,8 @@ class TrainData:
         gens = list(d.train_generators)
         train, self.calibration = train_calibration_split(r, self.cache_dir)
         val = index_split(d.root, gens, "val", limit=d.val_limit, balance=d.balance, seed=r.seed,
-                          cache_dir=self.cache_dir)  # fmt: skip
+                          cache_dir=self.cache_dir, layout=d.layout)  # fmt: skip
+        val = apply_debias(r, val)  # data.debias size_matched (train/calibration: in the split)
         if not train:
             raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
         return train, val
@@ -73,6 +77,7 @@ class TrainData:
         dataset = ImageDataset(
             self.calibration, build_transform(d.image_size, d.preprocess, train=False, norm=norm),
             list(d.train_generators), draft=draft_size(d.preprocess, d.image_size, d.jpeg_draft),
+            debias=debias_of(self.recipe),
         )  # fmt: skip
         return self.features(detector, dataset, CALIBRATION_SPLIT, progress)
 
@@ -81,12 +86,17 @@ class TrainData:
         d, (train, val) = self.recipe.data, splits
         gens = list(d.train_generators)
         eval_tf = build_transform(d.image_size, d.preprocess, train=False, norm=norm)
-        train_tf = build_transform(d.image_size, d.preprocess, train=True, norm=norm)
+        train_tf = build_transform(
+            d.image_size, d.preprocess, train=True, norm=norm, augment=d.augment
+        )
+        if is_active(d.augment) and self.recipe.train.backbone == "frozen":
+            warnings.warn(FROZEN_NOTE, UserWarning, stacklevel=2)
         draft = draft_size(d.preprocess, d.image_size, d.jpeg_draft)
+        debias = debias_of(self.recipe)
         return Datasets(
-            ImageDataset(train, train_tf, gens, draft=draft),
-            ImageDataset(train, eval_tf, gens, draft=draft),
-            ImageDataset(val, eval_tf, gens, draft=draft),
+            ImageDataset(train, train_tf, gens, draft=draft, debias=debias),
+            ImageDataset(train, eval_tf, gens, draft=draft, debias=debias),
+            ImageDataset(val, eval_tf, gens, draft=draft, debias=debias),
         )
 
     def note_broken(self, items: list) -> None:
@@ -156,6 +166,8 @@ class TrainData:
         """This rank's image batches of ``epoch``, the first ``skip`` left out (a resume)."""
         bs = self.recipe.train.batch_size
         order = self.epoch_indices(len(dataset), phase, epoch)
+        if is_active(self.recipe.data.augment):  # per-image draws: (seed, phase, epoch, index)
+            dataset = SeededSamples(dataset, self.recipe.seed, phase, epoch)
         for batch in self.loader(dataset, bs, order[skip * bs :].tolist()):
             self.note_broken(batch.broken)
             if len(batch):

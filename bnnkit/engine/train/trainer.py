@@ -53,6 +53,7 @@ from bnnkit.engine.train.state import (
 from bnnkit.errors import UsageError
 from bnnkit.methods.base import InferenceMethod
 from bnnkit.methods.sgmcmc import SGMCMCMethod
+from bnnkit.model.adapt import base_reference, checkpoint_keys, trainable
 from bnnkit.recipe import Recipe, dump_recipe
 from bnnkit.run.checkpoint import (
     disk_full_error,
@@ -213,8 +214,8 @@ class Trainer:
         )
         steps = self.data.steps_per_epoch(len(ds.train_aug))
         method.begin_phase(phase.name, phase.epochs, steps)
-        body = [*detector.frontend.parameters(), *detector.backbone.parameters(),
-                *detector.attention.parameters()]  # fmt: skip
+        body = trainable([*detector.frontend.parameters(), *detector.backbone.parameters(),
+                          *detector.attention.parameters()], detector)  # fmt: skip
         optimizer = self._optimizer(
             learner,
             [{"params": list(detector.head.parameters())},
@@ -384,4 +385,7 @@ class Trainer:
         }
         if self.recipe.train.backbone == "frozen":  # evaluate takes clean features from there
             meta["feature_cache"] = str(self.data.cache_dir.resolve())
-        save_checkpoint(self.run_dir, detector, state, meta, tag=tag or f"s{self.loop.step}")
+        if (base := base_reference(detector)) is not None:  # lora/partial: what trains alone
+            meta["base"] = base
+        save_checkpoint(self.run_dir, detector, state, meta, tag=tag or f"s{self.loop.step}",
+                        only=checkpoint_keys(detector))  # fmt: skip
