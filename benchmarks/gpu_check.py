@@ -149,7 +149,7 @@ def finetune_throughput(
     import torch.nn.functional as F
 
     from bnnkit.engine.build import build
-    from bnnkit.engine.train.accel import Acceleration
+    from bnnkit.engine.device import Acceleration
     from bnnkit.engine.train.distributed import DistInfo
     from bnnkit.engine.train.epochs import EpochLoop, PhaseRun
     from bnnkit.plugins import get_registry

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,6 +41,9 @@ from bnnkit.engine.build import build  # noqa: E402
 from bnnkit.engine.features.loop import extract_features, make_loader, worker_count  # noqa: E402
 from bnnkit.recipe import load_recipe  # noqa: E402
 from bnnkit.report.protocol import PAPER_ORDER  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, environment  # noqa: E402
 
 TARGET = "<= 2"
 
@@ -115,13 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cross_seconds": cross,
         "cross_over_extraction": cross / extraction,
         "target": TARGET,
-        "environment": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                        "python": platform.python_version(), "cpus": os.cpu_count()},
+        "environment": environment(),
     }  # fmt: skip
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return report
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "bootstrap_caught",
     "caught_rate",
     "explore_md",
+    "guarantee_md",
     "headline_md",
     "threshold_np",
 ]
@@ -149,4 +150,28 @@ def explore_md(results: dict[str, dict[str, Any]], scores: list[str], gens: list
             a = "n/a" if r["auroc"] is None else f"{r['auroc']:.2f}"
             cells.append(f"{pct(r['caught'])} ({a}; kept {pct(r['unseen_coverage'])})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def guarantee_md(pairs: list[dict[str, Any]], guaranteed: list[dict[str, Any]],
+                 level: float) -> str:  # fmt: skip
+    """Per pre-registered pair: the threshold at ``eval.coverage`` (an empirical quantile of the
+    calibration split) beside the split-conformal one of ``--guarantee level``."""
+    lines = [
+        f"**With and without the guarantee** (same folds and seeds): threshold at "
+        f"{pct(COVERAGE)} coverage (empirical quantile) against `--guarantee {level:g}` (split "
+        f"conformal on the calibration split: a new seen image kept with probability >= "
+        f"{level:g}).",
+        "",
+        "| method | score | seen abstention | with guarantee | caught | with guarantee | "
+        "unseen coverage | with guarantee |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p, g in zip(pairs, guaranteed, strict=True):
+        lines.append(
+            f"| {p['method']} | {p['score']} | {pct(p['seen_abstention'])} | "
+            f"{pct(g['seen_abstention'])} | {pct(p['caught'])} | {pct(g['caught'])} "
+            f"[{pct(g['ci95'][0])} - {pct(g['ci95'][1])}] | {pct(p['unseen_coverage'])} | "
+            f"{pct(g['unseen_coverage'])} |"
+        )
     return "\n".join(lines) + "\n"

@@ -115,8 +115,8 @@ class Run:
     ) -> dict[str, Any]:
         """Fit the post-hoc temperature on the run's calibration images and write
         ``temperature.json`` (what it holds is returned); evaluate and predict then apply it
-        (:func:`bnnkit.engine.evaluate.calibrate.calibrate_run`)."""
-        from bnnkit.engine.evaluate.calibrate import calibrate_run
+        (:func:`bnnkit.engine.posthoc.calibrate.calibrate_run`)."""
+        from bnnkit.engine.posthoc.calibrate import calibrate_run
         from bnnkit.run.data_root import data_root_hint
 
         dev, _ = _device(device)

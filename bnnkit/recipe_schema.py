@@ -7,7 +7,14 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bnnkit.data.layout import GENERATORS
 
@@ -53,6 +60,15 @@ def _range(value: list[Any], lo: float, hi: float, *, positive: bool = False) ->
     return value
 
 
+#: each [low, high] range of ``[data.augment]``: (lowest, highest, low end must be > 0)
+_AUGMENT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "blur_sigma": (0.0, 10.0, False),
+    "jpeg_quality": (1, 100, False),
+    "noise_sigma": (0.0, 1.0, False),
+    "resize_scale": (0.0, 1.0, True),
+}
+
+
 class AugmentConfig(_Strict):
     """Training augmentation (``[data.augment]``, :mod:`bnnkit.data.augment`): each operation is
     applied with its probability ``*_p`` (0 = off, the default) and its strength drawn uniformly
@@ -79,25 +95,11 @@ class AugmentConfig(_Strict):
     )
     grayscale_p: float = Field(0.0, ge=0, le=1, description="grayscale probability")
 
-    @field_validator("blur_sigma")
+    @field_validator(*_AUGMENT_RANGES)
     @classmethod
-    def _blur_sigma(cls, v: list[float]) -> list[float]:
-        return _range(v, 0.0, 10.0)
-
-    @field_validator("jpeg_quality")
-    @classmethod
-    def _jpeg_quality(cls, v: list[int]) -> list[int]:
-        return _range(v, 1, 100)
-
-    @field_validator("noise_sigma")
-    @classmethod
-    def _noise_sigma(cls, v: list[float]) -> list[float]:
-        return _range(v, 0.0, 1.0)
-
-    @field_validator("resize_scale")
-    @classmethod
-    def _resize_scale(cls, v: list[float]) -> list[float]:
-        return _range(v, 0.0, 1.0, positive=True)
+    def _in_range(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        lo, hi, positive = _AUGMENT_RANGES[info.field_name]
+        return _range(v, lo, hi, positive=positive)
 
 
 class DataConfig(_Strict):
@@ -117,6 +119,12 @@ class DataConfig(_Strict):
     train_limit: int = Field(0, ge=0, description="images per generator and class; 0 = all")
     val_limit: int = Field(0, ge=0)
     balance: bool = True
+    labels: Literal["binary", "generator"] = Field(
+        "binary",
+        description="training targets: binary (real / fake), or generator = a (1 + G)-class head "
+        "(class 0 real, class 1 + g the g-th of data.train_generators' fakes) for open-set "
+        "attribution; p(fake) stays 1 - p(real)",
+    )
     calibration: float = Field(
         0.1,
         ge=0.0,
@@ -271,6 +279,20 @@ class EvalConfig(_Strict):
     samples: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=1)
     coverage: float = Field(0.95, gt=0, le=1)
+    guarantee: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="abstention threshold by split conformal on the calibration split: a new "
+        "seen image is kept with probability >= guarantee (replaces coverage)",
+    )
+    max_false_alarm: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="verdict threshold (Neyman-Pearson, split conformal on the calibration "
+        "reals): at most this share of real images is called fake; predict applies it",
+    )
 
 
 class Recipe(_Strict):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides, train_stopped
 from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as F
@@ -249,8 +249,6 @@ def test_stop_mid_epoch_then_resume_is_bit_identical(
 ):
     """Stopped after step 3 of epoch 2 (a checkpoint *inside* the epoch: the resume skips the
     batches done and must draw the same augmentations for the rest), decoding in workers."""
-    from bnnkit.methods.base import InferenceMethod
-
     state = {"steps": 0}
     first_epoch_steps = json.loads((augmented_run / "checkpoint.json").read_text())["step"] // 2
 
@@ -259,13 +257,9 @@ def test_stop_mid_epoch_then_resume_is_bit_identical(
         if state["steps"] == first_epoch_steps + 3:
             signal.raise_signal(signal.SIGINT)  # the trainer checkpoints and stops cleanly
 
-    with monkeypatch.context() as m:
-        m.setattr(InferenceMethod, "after_step", stop_mid_epoch_two)
-        args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
-                *tiny_overrides(synth_root, **AUGMENT, **WORKERS)]  # fmt: skip
-        first = runner.invoke(main, args)
-    assert first.exit_code == 128 + signal.SIGINT, first.output
-    (run,) = list(tmp_path.iterdir())
+    args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
+            *tiny_overrides(synth_root, **AUGMENT, **WORKERS)]  # fmt: skip
+    run = train_stopped(runner, monkeypatch, "after_step", stop_mid_epoch_two, args, tmp_path)
     position = json.loads((run / "checkpoint.json").read_text())["position"]
     assert position["epoch"] == 2 and position["step_in_epoch"] == 3
     result = runner.invoke(main, ["train", "--resume", str(run), "-q"])

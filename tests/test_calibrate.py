@@ -13,13 +13,13 @@ import pytest
 import torch
 from helpers import invoke
 
-from bnnkit.engine.evaluate.calibrate import (
+from bnnkit.engine.features.loop import temper
+from bnnkit.engine.posthoc.calibrate import (
     fit_temperature,
     read_temperature,
     tempered_nll,
     tempered_p_fake,
 )
-from bnnkit.engine.features.loop import temper
 from bnnkit.recipe import load_recipe
 from bnnkit.run.layout import RunLayout
 

@@ -23,7 +23,7 @@ from helpers import invoke
 from bnnkit.data.genimage import Sample
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.data.splits import carve_calibration, train_calibration_split
-from bnnkit.engine.evaluate.calibrate import T_BOUNDS, fit_temperature
+from bnnkit.engine.posthoc.calibrate import T_BOUNDS, fit_temperature
 from bnnkit.metrics.classification import nll
 from bnnkit.recipe import load_run_recipe
 from bnnkit.run.layout import RunLayout
@@ -168,7 +168,7 @@ def _separated(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def test_calibrate_refuses_a_temperature_at_the_bound(trained_run, tmp_path, monkeypatch):
-    import bnnkit.engine.evaluate.calibrate as calibrate
+    import bnnkit.engine.posthoc.calibrate as calibrate
 
     run = _copy(trained_run, tmp_path)
     fit = calibrate.fit_temperature  # the fit itself runs: on a perfectly separated fit set
@@ -223,8 +223,8 @@ def test_seen_fitted_scores_are_thresholded_on_calibration_images_they_were_not_
     """``fused`` is fitted on one half of the calibration images and its threshold set on the
     other: disjoint halves, each (generator, label) cell split evenly, one-image cells
     alternating; and only scores that are (or read) a seen-fitted score are affected."""
-    from bnnkit.engine.evaluate.score_fit import seen_dependent, seen_fit_halves
-    from bnnkit.engine.evaluate.score_set import build_scores
+    from bnnkit.engine.posthoc.score_fit import seen_dependent, seen_fit_halves
+    from bnnkit.engine.posthoc.score_set import build_scores
     from bnnkit.metrics.records import Predictions
 
     gens = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 4, 4, 4])  # generator 4 is unseen

@@ -120,13 +120,13 @@ def test_train_writes_run_directory(trained_run):
 
 
 def test_evaluate_latest_run_with_ood(runner, trained_run, tmp_path):
-    result = runner.invoke(
-        main, ["evaluate", "--runs-dir", str(trained_run.parent), "--ood", "midjourney"]
-    )
+    run = tmp_path / "runs" / trained_run.name  # a copy: the shared run stays unevaluated
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(main, ["evaluate", "--runs-dir", str(run.parent), "--ood", "midjourney"])
     assert result.exit_code == 0, result.output
     assert "unseen generator: midjourney" in result.output
     assert "epistemic AUROC" in result.output
-    metrics = json.loads((trained_run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ood_generators"] == ["midjourney"]
     assert metrics["per_generator"]["midjourney"]["seen"] is False
     assert set(metrics["per_generator"]) == {

@@ -87,3 +87,77 @@ def test_index_edge_cases():
     assert conformal_threshold(torch.tensor([3.0, 1.0, 2.0]), 0.5) == 2.0  # k = 2
     with pytest.raises(ValueError):
         conformal_index(10, 0.0)
+
+
+def test_evaluate_guarantee_prints_the_bound_and_records_it(trained_run, tmp_path):
+    """``bnnkit evaluate --guarantee 0.9``: the threshold is the split-conformal order statistic
+    of the calibration images' scores, printed with the bound and the calibration size, and
+    recorded in metrics.json and threshold.json."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from bnnkit.cli import main
+
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    args = ["evaluate", str(run), "--guarantee", "0.9", "--abstain-on", "entropy", "--no-plots"]
+    result = CliRunner().invoke(main, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "guarantee: a new seen image is kept with probability >= 0.9" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    g = metrics["abstention"]["guarantee"]
+    n = metrics["abstention"]["calibration"]["n"]
+    assert g["level"] == 0.9 and g["n_calibration"] == n and g["rank"] == conformal_index(n, 0.1)
+    assert metrics["coverage_target"] == 0.9
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["guarantee"] == g
+    from bnnkit.data.splits import calibration_items
+    from bnnkit.recipe import load_run_recipe
+
+    assert len(calibration_items(load_run_recipe(run / "recipe.toml"))) == n
+    assert g["finite"] == math.isfinite(threshold["threshold"])
+    # the plain empirical quantile at the same level uses rank ceil(0.9 n) <= ceil(0.9 (n + 1)):
+    # the conformal threshold is never below it (and above it when those ranks differ)
+    args = ["evaluate", str(run), "--coverage", "0.9", "--abstain-on", "entropy", "--no-plots"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    plain = json.loads((run / "threshold.json").read_text())
+    assert "guarantee" not in plain and plain["threshold"] <= threshold["threshold"]
+    if math.ceil(0.9 * n) < g["rank"]:
+        assert plain["threshold"] < threshold["threshold"]
+
+
+def test_max_false_alarm_sets_the_verdict_threshold_predict_applies(
+    trained_run, synth_root, tmp_path
+):
+    """``evaluate --max-false-alarm 0.2``: the verdict threshold is set on the calibration
+    reals' p(fake); metrics.json reports the false-alarm rate it reaches on the seen val reals
+    (recomputed here from predictions.csv); predict applies it by default, --threshold
+    overrides it."""
+    import csv
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from bnnkit.cli import main
+
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    args = ["evaluate", str(run), "--max-false-alarm", "0.2", "--no-plots"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    v = json.loads((run / "metrics.json").read_text())["verdict_threshold"]
+    t = v["p_threshold"]
+    assert v["max_false_alarm"] == 0.2 and v["n_real_calibration"] > 0
+    assert json.loads((run / "threshold.json").read_text())["p_threshold"] == t
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["condition"] == "clean" and r["seen"] == "1"]
+    reals = [float(r["p_fake"]) for r in rows if r["label"] == "0"]
+    assert v["seen_false_alarm"] == pytest.approx(np.mean([p > t for p in reals]))
+    image = str(sorted((synth_root / "imagenet_ai_0508_adm" / "val").rglob("*.*"))[0])
+    base = ["predict", str(run), image, "--format", "json"]
+    assert json.loads(CliRunner().invoke(main, base).stdout)["p_threshold"] == t
+    given = CliRunner().invoke(main, [*base, "--threshold", "0.5"]).stdout
+    assert json.loads(given)["p_threshold"] == 0.5

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import QUICKSTART, invoke, train_and_evaluate, two_blobs
+from helpers import QUICKSTART, fit_head, invoke, train_and_evaluate, two_blobs
 
 from bnnkit.metrics.uncertainty import decompose
 from bnnkit.testing import check_method, registered
@@ -32,15 +32,7 @@ def _train(method, epochs: int = 60):
     torch.manual_seed(0)
     x, y = two_blobs(N, D)
     head = method.head
-    opt = method.configure_optimizer(
-        [{"params": list(head.parameters())}], optimizer="adam", lr=0.05, weight_decay=0.0
-    )
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(N, generator=g).split(50):
-            opt.zero_grad()
-            method.training_loss(x[idx], y[idx], idx).loss.backward()
-            opt.step()
+    fit_head(method, x, y, epochs)
     head.eval()
     if method.needs_train_features:
         method.after_training(x, y)

@@ -329,7 +329,7 @@ def test_a_frozen_run_fits_on_its_feature_cache(tmp_path, synth_root):
 
 
 def test_the_fit_subset_is_balanced_over_generator_and_class():
-    from bnnkit.engine.evaluate.score_fit import balanced_rows
+    from bnnkit.engine.posthoc.score_fit import balanced_rows
 
     labels = torch.tensor([0] * 10 + [1] * 30 + [0] * 4 + [1] * 6)
     groups = torch.tensor([0] * 40 + [1] * 10)

@@ -136,8 +136,13 @@ def test_evaluate_accepts_an_export(evaluated, exported, tmp_path):
 
 
 def test_unevaluated_run_exports_without_numbers(trained_run, tmp_path, synth_root):
+    # a copy without evaluation files: other tests evaluate the shared run (order-dependent)
+    plain_run = tmp_path / "run"
+    shutil.copytree(trained_run, plain_run)
+    for name in ("metrics.json", "threshold.json"):
+        (plain_run / name).unlink(missing_ok=True)
     dest = tmp_path / "plain"
-    result = export_run(trained_run, dest)
+    result = export_run(plain_run, dest)
     assert not result.evaluated and any("not evaluated" in n for n in result.notes)
     assert not (dest / "threshold.json").exists() and not (dest / "metrics.json").exists()
     card = (dest / "README.md").read_text()

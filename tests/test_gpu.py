@@ -23,8 +23,7 @@ import torch
 from helpers import QUICKSTART, invoke, tiny_overrides, train_and_evaluate
 
 from bnnkit.engine.build import build
-from bnnkit.engine.device import cuda_free_memory, select_device
-from bnnkit.engine.train.accel import Acceleration
+from bnnkit.engine.device import Acceleration, cuda_free_memory, select_device
 from bnnkit.errors import UsageError
 from bnnkit.recipe import load_recipe
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import invoke, recipe, train_and_evaluate, two_blobs
+from helpers import fit_head, invoke, recipe, train_and_evaluate, two_blobs
 
 from bnnkit.metrics.uncertainty import decompose
 from bnnkit_plugins.head_linear import LinearHead
@@ -31,15 +31,7 @@ def _method(seed: int = 0, **options) -> BootstrapEnsemble:
 
 def _train(method: BootstrapEnsemble, epochs: int = 60) -> BootstrapEnsemble:
     x, y = _data()
-    opt = method.configure_optimizer(
-        [{"params": list(method.head.parameters())}], optimizer="adam", lr=0.05, weight_decay=0.0
-    )
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(N, generator=g).split(50):
-            opt.zero_grad()
-            method.training_loss(x[idx], y[idx], idx).loss.backward()
-            opt.step()
+    fit_head(method, x, y, epochs)
     return method
 
 

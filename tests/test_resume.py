@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, tiny_overrides, train_stopped
 
 from bnnkit.cli import main
 
@@ -130,19 +130,14 @@ def test_resume_with_mismatched_optimiser_state_stops_clearly(
     """A run whose saved optimiser state no longer fits (e.g. a bbb run saved before blitz's
     aliased parameters were deduplicated: twice the parameters in the head's group) stops with
     a usage error instead of torch's ValueError from ``Optimizer.load_state_dict``."""
-    from bnnkit.methods.base import InferenceMethod
 
-    def sigint_after_first_epoch(self, epoch: int) -> None:
+    def sigint_after_epoch_one(self, epoch: int) -> None:
         if epoch == 1:
             signal.raise_signal(signal.SIGINT)  # the trainer checkpoints and stops cleanly
 
-    with monkeypatch.context() as m:
-        m.setattr(InferenceMethod, "after_epoch", sigint_after_first_epoch)
-        args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
-                *tiny_overrides(synth_root, **{"train.epochs": 2})]  # fmt: skip
-        first = runner.invoke(main, args)
-    assert first.exit_code == 128 + signal.SIGINT, first.output
-    (run,) = list(tmp_path.iterdir())
+    args = ["train", str(QUICKSTART), "--runs-dir", str(tmp_path), "-q",
+            *tiny_overrides(synth_root, **{"train.epochs": 2})]  # fmt: skip
+    run = train_stopped(runner, monkeypatch, "after_epoch", sigint_after_epoch_one, args, tmp_path)
     meta_path = run / "checkpoint.json"
     meta = json.loads(meta_path.read_text())
     assert meta["position"]["epoch"] == 2 and meta["complete"] is False

@@ -5,7 +5,6 @@ deterministic for a seed."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -15,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import QUICKSTART
+from helpers import QUICKSTART, cosine_gap, noisy_readouts, perturbed_copies
 
 from bnnkit.engine.build import build
 from bnnkit.engine.features.cache import model_digest
@@ -49,10 +47,6 @@ def _built(method: str, seed: int = 0, **inference):
     return recipe, detector.eval(), m
 
 
-def _unit_cosine_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return 1 - F.cosine_similarity(a.double(), b.double(), dim=1)
-
-
 # -- the features ---------------------------------------------------------------------------------
 def test_wepe_features_match_an_independently_perturbed_copy() -> None:
     _, det, _ = _built("wepe", sigma=0.2)
@@ -62,14 +56,8 @@ def test_wepe_features_match_an_independently_perturbed_copy() -> None:
         base = det.backbone.base
         clean = base(images).mean(dim=(2, 3))
         assert got.shape == (4, 3)
-        for k, seed in enumerate(perturbation_seeds(0, 3, "weights")):
-            copy_ = copy.deepcopy(base)
-            g = torch.Generator().manual_seed(seed)
-            for _, p in sorted(copy_.named_parameters()):
-                if p.ndim >= 2:  # the default selection: every weight of >= 2 dims
-                    rms = p.pow(2).mean().sqrt()
-                    p.add_(torch.randn(p.shape, generator=g) * 0.2 * rms)
-            want = _unit_cosine_gap(clean, copy_(images).mean(dim=(2, 3)))
+        for k, copy_ in enumerate(perturbed_copies(base, 0.2)):
+            want = cosine_gap(clean, copy_(images).mean(dim=(2, 3)))
             torch.testing.assert_close(got[:, k].double(), want, atol=1e-6, rtol=1e-4)
     assert (got > 0).all()
     # the clean backbone itself is untouched by the perturbed passes
@@ -84,11 +72,11 @@ def test_rigid_features_match_noisy_images() -> None:
     with torch.no_grad():
         got = det.features(images)
         clean = det.backbone.base(images).mean(dim=(2, 3))
-        for k, seed in enumerate(perturbation_seeds(0, 3, "input")):
-            noise = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(seed))
-            moved = det.backbone.base(images + noise * 0.1 / std).mean(dim=(2, 3))
+        base = det.backbone.base
+        moved_all = noisy_readouts(lambda x: base(x).mean(dim=(2, 3)), images, std, 0.1)
+        for k, moved in enumerate(moved_all):
             torch.testing.assert_close(
-                got[:, k].double(), _unit_cosine_gap(clean, moved), atol=1e-6, rtol=1e-4
+                got[:, k].double(), cosine_gap(clean, moved), atol=1e-6, rtol=1e-4
             )
         # one image's features do not depend on the batch it is in
         torch.testing.assert_close(det.features(images[2:3]), got[2:3], atol=1e-6, rtol=1e-5)

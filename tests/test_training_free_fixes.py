@@ -9,14 +9,14 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import cosine_gap, noisy_readouts, perturbed_copies
 
 from bnnkit.cli import main
 from bnnkit.engine.build import build
 from bnnkit.engine.features.cache import model_digest
 from bnnkit.errors import UsageError
-from bnnkit.model.perturbed import PerturbationHead, perturbation_seeds
+from bnnkit.model.perturbed import PerturbationHead
 from bnnkit.plugins import get_registry
 from bnnkit.recipe import validate
 from bnnkit.scores.base import ScoreInputs
@@ -76,26 +76,15 @@ def _timm_cls(base, images: torch.Tensor) -> torch.Tensor:
     return ref.eval().forward_head(ref.forward_features(images), pre_logits=True)
 
 
-def _cos_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return 1 - F.cosine_similarity(a.double(), b.double(), dim=1)
-
-
 def test_wepe_on_a_vit_reads_the_cls_embedding() -> None:
-    import copy
-
     _, det, _ = _built("wepe", sigma=0.2)
     images = torch.randn(3, 3, 32, 32)
     base = det.backbone.base
     with torch.no_grad():
         got = det.features(images)
         clean = _timm_cls(base, images)
-        for k, seed in enumerate(perturbation_seeds(0, 3, "weights")):
-            moved = copy.deepcopy(base)
-            g = torch.Generator().manual_seed(seed)
-            for _, p in sorted(moved.named_parameters()):
-                if p.ndim >= 2:
-                    p.add_(torch.randn(p.shape, generator=g) * 0.2 * p.pow(2).mean().sqrt())
-            want = _cos_gap(clean, _timm_cls(moved, images))
+        for k, moved in enumerate(perturbed_copies(base, 0.2)):
+            want = cosine_gap(clean, _timm_cls(moved, images))
             torch.testing.assert_close(got[:, k].double(), want, atol=1e-6, rtol=1e-4)
         # not the mean of the patch tokens
         patches = base.model.forward_features(images)[:, 1:].mean(1)
@@ -109,11 +98,10 @@ def test_rigid_on_a_vit_reads_the_cls_embedding() -> None:
     with torch.no_grad():
         got = det.features(images)
         clean = _timm_cls(det.backbone.base, images)
-        for k, seed in enumerate(perturbation_seeds(0, 3, "input")):
-            noise = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(seed))
-            moved = _timm_cls(det.backbone.base, images + noise * 0.1 / std)
+        moved_all = noisy_readouts(lambda x: _timm_cls(det.backbone.base, x), images, std, 0.1)
+        for k, moved in enumerate(moved_all):
             torch.testing.assert_close(
-                got[:, k].double(), _cos_gap(clean, moved), atol=1e-6, rtol=1e-4
+                got[:, k].double(), cosine_gap(clean, moved), atol=1e-6, rtol=1e-4
             )
 
 

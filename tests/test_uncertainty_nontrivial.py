@@ -22,7 +22,9 @@ from bnnkit.methods.sgmcmc import SGMCMCMethod
 from bnnkit.metrics.uncertainty import decompose
 from bnnkit.plugins import get_registry
 
-BAYESIAN = ["bbb", "lrt", "mcdropout", "sgld", "psgld", "sghmc", "kflaplace", "ensemble"]
+BAYESIAN = [
+    "bbb", "lrt", "mcdropout", "sgld", "psgld", "sghmc", "kflaplace", "ensemble", "sngp", "gp",
+]  # fmt: skip
 ALIASES = {"vi": "bbb"}
 #: training-free methods score backbone perturbations, not a head on given features: their spread
 #: is checked in tests/test_training_free.py

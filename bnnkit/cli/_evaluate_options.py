@@ -23,6 +23,38 @@ def fit_limit_option(f: Callable) -> Callable:
     )(f)
 
 
+def guarantee_option(f: Callable) -> Callable:
+    return click.option(
+        "--guarantee",
+        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+        default=None,
+        metavar="LEVEL",
+        help="Set the abstention threshold by split conformal on the calibration split so "
+        "that a new seen image is kept with probability >= LEVEL (finite-sample, marginal); "
+        "replaces --coverage. metrics.json records the bound and the calibration size.",
+    )(f)
+
+
+def false_alarm_option(f: Callable) -> Callable:
+    return click.option(
+        "--max-false-alarm",
+        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+        default=None,
+        metavar="ALPHA",
+        help="Set the verdict's p(fake) threshold (Neyman-Pearson, split conformal on the "
+        "calibration split's real images) so that at most ALPHA of real images are called "
+        "fake; saved in threshold.json, which `bnnkit predict` then applies.",
+    )(f)
+
+
+def tiles_arg(tiling: dict | None) -> dict | bool:
+    """``--tiles`` options as :func:`bnnkit.engine.evaluate.run.evaluate_run`'s ``tiles``."""
+    if not tiling:
+        return False
+    keys = {"max_tiles": "max_tiles", "overlap": "tile_overlap", "reduce": "tile_reduce"}
+    return {k: tiling[v] for k, v in keys.items()}
+
+
 def data_option(f: Callable) -> Callable:
     """``--data NAME=ROOT[:LAYOUT]`` (repeatable) and ``--data-root``."""
     f = click.option(

@@ -10,6 +10,7 @@ def print_metrics(metrics: dict, out=None) -> None:
     """The evaluation as compact tables that fit an 80-column terminal without truncation
     (the tables of :mod:`bnnkit.report.tables`, shared with report.md)."""
     from bnnkit.report import tables as t
+    from bnnkit.report.tables_attribution import attribution_table
     from bnnkit.report.tables_generators import calibration_table, detection_table
 
     out = out or console()
@@ -31,6 +32,9 @@ def print_metrics(metrics: dict, out=None) -> None:
     out.print(t.render_rich(t.abstention_table(metrics, [metrics["abstention"]["score"]])))
     if metrics.get("degradations"):
         out.print(t.render_rich(t.degradation_table(metrics)))
+    attribution = attribution_table(metrics)  # data.labels = "generator"
+    if attribution is not None:
+        out.print(t.render_rich(attribution))
     if metrics["broken_files"]:
         out.print(f"[yellow]{len(metrics['broken_files'])} unreadable file(s) skipped:[/]")
         for b in metrics["broken_files"]:

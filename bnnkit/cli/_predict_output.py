@@ -21,13 +21,17 @@ def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bo
     t = result.temperature
     text: str | None = None
     if fmt_ == "json":
-        record = {"run": str(run_dir), "samples": k, "temperature": t, "abstention": rule}
+        record = {"run": str(run_dir), "samples": k, "temperature": t, "abstention": rule,
+                  "p_threshold": result.p_threshold}  # fmt: skip
         if tiling is not None:
             record["tiles"] = tiling.to_dict()
         text = json.dumps({**record, "predictions": rows}, indent=2) + "\n"
     elif fmt_ == "csv":
         buf = io.StringIO()
-        fields = [*row_fields(tiling is not None, explain, scored=rule is not None), "temperature"]
+        fields = row_fields(
+            tiling is not None, explain, scored=rule is not None,
+            attribution=result.generators is not None,
+        ) + ["temperature"]  # fmt: skip
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()  # the temperature applied (empty: none), on every row
         writer.writerows({**r, "temperature": "" if t is None else t} for r in rows)
@@ -39,12 +43,12 @@ def emit(result: Any, fmt_: str, output: Path | None, run_dir: Path, explain: bo
         else:
             click.echo(text, nl=False)
         return
-    _table(rows, output, run_dir, k, rule, tiling is not None, explain, t)
+    _table(rows, output, run_dir, k, rule, tiling is not None, explain, t, result.generators)
 
 
 def _table(
     rows, output: Path | None, run_dir: Path, k: int, rule, tiled: bool, explain: bool,
-    temperature: float | None = None,
+    temperature: float | None = None, generators: list[str] | None = None,
 ):  # fmt: skip
     from rich.table import Table
 
@@ -67,10 +71,14 @@ def _table(
     columns += ["tiles", "max tile", "tile sd"] if tiled else []
     for c in columns:
         table.add_column(c, justify="right", no_wrap=True)
+    if generators is not None:  # data.labels = "generator"
+        table.add_column("generator", no_wrap=True)
+        table.add_column("known", no_wrap=True)
     styles = {"fake": "red", "real": "green", "uncertain": "yellow"}
     for r in rows:
         if r["p_fake"] is None:
-            table.add_row(r["path"], "[red]error[/]", r["error"], *[""] * (len(columns) - 1))
+            blank = len(columns) - 1 + 2 * (generators is not None)
+            table.add_row(r["path"], "[red]error[/]", r["error"], *[""] * blank)
             continue
         verdict = f"[{styles[r['verdict']]}]{r['verdict']}[/]"
         if r["error"]:
@@ -80,6 +88,9 @@ def _table(
             cells.append(fmt(r["score_value"], 4))
         if tiled:
             cells += [str(r["tiles"]), fmt(r["tile_p_fake_max"]), fmt(r["tile_p_fake_sd"])]
+        if generators is not None:
+            known = {True: "yes", False: "[yellow]no[/]", None: "-"}[r["known"]]
+            cells += [r["generator"] or "-", known]
         table.add_row(r["path"], verdict, *cells)
     out = console()
     if output is not None:

@@ -58,7 +58,7 @@ def command(
 
     the_run = Run.load(run, runs_dir)
     if reset:
-        from bnnkit.engine.evaluate.calibrate import reset_temperature
+        from bnnkit.engine.posthoc.calibrate import reset_temperature
 
         removed = reset_temperature(the_run.path)
         console().print(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+import bnnkit.cli._evaluate_options as opts
 from bnnkit.cli._common import (
     abstain_on_option,
     console,
@@ -14,7 +15,6 @@ from bnnkit.cli._common import (
     path_option,
     print_json,
 )
-from bnnkit.cli._evaluate_options import data_option, evaluate_benchmarks, fit_limit_option
 from bnnkit.cli._evaluate_output import print_metrics
 from bnnkit.cli._tiles import tile_options
 from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
@@ -74,7 +74,9 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     "Score the abstention threshold is calibrated on, saved for `bnnkit predict` (any "
     "score; added to --score; total = entropy, epistemic = mutual_info)."
 )
-@fit_limit_option
+@opts.fit_limit_option
+@opts.guarantee_option
+@opts.false_alarm_option
 @overrides_option(
     "KEY=VALUE",
     "Evaluation-time option of the run's inference method (inference.KEY=VALUE) or of a score "
@@ -90,7 +92,7 @@ from bnnkit.run.dirs import DEFAULT_RUNS_ROOT
     help="Evaluate under these data.debias controls whatever the run was trained with "
     "(repeatable; 'none' = raw data). Default: the run's own. Recorded in metrics.json.",
 )
-@data_option
+@opts.data_option
 @path_option(
     "--runs-dir", DEFAULT_RUNS_ROOT, "Where to look for the latest run when RUN is not given."
 )
@@ -105,6 +107,8 @@ def command(
     degrade: tuple[str, ...],
     samples: int | None,
     coverage: float | None,
+    guarantee: float | None,
+    max_false_alarm: float | None,
     scores: tuple[str, ...],
     abstain_on: str,
     fit_limit: int,
@@ -126,10 +130,9 @@ def command(
     seen-generator images (AUROC, AUPR, FPR95). Selective prediction (AURC, accuracy at
     90%/80% coverage) on seen images. An abstention threshold is calibrated per score on the
     run's calibration split (training-folder images it never trained on; nothing reported is
-    fitted on) for the target coverage, the --abstain-on one saved for
-    `bnnkit predict`, with how many of the unseen generators' errors each catches. Fitted
-    scores are fitted once on the run's training images (the frozen-feature cache when there
-    is one) and saved in RUN/scores/. With --degrade, everything again per degradation.
+    fitted on) for the target coverage (--guarantee: with a split-conformal bound), the
+    --abstain-on one saved for `bnnkit predict`, with how many unseen errors each catches.
+    Fitted scores are fitted on the run's training images and saved in RUN/scores/.
 
     Writes RUN/metrics.json (schema_version 3, see docs/metrics-schema.md), threshold.json,
     predictions.csv, timing.json, scores/, plots/*.png and report.md.
@@ -159,8 +162,9 @@ def command(
     if not as_json:
         console().print(f"evaluating {run_dir} on {note}")
     if data:  # several benchmarks, one pass (bnnkit.engine.evaluate.benchmarks)
-        refused = {"--ood": ood, "--degrade": degradations, "--tiles": tiling}
-        return evaluate_benchmarks(
+        refused = {"--ood": ood, "--degrade": degradations, "--tiles": tiling,
+                   "--guarantee": guarantee, "--max-false-alarm": max_false_alarm}  # fmt: skip
+        return opts.evaluate_benchmarks(
             run_dir, data, as_json=as_json, refused=refused, samples=samples, device=dev,
             data_root=data_root, coverage=coverage, abstain_on=abstain_on, fit_limit=fit_limit,
             scores=list(scores) or None, score_options=score_options or None,
@@ -181,12 +185,9 @@ def command(
         plots=not no_plots,
         overrides=list(overrides),
         debias=list(debias) or None,
-        tiles=tiling
-        and {
-            "max_tiles": tiling["max_tiles"],
-            "overlap": tiling["tile_overlap"],
-            "reduce": tiling["tile_reduce"],
-        },  # fmt: skip
+        tiles=opts.tiles_arg(tiling),
+        guarantee=guarantee,
+        max_false_alarm=max_false_alarm,
     )
     if as_json:
         print_json(metrics)

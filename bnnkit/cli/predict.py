@@ -38,9 +38,9 @@ from bnnkit.cli._tiles import tile_options
 @click.option(
     "--threshold",
     type=float,
-    default=0.5,
-    show_default=True,
-    help="p(fake) at or above which the verdict is 'fake'.",
+    default=None,
+    help="p(fake) at or above which the verdict is 'fake' (default: the run's Neyman-Pearson "
+    "threshold from `bnnkit evaluate --max-false-alarm`, else 0.5).",
 )
 @click.option(
     "--abstain/--no-abstain",
@@ -78,7 +78,7 @@ def command(
     output: Path | None,
     samples: int | None,
     batch_size: int,
-    threshold: float,
+    threshold: float | None,
     abstain: bool,
     max_uncertainty: float | None,
     explain: bool,

@@ -66,7 +66,7 @@ def validate(recipe: str, overrides: tuple[str, ...], resolved: bool) -> None:
     and a suggestion. A valid recipe's plugins are then constructed (the backbone on the meta
     device, never fetching weights), so values only construction rejects are caught here too.
     Exit code 2 when there is any problem."""
-    from bnnkit.engine.train.check import check_build
+    from bnnkit.engine.build import check_build
     from bnnkit.plugins import get_registry
     from bnnkit.recipe import dump_recipe, load_recipe
 

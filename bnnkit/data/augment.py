@@ -65,16 +65,24 @@ def _uniform(lo: float, hi: float) -> float:
     return lo if lo == hi else float(torch.empty(()).uniform_(lo, hi))
 
 
-class RandomBlur(T.Transform):
+class _UniformDraw(T.Transform):
+    """A transform with one parameter, ``params[param]``, drawn ~ U[lo, hi] per call."""
+
+    param = "value"
+
+    def __init__(self, bounds: tuple[float, float]):
+        super().__init__()
+        self.bounds = bounds
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {self.param: _uniform(*self.bounds)}
+
+
+class RandomBlur(_UniformDraw):
     """Gaussian blur with sigma ~ U[lo, hi] (sigma 0 = unchanged), kernel 2*ceil(3 sigma) + 1
     (the CNNDetection recipe: blur sigma in [0, 3])."""
 
-    def __init__(self, sigma: tuple[float, float]):
-        super().__init__()
-        self.sigma = sigma
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"sigma": _uniform(*self.sigma)}
+    param = "sigma"
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         sigma = params["sigma"]
@@ -118,30 +126,20 @@ def separable_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch
     return out.to(image.dtype).reshape(*lead, h, width)
 
 
-class RandomNoise(T.Transform):
+class RandomNoise(_UniformDraw):
     """Additive Gaussian noise with sigma ~ U[lo, hi] on the 0-1 scale, clipped to [0, 1]."""
 
-    def __init__(self, sigma: tuple[float, float]):
-        super().__init__()
-        self.sigma = sigma
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"sigma": _uniform(*self.sigma)}
+    param = "sigma"
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.gaussian_noise, inpt, sigma=params["sigma"], clip=True)
 
 
-class RandomDownUp(T.Transform):
+class RandomDownUp(_UniformDraw):
     """Downscale by a factor ~ U[lo, hi] (bilinear, antialiased), then back to the input size:
     the resolution loss of a resized upload at the same tensor shape."""
 
-    def __init__(self, scale: tuple[float, float]):
-        super().__init__()
-        self.scale = scale
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"scale": _uniform(*self.scale)}
+    param = "scale"
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, torch.Tensor) or inpt.ndim < 3:

@@ -136,11 +136,21 @@ def index_split(
     first, instead of a walk of the folders; the samples are the same either way."""
     folders = require_generators(root, generators)
     listed = _listing(root, class_folders({g: folders[g] for g in generators}, [split]), cache_dir)
+    per_gen = {
+        gen: {label: listed.get((gen, split, name), []) for name, label in CLASS_FOLDERS.items()}
+        for gen in generators
+    }
+    return select_samples(per_gen, split, limit, balance, seed)
+
+
+def select_samples(
+    per_gen: dict[str, dict[int, list[Sample]]], split: str, limit: int, balance: bool, seed: int
+) -> list[Sample]:
+    """Per generator: balance the classes (the larger subsampled to the smaller), cap at
+    ``limit`` per class when ``limit > 0``, seeded by ``seed``, generator, split and label, so
+    the same recipe always sees the same files; every layout selects this way."""
     samples: list[Sample] = []
-    for gen in generators:
-        per_class = {
-            label: listed.get((gen, split, name), []) for name, label in CLASS_FOLDERS.items()
-        }
+    for gen, per_class in per_gen.items():
         n = min(len(v) for v in per_class.values()) if balance else None
         for label, items in per_class.items():
             keep = len(items) if n is None else n

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import random
 from pathlib import Path
 
 from bnnkit.data import binary, genimage, manifest
@@ -158,25 +157,6 @@ def data_notes(root: str | Path, layout: str = "auto") -> list[str]:
     return notes
 
 
-def _select(
-    per_gen: dict[str, dict[int, list[Sample]]], split: str, limit: int, balance: bool, seed: int
-) -> list[Sample]:
-    """Per generator: balance the classes (larger subsampled to the smaller), cap at ``limit``
-    per class, seeded; the same rule as GenImage's :func:`~bnnkit.data.genimage.index_split`."""
-    samples: list[Sample] = []
-    for gen, per_class in per_gen.items():
-        n = min(len(v) for v in per_class.values()) if balance else None
-        for label, items in per_class.items():
-            keep = len(items) if n is None else n
-            if limit:
-                keep = min(keep, limit)
-            if keep < len(items):
-                rng = random.Random(f"{seed}/{gen}/{split}/{label}")
-                items = sorted(rng.sample(items, keep), key=lambda s: s.path)
-            samples.extend(items)
-    return samples
-
-
 def _binary_listing(
     root: str | Path, generators: list[str], split: str, cache_dir: str | Path | None
 ) -> dict[str, dict[int, list[Sample]]]:
@@ -239,4 +219,4 @@ def index_split(
         listed = _binary_listing(root, generators, split, cache_dir)
     else:
         listed = _manifest_listing(root, generators, split)
-    return _select(listed, split, limit, balance, seed)
+    return genimage.select_samples(listed, split, limit, balance, seed)

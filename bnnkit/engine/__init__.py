@@ -6,17 +6,19 @@ and what it may import (``tests/test_run_layout.py`` checks the direction):
 - :mod:`~bnnkit.engine.features`: images to pooled features and head outputs (loaders, the
   streaming loop, the feature cache and its store, standardisation, tiled streaming);
 - :mod:`~bnnkit.engine.train`: ``bnnkit train`` (trainer, phases, epochs, data, checkpoints'
-  state, signals, acceleration, data parallelism, whole-detector ensembles, build checks);
-- :mod:`~bnnkit.engine.evaluate`: ``bnnkit evaluate`` and ``calibrate`` (the evaluation, its
-  options, partial results, score fits and sets, temperature, what it writes);
+  state, signals, data parallelism, whole-detector ensembles);
+- :mod:`~bnnkit.engine.posthoc`: what is fitted after training on the calibration split
+  (``bnnkit calibrate``'s temperature, the score plugins' fits and the chosen score set);
+- :mod:`~bnnkit.engine.evaluate`: ``bnnkit evaluate`` (the evaluation, its options, partial
+  results, benchmarks, adversarial conditions, what it writes);
 - :mod:`~bnnkit.engine.predict`: ``bnnkit predict`` (the per-image verdicts, ``--explain``);
 - :mod:`~bnnkit.engine.protocol`: ``bnnkit protocol`` (cells, launchers, settings);
-- ``build`` (a recipe or a run into a detector and method) and ``device`` (where to run), used
-  by all of them.
+- ``build`` (a recipe or a run into a detector and method; ``recipes validate``'s construction
+  check) and ``device`` (where to run; AMP, channels-last and compilation there), used by all.
 
-Allowed imports: features < train, evaluate < predict (features, evaluate) < protocol (train,
-evaluate). ``build`` and ``device`` import no subpackage; nothing here imports
-:mod:`bnnkit.api` or :mod:`bnnkit.cli`.
+Allowed imports: features < posthoc (features) < train (features), evaluate (features,
+posthoc) < predict (features, posthoc) < protocol (train, evaluate). ``build`` and ``device``
+import no subpackage; nothing here imports :mod:`bnnkit.api` or :mod:`bnnkit.cli`.
 
 The flat module names of bnnkit 0.1 (``bnnkit.engine.loop``, ``bnnkit.engine.evaluation``, ...)
 still import, with a :class:`DeprecationWarning`, until the next release: :data:`MOVED` maps
@@ -45,19 +47,19 @@ MOVED = {
     "trainer": "train.trainer",
     "phases": "train.phases",
     "epochs": "train.epochs",
-    "accel": "train.accel",
+    "accel": "device",
     "signals": "train.signals",
     "train_data": "train.data",
     "run_state": "train.state",
     "distributed": "train.distributed",
     "members": "train.members",
-    "check_build": "train.check",
+    "check_build": "build",
     "evaluation": "evaluate.run",
     "eval_options": "evaluate.options",
     "eval_partial": "evaluate.partial",
-    "score_fit": "evaluate.score_fit",
-    "score_set": "evaluate.score_set",
-    "calibrate": "evaluate.calibrate",
+    "score_fit": "posthoc.score_fit",
+    "score_set": "posthoc.score_set",
+    "calibrate": "posthoc.calibrate",
     "explain": "predict.explain",
     "protocol_launch": "protocol.launch",
     "protocol_settings": "protocol.settings",

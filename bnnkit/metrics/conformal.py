@@ -28,7 +28,12 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["conformal_index", "conformal_threshold", "neyman_pearson_threshold"]
+__all__ = [
+    "conformal_index",
+    "conformal_threshold",
+    "guarantee_record",
+    "neyman_pearson_threshold",
+]
 
 
 def conformal_index(n: int, alpha: float) -> int:
@@ -63,3 +68,21 @@ def neyman_pearson_threshold(p_fake: Tensor, labels: Tensor, alpha: float) -> fl
     if p.numel() != y.numel():
         raise ValueError(f"p_fake has {p.numel()} values, labels {y.numel()}")
     return conformal_threshold(p[y == 0], alpha)
+
+
+def guarantee_record(level: float, n: int) -> dict[str, object]:
+    """metrics.json's / threshold.json's ``guarantee``: the promised level, the calibration
+    size it rests on, the rank used and whether a finite threshold could give it."""
+    alpha = 1.0 - level
+    k = conformal_index(n, alpha)
+    return {
+        "level": level,
+        "alpha": alpha,
+        "n_calibration": n,
+        "rank": k,
+        "finite": k <= n,
+        "bound": f"P(a new seen image is kept) >= {level:g}, marginally over calibration and "
+        "test images (exchangeable); at most level + 1/(n + 1) for untied scores",
+        "method": "split conformal: keep when score <= the rank-th smallest calibration score, "
+        "rank = ceil((n + 1) * level)",
+    }

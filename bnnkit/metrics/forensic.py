@@ -128,10 +128,8 @@ def forensic_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
     """``real_accuracy``, ``fake_accuracy``, ``eer``, ``oracle_accuracy`` and ``cllr`` of one
     set of images (merged into :func:`~bnnkit.metrics.classification.classification_report`)."""
     p, y = _prep(p_fake, labels)
-    return {
-        "real_accuracy": real_accuracy(p, y),
-        "fake_accuracy": fake_accuracy(p, y),
-        "eer": eer(p, y),
-        "oracle_accuracy": oracle_accuracy(p, y),
-        "cllr": cllr(p, y),
-    }
+    return {metric.__name__: metric(p, y) for metric in FORENSIC_METRICS}
+
+
+#: the metrics of :func:`forensic_report`, in its order; each is keyed by its function's name
+FORENSIC_METRICS = (real_accuracy, fake_accuracy, eer, oracle_accuracy, cllr)

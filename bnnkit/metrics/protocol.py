@@ -174,26 +174,36 @@ def condition_metrics(
 
 
 def calibrate_thresholds(
-    data: Predictions, n_seen: int, coverage: float, scores: Sequence[str] | None = None
+    data: Predictions,
+    n_seen: int,
+    coverage: float,
+    scores: Sequence[str] | None = None,
+    conformal: bool = False,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per score (default :func:`record_scores`): the threshold that keeps ``coverage`` of the
     seen-generator images (:func:`~bnnkit.metrics.selective.threshold_for_coverage`, abstain
-    when ``u > t``), and a
-    2-fold cross-fit estimate of the coverage it reaches on *new* seen images (calibrate on the
-    even-positioned images, measure on the odd ones and vice versa). The in-sample coverage is
-    at least ``coverage`` by construction; the cross-fit one tells whether it generalises."""
+    when ``u > t``; with ``conformal``, the split-conformal order statistic of
+    :func:`~bnnkit.metrics.conformal.conformal_threshold`, which guarantees that a new seen
+    image is kept with probability at least ``coverage``), and a 2-fold cross-fit estimate of
+    the coverage it reaches on *new* seen images (calibrate on the even-positioned images,
+    measure on the odd ones and vice versa)."""
+    from bnnkit.metrics.conformal import conformal_threshold
+
+    def fit(u: Tensor) -> float:
+        if conformal:
+            return conformal_threshold(u, 1.0 - coverage) if coverage < 1.0 else math.inf
+        return threshold_for_coverage(u, coverage)
+
     seen = data.generators < n_seen
     thresholds, crossfit = {}, {}
     for name in [canonical_score(s) for s in (scores or record_scores(data))]:
         u = data.score(name)[seen]
-        thresholds[name] = threshold_for_coverage(u, coverage)
+        thresholds[name] = fit(u)
         folds = [u[0::2], u[1::2]]
         if min(f.numel() for f in folds) == 0:
             crossfit[name] = float("nan")
             continue
-        kept = sum(
-            int((folds[1 - i] <= threshold_for_coverage(folds[i], coverage)).sum()) for i in (0, 1)
-        )
+        kept = sum(int((folds[1 - i] <= fit(folds[i])).sum()) for i in (0, 1))
         crossfit[name] = kept / u.numel()
     return thresholds, crossfit
 

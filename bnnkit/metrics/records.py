@@ -44,6 +44,9 @@ class Predictions:
     labels: Tensor = _EMPTY_LONG
     generators: Tensor = _EMPTY_LONG
     indices: Tensor = _EMPTY_LONG
+    #: ``[N, 1 + G]`` mean class probabilities of a generator-attribution head (``data.labels
+    #: = "generator"``: class 0 real, 1 + g the g-th training generator); empty for two classes
+    class_probs: Tensor = field(default_factory=lambda: torch.zeros(0))
     scores: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
@@ -59,8 +62,23 @@ class Predictions:
         the batch's score values. With the ``logits`` the probs are the softmax of, the
         decomposition is computed from them (float64, :func:`decompose_from_logits`: a
         saturated predictive keeps a positive entropy, as the ``entropy`` and ``mutual_info``
-        scores do); the parts are float64 either way."""
+        scores do); the parts are float64 either way.
+
+        More than two classes (a generator-attribution head, class 0 real): p(fake) is
+        1 - p(real) and the decomposition is that of the collapsed real-vs-fake predictive, so
+        every binary number means what it does for a two-class head; the mean class
+        probabilities are kept in ``class_probs``."""
         probs = probs.float().cpu()
+        if probs.shape[-1] > 2:
+            real, fake = probs[..., :1], probs[..., 1:]
+            binary = torch.cat([real, fake.sum(-1, keepdim=True)], dim=-1)
+            if logits is not None and logits.shape == probs.shape:
+                z = logits.detach().float().cpu()
+                logits = torch.cat([z[..., :1], z[..., 1:].logsumexp(-1, keepdim=True)], -1)
+            record = cls.from_probs(binary, scores=scores, logits=logits, **known)
+            record.p_fake = 1.0 - probs.mean(0)[:, 0]
+            record.class_probs = probs.mean(0)
+            return record
         if logits is not None and logits.shape == probs.shape:
             unc = decompose_from_logits(logits.detach().cpu())
         else:
@@ -75,6 +93,11 @@ class Predictions:
     def empty(cls) -> Predictions:
         z = torch.zeros(0, dtype=torch.float64)
         return cls(torch.zeros(0), z, z, z)
+
+    @property
+    def attributed(self) -> bool:
+        """Whether the record holds a generator-attribution head's class probabilities."""
+        return self.class_probs.ndim == 2 and self.class_probs.shape[-1] > 2
 
     @classmethod
     def concat(cls, parts: list[Predictions]) -> Predictions:

@@ -23,13 +23,13 @@ training time (:func:`bnnkit.run.partial.frozen_digest`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from bnnkit.errors import UsageError
+from bnnkit.run.fileio import file_sha256
 
 #: ``train.backbone`` values that adapt part of the backbone (and save only what learns)
 ADAPTING = ("lora", "partial")
@@ -115,14 +115,6 @@ def apply_partial(model: nn.Module, n: int) -> nn.Module:
     for m in [*blocks[len(blocks) - n :], *after]:
         m.requires_grad_(True)
     return model
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def adapt(detector: nn.Module, recipe: Any) -> None:

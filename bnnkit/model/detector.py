@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -209,8 +211,28 @@ class Detector(nn.Module):
         return self.head(self.features(images))
 
 
-def build_detector(model_cfg: Any, head_name: str, registry: Any, num_classes: int = 2) -> Detector:
-    """Build a :class:`Detector` from a validated ``model`` recipe section."""
+#: the number of classes a head gets when :func:`build_detector` is not told (2: real, fake);
+#: :func:`head_classes` sets it while a recipe with ``data.labels = "generator"`` is built, so
+#: every method's own ``build_detector`` gets the (1 + G)-class head without a new argument
+_CLASSES: ContextVar[int] = ContextVar("bnnkit_head_classes", default=2)
+
+
+@contextmanager
+def head_classes(num_classes: int) -> Iterator[None]:
+    """Heads built by :func:`build_detector` in this block have ``num_classes`` outputs."""
+    token = _CLASSES.set(int(num_classes))
+    try:
+        yield
+    finally:
+        _CLASSES.reset(token)
+
+
+def build_detector(
+    model_cfg: Any, head_name: str, registry: Any, num_classes: int | None = None
+) -> Detector:
+    """Build a :class:`Detector` from a validated ``model`` recipe section (``num_classes``:
+    default 2, or the one :func:`head_classes` sets)."""
+    num_classes = _CLASSES.get() if num_classes is None else num_classes
     if model_cfg.pool == "cls" and model_cfg.attention.name != "none":
         raise ValueError(
             f"model.pool = 'cls' reads one CLS embedding per image, which attention "

@@ -23,6 +23,7 @@ from bnnkit.report.tables import (
     score_summary_table,
     selective_table,
 )
+from bnnkit.report.tables_attribution import attribution_table
 from bnnkit.report.tables_generators import calibration_table, detection_table, forensic_table
 from bnnkit.run.layout import THRESHOLD_FILE
 
@@ -252,6 +253,10 @@ def render_report(
     lines += ["", "## Selective prediction", "", *_selective_section(m)]
     lines += ["", "## Abstention", "", *_abstention_section(m)]
     lines += ["", "## Degradations", "", *_degradation_section(m)]
+    attribution = attribution_table(m)  # data.labels = "generator"
+    if attribution is not None:
+        lines += ["", "## Generator attribution", "", attribution.caption or ""]
+        lines += ["", render_markdown(attribution)]
     if plots:
         lines += ["", "## Plots"]
         for kind, path in plots.items():

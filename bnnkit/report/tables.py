@@ -297,8 +297,19 @@ def abstention_table(m: Mapping[str, Any], scores: Sequence[str] | None = None) 
         title=f"abstention: score {a['score']} > {fmt_value(chosen['threshold'], 4)} -> "
         f"uncertain (target coverage {fmt_value(a['coverage_target'], kind='pct')})",
         caption=f"calibrated on {_calibration_images(cal)}, cross-fit coverage "
-        f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}, saved in {cal.get('file')}",
+        f"{fmt_value(chosen.get('coverage_crossfit'), kind='pct')}, saved in {cal.get('file')}"
+        + _guarantee(a.get("guarantee")),
     )
+
+
+def _guarantee(g: Mapping[str, Any] | None) -> str:
+    """The split-conformal bound of ``--guarantee``, in words (empty without one)."""
+    if not g:
+        return ""
+    how = f"rank {g['rank']} of {g['n_calibration']} calibration images"
+    if not g.get("finite"):
+        how = f"too few calibration images ({g['n_calibration']}): every image is kept"
+    return f"\nguarantee: a new seen image is kept with probability >= {g['level']:g} ({how})"
 
 
 def _calibration_images(cal: Mapping[str, Any]) -> str:

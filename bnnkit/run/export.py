@@ -27,7 +27,6 @@ every member), predictions, plots and the report. ``bnnkit predict``, ``evaluate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from typing import Any
 from bnnkit._version import __version__
 from bnnkit.errors import CheckpointWarning, UsageError
 from bnnkit.run.dirs import resolve_run
-from bnnkit.run.fileio import atomic_write_text
+from bnnkit.run.fileio import atomic_write_text, file_sha256
 from bnnkit.run.layout import (
     CHECKPOINT_FILE,
     ENV_FILE,
@@ -96,14 +95,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _method_state(root: Path, meta: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -191,7 +182,7 @@ def export_run(run: str | Path, dest: str | Path, *, force: bool = False) -> Exp
         warnings.warn(f"{run}: exporting the previous checkpoint ({found.fallback})",
                       CheckpointWarning, stacklevel=2)  # fmt: skip
     recipe_text = (run / RECIPE_FILE).read_text(encoding="utf-8")
-    sha = _sha256(found.root / found.files["model"])
+    sha = file_sha256(found.root / found.files["model"])
     metrics, env = _read_json(run / METRICS_FILE), _read_json(run / ENV_FILE)
     fitted = {}  # threshold.json / temperature.json when made for these weights
     for name in (THRESHOLD_FILE, TEMPERATURE_FILE):

@@ -8,6 +8,7 @@ the feature cache and :mod:`bnnkit.run` itself can all use it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -92,3 +93,12 @@ def human_bytes(n: int | float) -> str:
 def atomic_write_json(path: str | Path, payload: Any, **dumps_kwargs: Any) -> None:
     """``json.dumps(payload, indent=2, **dumps_kwargs)`` written atomically."""
     atomic_write_text(path, json.dumps(payload, **{"indent": 2, **dumps_kwargs}))
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

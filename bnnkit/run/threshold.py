@@ -15,7 +15,6 @@ otherwise ``fake`` when p(fake) >= the p-threshold (0.5 by default), else ``real
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import UNFITTED_ABSTAIN_SCORE, clean_json
 from bnnkit.run.checkpoint import model_path
-from bnnkit.run.fileio import atomic_write_text
+from bnnkit.run.fileio import atomic_write_text, file_sha256
 from bnnkit.run.layout import THRESHOLD_FILE
 
 __all__ = [
@@ -52,11 +51,7 @@ def model_fingerprint(run_dir: Path) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)  # size and mtime_ns key the cache: a new file version rehashes
 
 
 def threshold_record(

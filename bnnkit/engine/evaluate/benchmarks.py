@@ -50,19 +50,25 @@ from bnnkit.engine.evaluate.benchmark_parts import (
     streamed_counts,
     summary,
 )
-from bnnkit.engine.evaluate.calibrate import apply_run_temperature
-from bnnkit.engine.evaluate.options import evaluation_debias, inference_overrides
-from bnnkit.engine.evaluate.run import SCHEMA_VERSION, _calibration_items, _run_conditions, _warn
-from bnnkit.engine.evaluate.score_fit import (
+from bnnkit.engine.evaluate.options import (
+    calibration_images,
+    evaluation_debias,
+    inference_overrides,
+    warn,
+)
+from bnnkit.engine.evaluate.run import SCHEMA_VERSION, _run_conditions
+from bnnkit.engine.evaluate.write import CLEAN, run_identity, score_timing, timing_record
+from bnnkit.engine.features.cache import run_feature_cache
+from bnnkit.engine.features.loop import StreamStats, posterior_samples
+from bnnkit.engine.posthoc.calibrate import apply_run_temperature
+from bnnkit.engine.posthoc.score_fit import (
     FIT_LIMIT,
     add_seen_values,
     fit_sources,
     fit_train_scores,
 )
-from bnnkit.engine.evaluate.score_set import evaluation_scores, score_entries
-from bnnkit.engine.evaluate.write import CLEAN, score_timing, timing_record, write_threshold_file
-from bnnkit.engine.features.cache import run_feature_cache
-from bnnkit.engine.features.loop import StreamStats, posterior_samples
+from bnnkit.engine.posthoc.score_set import evaluation_scores, score_entries
+from bnnkit.engine.posthoc.threshold import write_threshold_file
 from bnnkit.errors import UsageError
 from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE, calibrate_thresholds, clean_json
 from bnnkit.metrics.records import Predictions
@@ -84,7 +90,6 @@ def evaluate_benchmarks(
     :func:`~bnnkit.engine.evaluate.run.evaluate_run` writes (``predictions.csv`` with a
     ``benchmark`` column) and returns the metrics. ``data_root``: the run's own data (its
     calibration images), as ``--data-root``."""
-    from bnnkit.plugins import get_registry
     from bnnkit.report import write_report
 
     if not benchmarks:
@@ -96,7 +101,7 @@ def evaluate_benchmarks(
     recipe, detector, method, meta = load_run(run_dir, device, inference=inference)
     temperature, stale = apply_run_temperature(run_dir, method)
     if stale:
-        _warn(stale, console)
+        warn(stale, console)
     if data_root:
         recipe.data.root = data_root
     evaluation_debias(recipe, debias)
@@ -120,7 +125,7 @@ def evaluate_benchmarks(
             f"seen: {', '.join(b.seen) or 'none'}; unseen: {', '.join(b.unseen) or 'none'}",
             markup=False,
         )
-    cal_items = _calibration_items(recipe, console)  # the run's own root
+    cal_items = calibration_images(recipe, console)  # the run's own root
     pooled_seen = [b.pooled(g) for b in benches for g in b.seen]
     pooled = pooled_seen + [b.pooled(g) for b in benches for g in b.unseen]
     stream_gens = train + pooled  # calibration images: the first len(train) indices
@@ -153,7 +158,7 @@ def evaluate_benchmarks(
         raise UsageError(f"no readable calibration images under the run's '{recipe.data.root}'")
     calibrated_on = calibration_record(recipe, n_cal)
     t_seen = time.perf_counter()
-    from bnnkit.engine.evaluate import score_fit
+    from bnnkit.engine.posthoc import score_fit
 
     dependent = score_fit.seen_dependent(chosen.scores)
     fit_part, threshold_part = (
@@ -202,14 +207,7 @@ def evaluate_benchmarks(
             ],
         }
     metrics: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run": run_dir.name,
-        "recipe": recipe.name,
-        "method": recipe.inference.name,
-        "head": recipe.head_name(get_registry()),
-        "backbone": recipe.model.backbone.name,
-        "attention": recipe.model.attention.name,
-        "samples": k,
+        **run_identity(SCHEMA_VERSION, run_dir, recipe, k),
         **({"inference_overrides": inference} if inference else {}),
         "seed": recipe.seed,
         "split": "val",
@@ -228,7 +226,7 @@ def evaluate_benchmarks(
     }
     metrics["abstention"]["calibration"] = {**calibrated_on, "file": THRESHOLD_FILE}
     if temperature:
-        from bnnkit.engine.evaluate.calibrate import temperature_metrics
+        from bnnkit.engine.posthoc.calibrate import temperature_metrics
 
         metrics["temperature"] = temperature_metrics(temperature)
     metrics = clean_json(metrics)

@@ -88,3 +88,40 @@ def score_overrides(overrides: list[str] | None) -> tuple[dict[str, dict[str, An
             )
         options.setdefault(parts[1], {})[parts[2]] = parse_value(value.strip())
     return options, rest
+
+
+def abstention_levels(
+    recipe, coverage: float | None, guarantee: float | None, fit_limit: int
+) -> tuple[float, float | None]:
+    """``(coverage, guarantee)`` of an evaluation: ``--guarantee`` (or ``eval.guarantee``)
+    sets the coverage to its level and asks for the split-conformal threshold
+    (:mod:`bnnkit.metrics.conformal`); otherwise ``--coverage`` (or ``eval.coverage``)."""
+    guarantee = recipe.eval.guarantee if guarantee is None else float(guarantee)
+    if guarantee is not None and not 0.0 < guarantee < 1.0:
+        raise UsageError(f"--guarantee {guarantee}: must be in (0, 1), e.g. 0.9")
+    coverage = recipe.eval.coverage if coverage is None else float(coverage)
+    if not 0.0 < coverage <= 1.0:
+        raise UsageError(f"--coverage {coverage}: must be in (0, 1], e.g. 0.95")
+    if fit_limit < 0:
+        raise UsageError(f"--fit-limit {fit_limit}: must be >= 0 (0 = every training image)")
+    return (guarantee, guarantee) if guarantee is not None else (coverage, None)
+
+
+def warn(text: str, console: Any = None) -> None:
+    """A warning for the Python API (``warnings``) and, with a console, on the terminal."""
+    import warnings
+
+    warnings.warn(text, stacklevel=3)
+    if console is not None:
+        console.print(f"[yellow]warning:[/] {text}")
+
+
+def calibration_images(recipe, console: Any = None) -> list:
+    """The run's calibration images; none, with the in-sample warning, for a run without."""
+    from bnnkit.data.index import DEFAULT_CACHE_DIR
+    from bnnkit.data.splits import calibration_items, in_sample_warning
+
+    if recipe.data.calibration:
+        return calibration_items(recipe, DEFAULT_CACHE_DIR)
+    warn(in_sample_warning("the abstention thresholds and seen-fitted scores are"), console)
+    return []

@@ -106,8 +106,10 @@ class PartialResults:
         with safe_open(str(path), framework="pt") as fh:
             names = json.loads(meta.get("scores", "[]"))  # in the order they were computed
             scores = {name: fh.get_tensor(_SCORE + name) for name in names}
+            stored = set(fh.keys())  # class_probs: absent from files of older versions
             record = Predictions(
-                **{f: fh.get_tensor(f) for f in Predictions.tensor_fields()}, scores=scores
+                **{f: fh.get_tensor(f) for f in Predictions.tensor_fields() if f in stored},
+                scores=scores,
             )
         seen = json.loads(meta["stats"])
         stats = StreamStats(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,27 +38,20 @@ from bnnkit.data.debias import apply_debias, debias_of, debias_record
 from bnnkit.data.degrade import Degradation
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.data.layouts import Sample, data_notes, index_split, layout_record
-from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_items, calibration_record
+from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_record
 from bnnkit.engine.build import load_run
 from bnnkit.engine.device import resolve_device
-from bnnkit.engine.evaluate import attack, score_fit
-from bnnkit.engine.evaluate.calibrate import apply_run_temperature, temperature_metrics
-from bnnkit.engine.evaluate.options import evaluation_debias, inference_overrides, resolve_ood
+from bnnkit.engine.evaluate import attack
+from bnnkit.engine.evaluate.options import (
+    abstention_levels,
+    calibration_images,
+    evaluation_debias,
+    inference_overrides,
+    resolve_ood,
+    warn,
+)
 from bnnkit.engine.evaluate.partial import PartialResults, evaluation_key
-from bnnkit.engine.evaluate.score_fit import (
-    FIT_LIMIT,
-    add_seen_values,
-    fit_seen_scores,
-    fit_train_scores,
-)
-from bnnkit.engine.evaluate.score_set import evaluation_scores, score_entries
-from bnnkit.engine.evaluate.write import (
-    CLEAN,
-    halves,
-    score_timing,
-    timing_record,
-    write_threshold_file,
-)
+from bnnkit.engine.evaluate.write import CLEAN, run_identity, score_timing, timing_record
 from bnnkit.engine.features.cache import cached_condition, run_feature_cache
 from bnnkit.engine.features.loop import (
     Scorer,
@@ -70,7 +62,23 @@ from bnnkit.engine.features.loop import (
     worker_count,
 )
 from bnnkit.engine.features.tiles import TiledTransform, Tiling, make_tiling, run_tiled, tiling_of
+from bnnkit.engine.posthoc import score_fit
+from bnnkit.engine.posthoc.calibrate import apply_run_temperature, temperature_metrics
+from bnnkit.engine.posthoc.score_fit import (
+    FIT_LIMIT,
+    add_seen_values,
+    fit_seen_scores,
+    fit_train_scores,
+)
+from bnnkit.engine.posthoc.score_set import evaluation_scores, score_entries
+from bnnkit.engine.posthoc.threshold import (
+    guarantee_block,
+    halves,
+    verdict_block,
+    write_threshold_file,
+)
 from bnnkit.errors import UsageError
+from bnnkit.metrics.attribution import attribution_block
 from bnnkit.metrics.protocol import (
     DEFAULT_ABSTAIN_SCORE,
     UNFITTED_ABSTAIN_SCORE,
@@ -180,6 +188,8 @@ def evaluate_run(
     data_root: str | None = None,
     degradations: list[Degradation] | None = None,
     coverage: float | None = None,
+    guarantee: float | None = None,
+    max_false_alarm: float | None = None,
     abstain_on: str | None = None,
     plots: bool = True,
     overrides: list[str] | None = None,
@@ -198,7 +208,6 @@ def evaluate_run(
     ``DEFAULT_SCORES``), with ``score_options`` per name; ``abstain_on``: the score the
     threshold is calibrated on (any score); ``fit_limit``: training images a fitted score is
     fitted on at most (when it has no fit yet); ``debias``: :func:`evaluation_debias`."""
-    from bnnkit.plugins import get_registry
     from bnnkit.report import write_report
 
     t_start = time.perf_counter()
@@ -208,16 +217,12 @@ def evaluate_run(
     recipe, detector, method, meta = load_run(run_dir, device, inference=inference)
     temperature, stale = apply_run_temperature(run_dir, method)  # bnnkit calibrate's fit
     if stale:
-        _warn(stale, console)
+        warn(stale, console)
     t_value = temperature["temperature"] if temperature else None
     if data_root:
         recipe.data.root = data_root
     evaluation_debias(recipe, debias)  # --debias: data.debias for this evaluation
-    coverage = recipe.eval.coverage if coverage is None else float(coverage)
-    if not 0.0 < coverage <= 1.0:
-        raise UsageError(f"--coverage {coverage}: must be in (0, 1], e.g. 0.95")
-    if fit_limit < 0:
-        raise UsageError(f"--fit-limit {fit_limit}: must be >= 0 (0 = every training image)")
+    coverage, guarantee = abstention_levels(recipe, coverage, guarantee, fit_limit)
     ood_gens = resolve_ood(recipe, ood)
     seen = list(recipe.data.train_generators)
     generators = seen + ood_gens
@@ -236,7 +241,7 @@ def evaluate_run(
     ))  # fmt: skip
     for note in data_notes(d.root, d.layout) if console is not None else ():
         console.print(note, markup=False)
-    cal_items = _calibration_items(recipe, console)
+    cal_items = calibration_images(recipe, console)
     fit_info: dict[str, Any] = {}
     scorer = chosen.scorer
 
@@ -282,24 +287,18 @@ def evaluate_run(
         add_seen_values(chosen.scores, rec)
     t_seen = time.perf_counter() - t_seen
     independent = [n for n in requested if n not in dependent]
-    thresholds, crossfit = calibrate_thresholds(fit_on, n_seen, coverage, independent)
+    conformal = guarantee is not None  # --guarantee: split-conformal thresholds
+    thresholds, crossfit = calibrate_thresholds(fit_on, n_seen, coverage, independent, conformal)
     if dependent & set(requested):
         more = calibrate_thresholds(
-            threshold_part, n_seen, coverage, [n for n in requested if n in dependent]
+            threshold_part, n_seen, coverage, [n for n in requested if n in dependent], conformal
         )
         thresholds, crossfit = {**thresholds, **more[0]}, {**crossfit, **more[1]}
         thresholds = {n: thresholds[n] for n in requested}
         crossfit = {n: crossfit[n] for n in requested}
     options = chosen.options(abstain_on)
     metrics: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run": run_dir.name,
-        "recipe": recipe.name,
-        "method": recipe.inference.name,
-        "head": recipe.head_name(get_registry()),
-        "backbone": recipe.model.backbone.name,
-        "attention": recipe.model.attention.name,
-        "samples": k,
+        **run_identity(SCHEMA_VERSION, run_dir, recipe, k),
         **({"inference_overrides": inference} if inference else {}),
         **({"tiles": tiling.to_dict()} if tiling else {}),
         **({"temperature": temperature_metrics(temperature)} if temperature else {}),
@@ -323,7 +322,16 @@ def evaluate_run(
                 "file": THRESHOLD_FILE,
                 **halves(fit_part, threshold_part, fit_on, n_seen),
             },
+            **guarantee_block(
+                guarantee, threshold_part if abstain_on in dependent else fit_on, n_seen
+            ),
         },
+        **verdict_block(max_false_alarm or recipe.eval.max_false_alarm, fit_on, clean, n_seen),
+        **(
+            {"attribution": attribution_block(clean, generators, n_seen)}
+            if clean.attributed
+            else {}
+        ),  # fmt: skip
         "degradations": {},
         "broken_files": [{"path": b.path, "reason": b.reason} for b in stats[CLEAN].broken],
     }
@@ -360,22 +368,6 @@ def evaluate_run(
     timing["scores"] = score_timing(fit_info, t_seen, seen_fit, t_fit - t_start)
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
     return metrics
-
-
-def _warn(text: str, console: Console | None) -> None:
-    warnings.warn(text, stacklevel=3)
-    if console is not None:
-        console.print(f"[yellow]warning:[/] {text}")
-
-
-def _calibration_items(recipe, console: Console | None) -> list[Sample]:
-    """The run's calibration images; none, with the in-sample warning, for a run without."""
-    if recipe.data.calibration:
-        return calibration_items(recipe, DEFAULT_CACHE_DIR)
-    from bnnkit.data.splits import in_sample_warning
-
-    _warn(in_sample_warning("the abstention thresholds and seen-fitted scores are"), console)
-    return []
 
 
 def evaluate_run_dir(

@@ -11,7 +11,7 @@ Everything an evaluation writes to the run directory:
   score; ``bnnkit predict`` reads it to answer ``uncertain``.
 - ``predictions.csv``: per image and condition, p(fake), the total / aleatoric / epistemic
   uncertainty (nats) and every score's value, so any table can be recomputed.
-- ``scores/*``: the fits of fitted scores (:mod:`bnnkit.engine.evaluate.score_fit`).
+- ``scores/*``: the fits of fitted scores (:mod:`bnnkit.engine.posthoc.score_fit`).
 - ``plots/*.png`` and ``report.md`` (see :mod:`bnnkit.report`).
 """
 
@@ -20,51 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnnkit.engine.evaluate.score_set import threshold_fits
-from bnnkit.run.threshold import threshold_record, write_threshold
-
 #: the name of the clean (undegraded) condition
 CLEAN = "clean"
-
-
-def halves(fit_part, threshold_part, fit_on, n_seen: int) -> dict[str, Any]:
-    """How the calibration images were shared by seen-fitted scores and their thresholds."""
-    if fit_part is fit_on:
-        return {}
-    n = [int((r.generators < n_seen).sum()) for r in (fit_part, threshold_part)]
-    return {"seen_fitted_scores": {"fit_n": n[0], "threshold_n": n[1]}}
-
-
-def write_threshold_file(
-    run_dir: Path, metrics: dict[str, Any], recipe, *, abstain_on: str, thresholds, crossfit,
-    coverage: float, k: int, seen: list[str], n_cal: int, calibrated_on, options, chosen,
-    fit_info: dict[str, Any], seen_fit: dict[str, Any], inference, tiling, t_value,
-) -> None:  # fmt: skip
-    """Write ``threshold.json``: the threshold per score, what it was calibrated on and the
-    options ``bnnkit predict`` must rebuild the scores with."""
-    record = threshold_record(
-        score=abstain_on,
-        thresholds=thresholds,
-        crossfit=crossfit,
-        coverage=coverage,
-        coverage_seen=metrics["abstention"]["by_score"][abstain_on]["seen"]["coverage"],
-        samples=k,
-        method=recipe.inference.name,
-        seen=seen,
-        n_calibration=n_cal,
-        calibrated_on=calibrated_on,
-        run_dir=run_dir,
-        options=options,
-        score_options=chosen.needed_options(),
-        score_fit=threshold_fits(chosen, fit_info.get("fingerprint"), seen_fit["fingerprint"]),
-    )
-    if inference:
-        record["inference_overrides"] = inference
-    if tiling:
-        record["tiles"] = tiling.to_dict()
-    if t_value:
-        record["temperature"] = t_value
-    write_threshold(run_dir, record)
 
 
 def timing_record(stats, clean, k, report_s, total_s, meta, device, partial) -> dict[str, Any]:
@@ -104,4 +61,21 @@ def score_timing(fit_info: dict[str, Any], t_seen: float, seen_fit, setup_s: flo
         "fit_images": fit_info.get("n"),
         "fit_source": fit_info.get("source"),
         "setup_seconds": setup_s,
+    }
+
+
+def run_identity(schema_version: int, run_dir: Path, recipe: Any, k: int) -> dict[str, Any]:
+    """The first keys of ``metrics.json``: its schema, and which run, recipe, method, head,
+    backbone and attention block were evaluated with how many posterior samples."""
+    from bnnkit.plugins import get_registry
+
+    return {
+        "schema_version": schema_version,
+        "run": run_dir.name,
+        "recipe": recipe.name,
+        "method": recipe.inference.name,
+        "head": recipe.head_name(get_registry()),
+        "backbone": recipe.model.backbone.name,
+        "attention": recipe.model.attention.name,
+        "samples": k,
     }

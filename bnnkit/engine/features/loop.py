@@ -130,7 +130,7 @@ TEMPERATURE_ATTR = "calibration_temperature"
 
 def set_temperature(method: InferenceMethod, temperature: float | None) -> None:
     """Make :func:`head_probs` temper every posterior sample of ``method`` by ``temperature``
-    (``bnnkit calibrate``'s fit, :mod:`bnnkit.engine.evaluate.calibrate`); ``None`` or 1
+    (``bnnkit calibrate``'s fit, :mod:`bnnkit.engine.posthoc.calibrate`); ``None`` or 1
     removes it."""
     setattr(method, TEMPERATURE_ATTR, None if temperature in (None, 1.0) else float(temperature))
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from bnnkit.data.dataset import Broken
-from bnnkit.run.fileio import atomic_write_bytes, atomic_write_json
+from bnnkit.run.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -76,14 +76,6 @@ def write_shard(path: Path, features: Tensor, labels: Tensor, index: Tensor, dty
     )
     atomic_write_bytes(path, data)
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": len(labels)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_header(path: Path, size: int) -> tuple[int, dict[str, Any]]:
@@ -152,7 +144,7 @@ def open_shard(path: Path, record: dict, dim: int, dtype: str) -> Shard:
         if base + end > st.st_size:
             raise CorruptShard(f"tensor {name!r} runs past the end of the file")
     key = (str(path), st.st_size, st.st_mtime_ns)
-    digest = _VERIFIED.get(key) or _sha256(path)
+    digest = _VERIFIED.get(key) or file_sha256(path)
     if digest != record["sha256"]:
         raise CorruptShard("sha256 differs from the recorded one (corrupt)")
     _VERIFIED[key] = digest

@@ -200,13 +200,19 @@ def first_item(items: list) -> Any:
     return items[0]
 
 
+def p_fake_of(probs: Tensor) -> Tensor:
+    """p(fake) from class probabilities ``[..., C]``: class 1 of two, else 1 - p(real) (a
+    generator-attribution head, class 0 real)."""
+    return probs[..., 1] if probs.shape[-1] == 2 else 1.0 - probs[..., 0]
+
+
 def image_probs(probs: Tensor, reduce: str = "mean") -> Tensor:
     """Per posterior sample, the image-level class probabilities from the tiles' ``probs[K, T,
     C]``: ``[K, C]``, the mean over tiles, or (``max``) p(fake) = the largest tile p(fake)."""
     if reduce == "mean":
         return probs.mean(dim=1)
     if reduce == "max":
-        p = probs[..., 1].amax(dim=1)
+        p = p_fake_of(probs).amax(dim=1)
         return torch.stack([1.0 - p, p], dim=-1)
     raise ValueError(f"unknown tile reduction {reduce!r}: {', '.join(REDUCTIONS)}")
 
@@ -216,7 +222,7 @@ def tile_spread(probs: Tensor) -> dict[str, float]:
     standard deviation (over tiles, ddof 0) of the per-tile p(fake) (mean over k), and the
     tile disagreement (nats, >= 0): mean_k H(mean_t p_kt) - mean_kt H(p_kt)."""
     p64 = probs.double()
-    per_tile = p64[..., 1].mean(dim=0)
+    per_tile = p_fake_of(p64).mean(dim=0)
     disagreement = entropy(p64.mean(dim=1)).mean() - entropy(p64).mean()
     return {
         "tiles": int(probs.shape[1]),

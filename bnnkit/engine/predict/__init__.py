@@ -2,9 +2,9 @@
 
 Owns the prediction (:mod:`.run`) and ``--explain``'s overlays (:mod:`.explain`).
 
-May import: :mod:`bnnkit.engine.features` (streaming, tiles), :mod:`bnnkit.engine.evaluate`
+May import: :mod:`bnnkit.engine.features` (streaming, tiles), :mod:`bnnkit.engine.posthoc`
 (the saved scores and temperature an evaluation and calibration left), ``build``, ``device`` and
-the lower layers. Never train or protocol.
+the lower layers. Never train, evaluate or protocol.
 
 ``bnnkit.engine.predict`` was a module in bnnkit 0.1: its names still resolve here, with a
 :class:`DeprecationWarning`, until the next release (import them from :mod:`.run`).

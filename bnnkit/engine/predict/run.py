@@ -28,8 +28,6 @@ import torch
 from bnnkit.data.dataset import FileDataset, build_transform, draft_size
 from bnnkit.data.images import is_image_name, list_images
 from bnnkit.engine.build import load_run
-from bnnkit.engine.evaluate.calibrate import apply_run_temperature
-from bnnkit.engine.evaluate.score_set import load_scores
 from bnnkit.engine.features.loop import (
     TEMPERATURE_ATTR,
     Scorer,
@@ -45,8 +43,11 @@ from bnnkit.engine.features.tiles import (
     first_item,
     stream_tiled,
 )
+from bnnkit.engine.posthoc.calibrate import apply_run_temperature
+from bnnkit.engine.posthoc.score_set import load_scores
 from bnnkit.engine.predict.explain import explain_hook, tiled_explain_hook
 from bnnkit.errors import UsageError
+from bnnkit.metrics.attribution import generator_of
 from bnnkit.metrics.records import DECOMPOSITION, SCORE_ALIASES, UNCERTAINTY_KEYS, Predictions
 from bnnkit.run.layout import THRESHOLD_FILE, RunLayout
 from bnnkit.run.threshold import abstention_rule, read_threshold, verdict
@@ -59,11 +60,19 @@ FIELDS = ["path", "verdict", "p_fake", *UNCERTAINTY_KEYS, "error"]
 SCORE_FIELDS = ["score", "score_value"]
 
 
-def row_fields(tiles: bool = False, explain: bool = False, scored: bool = False) -> list[str]:
+#: a generator-attribution run's (``data.labels = "generator"``) columns: the most likely
+#: training generator (None for an image called real) and whether it is known (False: the
+#: abstention score is above its threshold, the 'uncertain' verdict; None: no abstention rule)
+ATTRIBUTION_FIELDS = ["generator", "known"]
+
+
+def row_fields(
+    tiles: bool = False, explain: bool = False, scored: bool = False, attribution: bool = False
+) -> list[str]:
     """The columns of the rows :func:`predict_run` returns with these options, in order."""
     return (
         FIELDS[:-1] + (SCORE_FIELDS if scored else []) + (TILE_FIELDS if tiles else [])
-        + ["error"] + (["explain"] * explain)
+        + (ATTRIBUTION_FIELDS if attribution else []) + ["error"] + (["explain"] * explain)
     )  # fmt: skip
 
 
@@ -82,6 +91,10 @@ class PredictResult:
     skipped: dict[str, int] = field(default_factory=dict)
     #: the temperature applied to every posterior sample (``bnnkit calibrate``), None: none
     temperature: float | None = None
+    #: the p(fake) at or above which the verdict is 'fake'
+    p_threshold: float = 0.5
+    #: a generator-attribution run's training generators (rows have ``generator``, ``known``)
+    generators: list[str] | None = None
 
 
 def _non_images(folder: Path) -> Counter[str]:
@@ -189,7 +202,7 @@ def predict_run(
     device: torch.device,
     samples: int | None = None,
     batch_size: int = 32,
-    p_threshold: float = 0.5,
+    p_threshold: float | None = None,
     abstain: bool = True,
     max_uncertainty: float | None = None,
     explain: bool = False,
@@ -206,6 +219,8 @@ def predict_run(
     (at most ``max_tiles``, overlapping by ``tile_overlap``, reduced by ``tile_reduce``: see
     :mod:`bnnkit.engine.features.tiles`); the rows then carry the tile spread too."""
     layout = RunLayout(run_dir)
+    if p_threshold is None:  # evaluate --max-false-alarm's Neyman-Pearson threshold, else 0.5
+        p_threshold = float((read_threshold(layout.root) or {}).get("p_threshold", 0.5))
     calibrated = read_threshold(layout.root) if abstain else None
     warnings = []
     if abstain and calibrated is None and layout.threshold.is_file():
@@ -238,6 +253,9 @@ def predict_run(
             raise UsageError(f"cannot create explain folder {folder}: {exc}") from None
 
     rows: dict[int, dict[str, Any]] = {}
+    names = list(recipe.data.train_generators) if recipe.data.labels == "generator" else None
+    if names and tiling is not None:
+        raise UsageError('--tiles does not support a run with data.labels = "generator" yet')
 
     def row(idx: int, part: Predictions, j: int, extra: dict[str, Any]) -> None:
         u, p = part.uncertainty(j), float(part.p_fake[j])
@@ -245,7 +263,10 @@ def predict_run(
         if rule is not None:
             scored = {"score": rule["score"], "score_value": float(part.score(rule["score"])[j])}
         values = {**u, **({rule["score"]: scored["score_value"]} if rule else {})}
-        rows[idx] = {"path": str(files[idx]), "verdict": verdict(p, values, p_threshold, rule),
+        called = verdict(p, values, p_threshold, rule)
+        if names:  # data.labels = "generator"
+            extra = {**extra, **attribution_fields(part, j, names, called, rule)}
+        rows[idx] = {"path": str(files[idx]), "verdict": called,
                      "p_fake": p, **u, **scored, **extra, "error": None}  # fmt: skip
 
     torch.manual_seed(recipe.seed)
@@ -279,8 +300,21 @@ def predict_run(
     out = [rows[i] for i in sorted(rows)]
     out += [error_row(b.path, b.reason, tiled, name) for b in broken]
     out += [error_row(p, why, tiled, name) for p, why in missing.items()]
+    if names:
+        out = [{**dict.fromkeys(ATTRIBUTION_FIELDS), **r} for r in out]
     applied = getattr(method, TEMPERATURE_ATTR, None)
-    return PredictResult(out, k, rule, folder, warnings, tiling, skipped, applied)
+    return PredictResult(
+        out, k, rule, folder, warnings, tiling, skipped, applied, p_threshold, names
+    )
+
+
+def attribution_fields(
+    part: Predictions, j: int, names: list[str], called: str, rule: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``generator`` (the most likely training generator; None when the image is called real)
+    and ``known`` (False when the abstention rule calls it uncertain; None without a rule)."""
+    generator = None if called == "real" else generator_of(part.class_probs[j : j + 1], names)[0]
+    return {"generator": generator, "known": None if rule is None else called != "uncertain"}
 
 
 def _temperature_warnings(layout: RunLayout, method, calibrated: dict | None) -> list[str]:

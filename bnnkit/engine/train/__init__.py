@@ -3,10 +3,11 @@
 Owns the entry point (:mod:`.run`, what :func:`bnnkit.api.train` and protocol cells call), the
 trainer (:mod:`.trainer`), its phases (:mod:`.phases`) and epoch loop (:mod:`.epochs`), the
 training data (:mod:`.data`), resumable state and run metadata (:mod:`.state`), stop signals
-(:mod:`.signals`), mixed precision and compilation (:mod:`.accel`), data parallelism
-(:mod:`.distributed`), whole-detector ensembles (:mod:`.members`) and ``recipes validate``'s
-construction check (:mod:`.check`: it builds what training would, ensembles included).
+(:mod:`.signals`), data parallelism (:mod:`.distributed`) and whole-detector ensembles
+(:mod:`.members`). Mixed precision and compilation are ``device``'s (:class:`~bnnkit.engine.
+device.Acceleration`), ``recipes validate``'s construction check is ``build``'s
+(:func:`~bnnkit.engine.build.check_build`).
 
 May import: :mod:`bnnkit.engine.features`, ``build``, ``device`` and the lower layers. Never
-evaluate, predict or protocol.
+posthoc, evaluate, predict or protocol.
 """

@@ -21,12 +21,13 @@ from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform, dr
 from bnnkit.data.debias import apply_debias, debias_of
 from bnnkit.data.layouts import index_split
 from bnnkit.data.splits import CALIBRATION_SPLIT, train_calibration_split
+from bnnkit.engine.device import Acceleration
 from bnnkit.engine.features.cache import cached_features
 from bnnkit.engine.features.loop import Features, extract_features, make_loader, worker_count
-from bnnkit.engine.train.accel import Acceleration
 from bnnkit.engine.train.distributed import DistInfo, barrier, shard
 from bnnkit.engine.train.state import epoch_order
 from bnnkit.errors import UsageError
+from bnnkit.metrics.attribution import class_targets
 from bnnkit.recipe import Recipe
 
 #: one training batch: inputs (images or pooled features) on the device, labels, dataset indices
@@ -172,7 +173,7 @@ class TrainData:
             self.note_broken(batch.broken)
             if len(batch):
                 images = accel.images(batch.images.to(self.device, non_blocking=True))
-                yield images, batch.labels, batch.indices
+                yield images, self.targets(batch.labels, batch.generators), batch.indices
 
     def feature_batches(self, feats: Features, epoch: int, skip: int) -> Iterator[Batch]:
         """This rank's batches of pooled training features of ``epoch`` (phase ``head``)."""
@@ -180,4 +181,12 @@ class TrainData:
         order = self.epoch_indices(feats.labels.shape[0], "head", epoch, images=False)
         for start in range(skip * bs, order.numel(), bs):
             idx = order[start : start + bs]
-            yield feats.features[idx].to(self.device), feats.labels[idx], feats.indices[idx]
+            targets = self.targets(feats.labels[idx], feats.generators[idx])
+            yield feats.features[idx].to(self.device), targets, feats.indices[idx]
+
+    def targets(self, labels: Tensor, generators: Tensor) -> Tensor:
+        """The training targets: the labels (1 = fake), or with ``data.labels = "generator"``
+        the class of a (1 + G)-class head (:func:`bnnkit.metrics.attribution.class_targets`)."""
+        if self.recipe.data.labels == "generator":
+            return class_targets(labels, generators)
+        return labels

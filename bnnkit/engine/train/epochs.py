@@ -14,7 +14,7 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from bnnkit.engine.train.accel import Acceleration
+from bnnkit.engine.device import Acceleration
 from bnnkit.engine.train.distributed import DistInfo, sum_across
 from bnnkit.engine.train.signals import StopSignals
 from bnnkit.engine.train.state import SUM_KEYS, Position, epoch_stats

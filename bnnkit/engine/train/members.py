@@ -35,7 +35,7 @@ from rich.console import Console
 
 from bnnkit._version import __version__
 from bnnkit.data.dataset import Normalisation
-from bnnkit.engine.build import build
+from bnnkit.engine.build import build, check_recipe, ensemble_size
 from bnnkit.engine.features.loop import posterior_samples, predict_features
 from bnnkit.engine.train.data import TrainData
 from bnnkit.engine.train.distributed import DistInfo
@@ -66,13 +66,6 @@ MEMBER_METHOD = "map"
 SEED_STRIDE = 1000
 
 
-def ensemble_size(recipe: Recipe) -> int:
-    """M when the recipe's method trains M whole detectors, else 0."""
-    method_cls = get_registry().get("method", recipe.inference.name).obj
-    hook = getattr(method_cls, "detector_members", None)
-    return int(hook(recipe.inference.options())) if hook is not None else 0
-
-
 def member_seed(seed: int, index: int) -> int:
     return seed + SEED_STRIDE * index
 
@@ -86,17 +79,6 @@ def member_recipe(recipe: Recipe, index: int) -> Recipe:
             "inference": PluginRef(name=MEMBER_METHOD),
         }
     )
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Refuse a whole-detector ensemble whose members could not differ in their backbones."""
-    if recipe.train.backbone == "frozen" and recipe.model.backbone.pretrained is not False:
-        raise UsageError(
-            'train.backbone: "frozen" with pretrained weights gives every member of '
-            'inference.members = "detectors" the same backbone',
-            hint='set train.backbone = "finetune", or model.backbone.pretrained = false (random '
-            "backbones that differ), or inference.members = <int> (M heads on one backbone)",
-        )
 
 
 def member_of(run_dir: Path) -> Path | None:

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bnnkit.engine.build import ensemble_size
 from bnnkit.engine.device import resolve_device
 from bnnkit.engine.train.distributed import broadcast, init_distributed, shutdown
-from bnnkit.engine.train.members import EnsembleTrainer, ensemble_size, member_of
+from bnnkit.engine.train.members import EnsembleTrainer, member_of
 from bnnkit.engine.train.signals import TrainingInterrupted
 from bnnkit.engine.train.trainer import Trainer
 from bnnkit.errors import BnnkitError, UsageError

@@ -3,8 +3,9 @@
 It orchestrates the parts of a run, each in its own module: the phase plan
 (:mod:`~bnnkit.engine.train.phases`: ``finetune`` / ``finetune-map`` / ``head`` from
 ``train.backbone`` and the method), the data (:mod:`~bnnkit.engine.train.data`), the epoch loop
-(:mod:`~bnnkit.engine.train.epochs`), acceleration (:mod:`~bnnkit.engine.train.accel`), signals
-(:mod:`~bnnkit.engine.train.signals`), data parallelism
+(:mod:`~bnnkit.engine.train.epochs`), acceleration
+(:class:`~bnnkit.engine.device.Acceleration`), signals (:mod:`~bnnkit.engine.train.signals`),
+data parallelism
 (:mod:`~bnnkit.engine.train.distributed`), the training log (:mod:`bnnkit.run.log`) and
 checkpoints (:mod:`bnnkit.run.checkpoint`).
 
@@ -35,9 +36,9 @@ from torch import Tensor
 from bnnkit._version import __version__
 from bnnkit.data.dataset import Normalisation
 from bnnkit.engine.build import build
+from bnnkit.engine.device import Acceleration
 from bnnkit.engine.features.loop import Features, posterior_samples, predict_features
 from bnnkit.engine.features.standardise import standardised, standardises
-from bnnkit.engine.train.accel import Acceleration
 from bnnkit.engine.train.data import Datasets, TrainData
 from bnnkit.engine.train.distributed import DistInfo, average_gradients, data_parallel_loss
 from bnnkit.engine.train.epochs import EpochLoop, PhaseRun
@@ -308,7 +309,8 @@ class Trainer:
         if method.needs_train_features:
             if feats is None:
                 feats = self.data.features(detector, ds.train_plain, "train", progress)
-            method.after_training(feats.features.to(self.device), feats.labels.to(self.device))
+            targets = self.data.targets(feats.labels, feats.generators)
+            method.after_training(feats.features.to(self.device), targets.to(self.device))
         else:
             method.after_training(None, None)
         val = self._val_feats
@@ -321,7 +323,8 @@ class Trainer:
             fit = cal if cal is not None else val
             assert fit is not None
             method.head.eval()
-            method.calibrate(fit.features.to(self.device), fit.labels.to(self.device))
+            targets = self.data.targets(fit.labels, fit.generators)
+            method.calibrate(fit.features.to(self.device), targets.to(self.device))
         if self.dist.is_main and val is not None and self.log.last is not None:
             self.log.complete_last(self._validate(method, val))  # the posterior that is saved
         elif self.dist.is_main and val is not None and not method.trains:

@@ -78,6 +78,8 @@ def tempered_p_fake(probs: Tensor, temperature: float) -> Tensor:
     z -= z.max(-1, keepdims=True)
     q = np.exp(z)
     q /= q.sum(-1, keepdims=True)
+    if q.shape[-1] > 2:  # a generator-attribution head: p(fake) = 1 - p(real)
+        return torch.from_numpy(1.0 - q.mean(0)[:, 0])
     return torch.from_numpy(q.mean(0)[:, 1])
 
 

@@ -1,4 +1,4 @@
-"""Fitting the OOD scores of a run (which scores run: :mod:`bnnkit.engine.evaluate.score_set`).
+"""Fitting the OOD scores of a run (which scores run: :mod:`bnnkit.engine.posthoc.score_set`).
 
 - Scores with ``fit_on = "train"`` (Mahalanobis, kNN, ...) are fitted once per run on the
   training images' (never the calibration images') pooled features and head outputs
@@ -14,7 +14,7 @@
   calibrated on, after streaming (:func:`fit_seen_scores`); a run without a calibration split
   fits them on the seen validation images. The unseen generators never fit anything.
 - ``bnnkit predict`` loads the fits its abstention score needs
-  (:func:`bnnkit.engine.evaluate.score_set.load_scores`) with the fingerprints ``threshold.json``
+  (:func:`bnnkit.engine.posthoc.score_set.load_scores`) with the fingerprints ``threshold.json``
   recorded, and refuses a run without them.
 """
 

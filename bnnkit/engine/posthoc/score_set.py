@@ -11,7 +11,7 @@
   options ``threshold.json`` records for it (:meth:`ScoreSet.needed_options`).
 - :func:`score_entries`: metrics.json's ``scores`` block.
 
-Fitting is :mod:`bnnkit.engine.evaluate.score_fit`.
+Fitting is :mod:`bnnkit.engine.posthoc.score_fit`.
 """
 
 from __future__ import annotations

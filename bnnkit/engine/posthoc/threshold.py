@@ -1,0 +1,89 @@
+"""The abstention and verdict thresholds an evaluation fits on the calibration split and writes
+to ``threshold.json`` (through :mod:`bnnkit.run.threshold`): how the calibration images were
+shared by seen-fitted scores, the split-conformal guarantee (``--guarantee``) and the
+Neyman-Pearson verdict threshold (``--max-false-alarm``), :mod:`bnnkit.metrics.conformal`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnnkit.engine.posthoc.score_set import threshold_fits
+from bnnkit.metrics.conformal import guarantee_record, neyman_pearson_threshold
+from bnnkit.run.threshold import threshold_record, write_threshold
+
+
+def halves(fit_part, threshold_part, fit_on, n_seen: int) -> dict[str, Any]:
+    """How the calibration images were shared by seen-fitted scores and their thresholds."""
+    if fit_part is fit_on:
+        return {}
+    n = [int((r.generators < n_seen).sum()) for r in (fit_part, threshold_part)]
+    return {"seen_fitted_scores": {"fit_n": n[0], "threshold_n": n[1]}}
+
+
+def write_threshold_file(
+    run_dir: Path, metrics: dict[str, Any], recipe, *, abstain_on: str, thresholds, crossfit,
+    coverage: float, k: int, seen: list[str], n_cal: int, calibrated_on, options, chosen,
+    fit_info: dict[str, Any], seen_fit: dict[str, Any], inference, tiling, t_value,
+) -> None:  # fmt: skip
+    """Write ``threshold.json``: the threshold per score, what it was calibrated on and the
+    options ``bnnkit predict`` must rebuild the scores with."""
+    record = threshold_record(
+        score=abstain_on,
+        thresholds=thresholds,
+        crossfit=crossfit,
+        coverage=coverage,
+        coverage_seen=metrics["abstention"]["by_score"][abstain_on]["seen"]["coverage"],
+        samples=k,
+        method=recipe.inference.name,
+        seen=seen,
+        n_calibration=n_cal,
+        calibrated_on=calibrated_on,
+        run_dir=run_dir,
+        options=options,
+        score_options=chosen.needed_options(),
+        score_fit=threshold_fits(chosen, fit_info.get("fingerprint"), seen_fit["fingerprint"]),
+    )
+    if inference:
+        record["inference_overrides"] = inference
+    if tiling:
+        record["tiles"] = tiling.to_dict()
+    if t_value:
+        record["temperature"] = t_value
+    if "guarantee" in metrics["abstention"]:  # --guarantee: the split-conformal bound
+        record["guarantee"] = metrics["abstention"]["guarantee"]
+    if "verdict_threshold" in metrics:  # --max-false-alarm: predict's p(fake) threshold
+        record["verdict_threshold"] = metrics["verdict_threshold"]
+        record["p_threshold"] = metrics["verdict_threshold"]["p_threshold"]
+    write_threshold(run_dir, record)
+
+
+def guarantee_block(guarantee: float | None, fitted_on: Any, n_seen: int) -> dict[str, Any]:
+    """metrics.json's ``abstention.guarantee`` (``--guarantee``): the split-conformal bound and
+    the calibration images it rests on (the seen rows the threshold was set on)."""
+    if guarantee is None:
+        return {}
+    return {"guarantee": guarantee_record(guarantee, int((fitted_on.generators < n_seen).sum()))}
+
+
+def verdict_block(alpha: float | None, fit_on: Any, clean: Any, n_seen: int) -> dict[str, Any]:
+    """metrics.json's ``verdict_threshold`` (``--max-false-alarm``): the Neyman-Pearson
+    p(fake) threshold set on the calibration split's real images, and the false-alarm and
+    detection rates it reaches on the seen validation images (which it was not set on)."""
+    if alpha is None:
+        return {}
+    cal = fit_on.generators < n_seen
+    t = neyman_pearson_threshold(fit_on.p_fake[cal], fit_on.labels[cal], alpha)
+    seen = clean.generators < n_seen
+    reals, fakes = seen & (clean.labels == 0), seen & (clean.labels == 1)
+    fake_called = clean.p_fake.double() > t
+    return {
+        "verdict_threshold": {
+            "p_threshold": t,
+            "max_false_alarm": alpha,
+            "n_real_calibration": int((cal & (fit_on.labels == 0)).sum()),
+            "rule": "fake when p(fake) > p_threshold (split conformal on the calibration reals)",
+            "seen_false_alarm": float(fake_called[reals].double().mean()) if reals.any() else None,
+            "seen_detection": float(fake_called[fakes].double().mean()) if fakes.any() else None,
+        }
+    }
