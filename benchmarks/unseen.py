@@ -22,7 +22,7 @@ Two modes, so that the reported number is never the maximum of a grid over the f
 
 Prints ONE JSON object on stdout (progress on stderr); ``--md FILE`` writes the table.
 
-    python benchmarks/unseen.py                             # headline, data seeds 1, 2, 3 (~1 min)
+    python benchmarks/unseen.py                             # headline, data seeds 1, 2, 3 (~7 min)
     python benchmarks/unseen.py --data-seeds 1,2,3,4        # more seeds
     python benchmarks/unseen.py --guarantee 0.9             # and with split-conformal thresholds
     python benchmarks/unseen.py --explore --data-seed 0     # the exploratory grid (minutes)
@@ -204,11 +204,11 @@ def stratum(cell: dict[str, Any], score: str) -> tuple[Stratum, bool]:
                 un_err.append((float(row["p_fake"]) >= 0.5) != (row["label"] == "1"))
             elif (row["condition"], row["seen"]) == fit:
                 fit_u.append(float(row[col]))
-    t = abstention_score(metrics["abstention"], score)["threshold"]
+    t = abstention_score(metrics["abstention"], score)["threshold"]  # null: +inf (keeps all)
+    t = math.inf if t is None else t
     fit_scores = np.array(fit_u)
     refit = fit_scores.size > 0 and float(threshold_np(fit_scores, COVERAGE)) == t
-    unseen = np.array(un_u), np.array(un_err, bool)
-    return Stratum(*unseen, t, fit_scores if refit else None), refit
+    return Stratum(np.array(un_u), np.array(un_err, bool), t, fit_scores if refit else None), refit
 
 
 def run_seed(

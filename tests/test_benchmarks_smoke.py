@@ -187,3 +187,31 @@ def test_unseen_benchmark_refuses_the_choosing_seed_in_headline_mode(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert "data seed 0 chose the pre-registered pairs" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unseen_benchmark_guarantee_reports_both_thresholds(tmp_path):
+    """``--guarantee 0.9``: every pre-registered pair is also evaluated with split-conformal
+    thresholds (``eval.guarantee``, recorded by bnnkit in each cell), reported beside the
+    unchanged headline; ``--explore`` and a level outside (0, 1) are refused before any work."""
+    for bad in (["--guarantee", "1.5"], ["--explore", "--guarantee", "0.9"]):
+        proc = _unseen(tmp_path, *bad)
+        assert proc.returncode == 2 and "--guarantee LEVEL" in proc.stderr
+    keep, md = tmp_path / "work", tmp_path / "table.md"
+    proc = _unseen(tmp_path, "--quick", "--guarantee", "0.9", "--keep", str(keep), "--md", str(md))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["settings"]["guarantee"] == 0.9
+    plain, guaranteed = result["preregistered"], result["guaranteed"]["preregistered"]
+    assert [(p["method"], p["score"]) for p in guaranteed] == [
+        (p["method"], p["score"]) for p in plain
+    ]
+    assert all(0.0 <= g["seen_abstention"] <= 1.0 for g in guaranteed)
+    cells = list((keep / "seed1" / "protocol-guarantee0.9").rglob("metrics.json"))
+    assert cells and all(
+        json.loads(c.read_text())["abstention"]["guarantee"]["level"] == 0.9 for c in cells
+    )
+    assert not any(
+        "guarantee" in json.loads(c.read_text())["abstention"]
+        for c in (keep / "seed1" / "protocol").rglob("metrics.json")
+    )
+    assert "With and without the guarantee" in md.read_text()
