@@ -23,28 +23,41 @@ def fit_limit_option(f: Callable) -> Callable:
     )(f)
 
 
-def guarantee_option(f: Callable) -> Callable:
-    return click.option(
-        "--guarantee",
-        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-        default=None,
-        metavar="LEVEL",
-        help="Set the abstention threshold by split conformal on the calibration split so "
-        "that a new seen image is kept with probability >= LEVEL (finite-sample, marginal); "
-        "replaces --coverage. metrics.json records the bound and the calibration size.",
-    )(f)
+def _open_unit_option(name: str, metavar: str, help: str) -> Callable[[Callable], Callable]:
+    """An optional float option in (0, 1)."""
+    unit = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
+    return click.option(name, type=unit, default=None, metavar=metavar, help=help)
 
 
-def false_alarm_option(f: Callable) -> Callable:
-    return click.option(
-        "--max-false-alarm",
-        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-        default=None,
-        metavar="ALPHA",
-        help="Set the verdict's p(fake) threshold (Neyman-Pearson, split conformal on the "
-        "calibration split's real images) so that at most ALPHA of real images are called "
-        "fake; saved in threshold.json, which `bnnkit predict` then applies.",
-    )(f)
+guarantee_option = _open_unit_option(
+    "--guarantee",
+    "LEVEL",
+    "Set the abstention threshold by split conformal on the calibration split so that a new "
+    "seen image is kept with probability >= LEVEL (finite-sample, marginal); replaces "
+    "--coverage. metrics.json records the bound and the calibration size.",
+)
+false_alarm_option = _open_unit_option(
+    "--max-false-alarm",
+    "ALPHA",
+    "Set the verdict's p(fake) threshold (Neyman-Pearson, split conformal on the calibration "
+    "split's real images) so that at most ALPHA of real images are called fake; saved in "
+    "threshold.json, which `bnnkit predict` then applies.",
+)
+
+
+def show_written(metrics: dict, as_json: bool, printer: Callable, run_dir: Path, plots: bool):
+    """Print ``metrics`` as JSON, or through ``printer`` followed by the files written."""
+    from bnnkit.run import layout
+
+    if as_json:
+        print_json(metrics)
+        return
+    printer(metrics)
+    out = layout.RunLayout(run_dir)
+    wrote = [p.name for p in (out.metrics, out.threshold, out.predictions, out.report)]
+    if plots:
+        wrote.append(f"{layout.PLOTS_DIR}/")
+    console().print(f"wrote to {run_dir}: {', '.join(wrote)}")
 
 
 def tiles_arg(tiling: dict | None) -> dict | bool:
@@ -84,7 +97,6 @@ def evaluate_benchmarks(
     the metrics as JSON). ``refused``: options given that ``--data`` does not combine with."""
     from bnnkit.engine.evaluate.benchmarks import evaluate_benchmarks_dir
     from bnnkit.errors import UsageError
-    from bnnkit.run import layout
 
     given = [name for name, value in refused.items() if value]
     if given:
@@ -95,13 +107,7 @@ def evaluate_benchmarks(
     metrics = evaluate_benchmarks_dir(
         run_dir, list(data), console=None if as_json else console(), **options
     )
-    if as_json:
-        print_json(metrics)
-        return
-    print_benchmarks(metrics)
-    out = layout.RunLayout(run_dir)
-    wrote = [p.name for p in (out.metrics, out.threshold, out.predictions, out.report)]
-    console().print(f"wrote to {out.root}: {', '.join(wrote)}")
+    show_written(metrics, as_json, print_benchmarks, run_dir, plots=False)
 
 
 def print_benchmarks(metrics: dict, out=None) -> None:

@@ -13,7 +13,6 @@ from bnnkit.cli._common import (
     device_option,
     overrides_option,
     path_option,
-    print_json,
 )
 from bnnkit.cli._evaluate_output import print_metrics
 from bnnkit.cli._tiles import tile_options
@@ -152,7 +151,6 @@ def command(
     from bnnkit.data.degrade import parse_degradations
     from bnnkit.engine.device import select_device
     from bnnkit.engine.evaluate.options import score_overrides
-    from bnnkit.run import layout
 
     degradations = parse_degradations(degrade)
     score_options, overrides = score_overrides(list(overrides))
@@ -189,12 +187,4 @@ def command(
         guarantee=guarantee,
         max_false_alarm=max_false_alarm,
     )
-    if as_json:
-        print_json(metrics)
-        return
-    print_metrics(metrics)
-    out = layout.RunLayout(run_dir)
-    wrote = [p.name for p in (out.metrics, out.threshold, out.predictions, out.report)]
-    if not no_plots:
-        wrote.append(f"{layout.PLOTS_DIR}/")
-    console().print(f"wrote to {run_dir}: {', '.join(wrote)}")
+    opts.show_written(metrics, as_json, print_metrics, run_dir, plots=not no_plots)
