@@ -102,6 +102,22 @@ def noisy_readouts(readout, images: torch.Tensor, std: torch.Tensor, sigma: floa
     ]
 
 
+def check_rigid_features(det, readout, images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Assert that a built ``rigid`` detector's features ``[N, n]`` are, per input perturbation
+    (:func:`noisy_readouts`), the :func:`cosine_gap` between the clean and the perturbed
+    ``readout`` (the backbone's embedding, computed independently of the method); return them."""
+    import torch
+
+    std = torch.tensor(det.normalisation.std).view(3, 1, 1)
+    with torch.no_grad():
+        got = det.features(images)
+        clean = readout(images)
+        moved = noisy_readouts(readout, images, std, sigma)
+    want = torch.stack([cosine_gap(clean, m) for m in moved], dim=1)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-4)
+    return got
+
+
 def perturbed_copies(base: torch.nn.Module, sigma: float, n: int = 3) -> list[torch.nn.Module]:
     """Copies of ``base`` with the ``wepe`` method's weight noise, made independently of it: for
     each of the ``n`` weight perturbations of seed 0 (``perturbation_seeds(0, n, "weights")``),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICKSTART, cosine_gap, noisy_readouts, perturbed_copies
+from helpers import QUICKSTART, check_rigid_features, cosine_gap, perturbed_copies
 
 from bnnkit.engine.build import build
 from bnnkit.engine.features.cache import model_digest
@@ -68,17 +68,9 @@ def test_wepe_features_match_an_independently_perturbed_copy() -> None:
 def test_rigid_features_match_noisy_images() -> None:
     _, det, _ = _built("rigid", sigma=0.1)
     images = torch.randn(4, 3, 32, 32)
-    std = torch.tensor(det.normalisation.std).view(3, 1, 1)
-    with torch.no_grad():
-        got = det.features(images)
-        clean = det.backbone.base(images).mean(dim=(2, 3))
-        base = det.backbone.base
-        moved_all = noisy_readouts(lambda x: base(x).mean(dim=(2, 3)), images, std, 0.1)
-        for k, moved in enumerate(moved_all):
-            torch.testing.assert_close(
-                got[:, k].double(), cosine_gap(clean, moved), atol=1e-6, rtol=1e-4
-            )
-        # one image's features do not depend on the batch it is in
+    base = det.backbone.base
+    got = check_rigid_features(det, lambda x: base(x).mean(dim=(2, 3)), images, 0.1)
+    with torch.no_grad():  # one image's features do not depend on the batch it is in
         torch.testing.assert_close(det.features(images[2:3]), got[2:3], atol=1e-6, rtol=1e-5)
 
 

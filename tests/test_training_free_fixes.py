@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import cosine_gap, noisy_readouts, perturbed_copies
+from helpers import check_rigid_features, cosine_gap, perturbed_copies
 
 from bnnkit.cli import main
 from bnnkit.engine.build import build
@@ -94,15 +94,7 @@ def test_wepe_on_a_vit_reads_the_cls_embedding() -> None:
 def test_rigid_on_a_vit_reads_the_cls_embedding() -> None:
     _, det, _ = _built("rigid", sigma=0.1)
     images = torch.randn(3, 3, 32, 32)
-    std = torch.tensor(det.normalisation.std).view(3, 1, 1)
-    with torch.no_grad():
-        got = det.features(images)
-        clean = _timm_cls(det.backbone.base, images)
-        moved_all = noisy_readouts(lambda x: _timm_cls(det.backbone.base, x), images, std, 0.1)
-        for k, moved in enumerate(moved_all):
-            torch.testing.assert_close(
-                got[:, k].double(), cosine_gap(clean, moved), atol=1e-6, rtol=1e-4
-            )
+    check_rigid_features(det, lambda x: _timm_cls(det.backbone.base, x), images, 0.1)
 
 
 def test_pool_cls_keys_the_cache_and_is_refused_where_there_is_no_cls_token() -> None:
