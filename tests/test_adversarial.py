@@ -194,13 +194,13 @@ def test_record_counts_successes_and_catches_on_clean_correct_images():
                        order=[4, 3, 2, 1, 0])  # fmt: skip
     records = {CLEAN: clean, "fgsm:0.1": attacked}
     deg = parse_degradations("fgsm:0.1")[0]
-    got = attack.record(deg, records, {"entropy": 0.5}, "entropy", TinyDetector(), _method())
+    got = attack.record(deg, records, 0.5, "entropy", attack.target(TinyDetector(), _method(), 2))
     block = got["attack"]
     assert (block["n_attacked"], block["n_succeeded"], block["n_caught"]) == (3, 2, 1)
     assert block["success_rate"] == pytest.approx(2 / 3)
     assert block["caught_rate"] == pytest.approx(1 / 2)
     assert (block["eps"], block["steps"], block["target"]) == (0.1, 1, "predictive_mean")
-    assert attack.record(parse_degradations("jpeg:50")[0], records, {}, "x", None, None) == {}
+    assert attack.record(parse_degradations("jpeg:50")[0], records, 0.0, "x", "") == {}
 
 
 def test_attack_specs_parse_and_name_themselves():

@@ -177,17 +177,13 @@ def target(detector: Any, method: Any, k: int) -> str:
 
 
 def record(
-    deg: Degradation,
-    records: dict[str, Predictions],
-    thresholds: dict[str, float],
-    score: str,
-    detector: Any,
-    method: Any,
+    deg: Degradation, records: dict[str, Predictions], threshold: float, score: str, aimed: str
 ) -> dict[str, Any]:
     """``{"attack": {...}}`` for an attack condition (``{}`` for any other degradation): on the
     images correctly classified clean (``n_attacked``), the share whose verdict the attack flips
     (``success_rate``), and of those the share whose ``score`` exceeds its clean-calibrated
-    threshold (``caught_rate``: abstention catches the attack)."""
+    ``threshold`` (``caught_rate``: abstention catches the attack). ``aimed``: what the attack
+    differentiated (:func:`target`)."""
     if deg.kind not in ATTACKS:
         return {}
     clean, attacked = records[CLEAN], records[deg.name]
@@ -197,7 +193,7 @@ def record(
     a_idx = torch.tensor([b for _, b in both], dtype=torch.long)
     was_right = clean.correct[c_idx].bool()
     flipped = was_right & ~attacked.correct[a_idx].bool()
-    threshold = float(thresholds[score])
+    threshold = float(threshold)
     caught = flipped & (attacked.score(score)[a_idx] > threshold)
     n, n_flip = int(was_right.sum()), int(flipped.sum())
     eps = float(deg.values[0])
@@ -209,7 +205,7 @@ def record(
             "eps": eps,
             "steps": steps,
             "step_size": eps if deg.kind == "fgsm" else PGD_STEP * eps / steps,
-            "target": target(detector, method, 2),
+            "target": aimed,
             "n_attacked": n,
             "n_succeeded": n_flip,
             "n_caught": int(caught.sum()),
