@@ -19,12 +19,15 @@ __all__ = [
     "benchmark_table",
 ]
 
-#: ``bnnkit compare``'s columns (key, header, digits) of a run evaluated with ``--data``
+#: the cross-benchmark summaries: (column stem, key in ``metrics.json``'s ``summary``, header)
+_SUMMARIES = (("acc", "accuracy", "acc"), ("auroc", "auroc", "AUROC"))
+_AGGREGATES = ("mean", "min")
+#: ``bnnkit compare``'s columns (key, header, digits) of a run evaluated with ``--data``:
+#: ``bench_acc_mean``, ``bench_acc_min``, ``bench_auroc_mean``, ``bench_auroc_min``
 BENCHMARK_COLUMNS: list[tuple[str, str, int]] = [
-    ("bench_acc_mean", "bench. mean acc", 3),
-    ("bench_acc_min", "bench. min acc", 3),
-    ("bench_auroc_mean", "bench. mean AUROC", 3),
-    ("bench_auroc_min", "bench. min AUROC", 3),
+    (f"bench_{stem}_{agg}", f"bench. {agg} {header}", 3)
+    for stem, _, header in _SUMMARIES
+    for agg in _AGGREGATES
 ]
 BENCH_CAPTION = (
     " Bench. mean / min: over the benchmarks of `bnnkit evaluate --data` (all images of each "
@@ -34,14 +37,14 @@ BENCH_CAPTION = (
 
 def benchmark_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """``bnnkit compare``'s cross-benchmark values of a run (None without ``--data``)."""
-    s = metrics.get("summary") or {}
-    acc, auroc = s.get("accuracy") or {}, s.get("auroc") or {}
+    summary = metrics.get("summary") or {}
     return {
         "benchmarks": list(metrics.get("benchmarks") or {}),
-        "bench_acc_mean": acc.get("mean"),
-        "bench_acc_min": acc.get("min"),
-        "bench_auroc_mean": auroc.get("mean"),
-        "bench_auroc_min": auroc.get("min"),
+        **{
+            f"bench_{stem}_{agg}": (summary.get(key) or {}).get(agg)
+            for stem, key, _ in _SUMMARIES
+            for agg in _AGGREGATES
+        },
     }
 
 

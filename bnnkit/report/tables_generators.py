@@ -32,17 +32,22 @@ def _generator_rows(m: Mapping[str, Any]) -> tuple[list[tuple[Label, Any]], tupl
     return rows, section
 
 
-#: (header, key of a generator entry, Column options) of the per-generator tables.
+#: (header, key of a generator entry, Column options) of the per-generator tables; the columns
+#: several tables share are defined once
+_N = ("n", "n", {})
+_REAL_FAKE = [("R.Acc", "real_accuracy", {}), ("F.Acc", "fake_accuracy", {})]
+_TPR = [
+    ("TPR@1%FPR", "tpr_at_fpr_1", {"short": "TPR@1%"}),
+    ("TPR@5%FPR", "tpr_at_fpr_5", {"short": "TPR@5%"}),
+]
 _DETECTION = [
-    ("n", "n", {}),
+    _N,
     ("acc", "accuracy", {}),
-    ("R.Acc", "real_accuracy", {}),
-    ("F.Acc", "fake_accuracy", {}),
+    *_REAL_FAKE,
     ("bal. acc", "balanced_accuracy", {"short": "bal.acc"}),
     ("AUROC", "auroc", {}),
     ("AP", "ap", {}),
-    ("TPR@1%FPR", "tpr_at_fpr_1", {"short": "TPR@1%"}),
-    ("TPR@5%FPR", "tpr_at_fpr_5", {"short": "TPR@5%"}),
+    *_TPR,
 ]
 _CALIBRATION = [
     ("NLL", "nll", {}),
@@ -90,31 +95,25 @@ def calibration_table(m: Mapping[str, Any]) -> Table:
 
 
 _FORENSIC = [
-    ("n", "n", {}),
-    ("R.Acc", "real_accuracy", {}),
-    ("F.Acc", "fake_accuracy", {}),
+    _N,
+    *_REAL_FAKE,
     ("EER", "eer", {}),
     ("oracle acc", "oracle_accuracy", {"short": "oracle"}),
     ("Cllr (bits)", "cllr", {"short": "Cllr"}),
     ("TPR@0.1%FPR", "tpr_at_fpr_0_1", {"short": "TPR@0.1%"}),
-    ("TPR@1%FPR", "tpr_at_fpr_1", {"short": "TPR@1%"}),
-    ("TPR@5%FPR", "tpr_at_fpr_5", {"short": "TPR@5%"}),
+    *_TPR,
 ]
 
 
 def forensic_table(m: Mapping[str, Any]) -> Table:
     """The metrics forensic papers print, per generator (docs/metrics-schema.md)."""
-    rows, sections = _generator_rows(m)
-    columns = [Column("generator", _label, left=True), *_family_column(m)]
-    columns += [Column(header, _get(key), **opts) for header, key, opts in _FORENSIC]
-    return Table(
-        columns,
-        rows,
-        title="forensic metrics",
-        caption="R.Acc / F.Acc: accuracy on reals / fakes at p(fake) ≥ 0.5. EER: where the "
+    return _per_generator_table(
+        m,
+        _FORENSIC,
+        "forensic metrics",
+        "R.Acc / F.Acc: accuracy on reals / fakes at p(fake) ≥ 0.5. EER: where the "
         "false-positive and false-negative rates meet on the ROC. oracle acc: accuracy at the "
         "best threshold chosen on these very images (an upper bound, not achievable). Cllr: "
         "balanced log-likelihood-ratio cost (0 perfect, 1 uninformative). TPR@x%FPR: fakes "
         "detected at the threshold calling at most x% of the reals fake.",
-        sections=sections,
     )
