@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 
 from bnnkit.data.layouts import layout_record
-from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_record
+from bnnkit.data.splits import CALIBRATION_SPLIT
 from bnnkit.engine.build import load_run
 from bnnkit.engine.device import resolve_device
 from bnnkit.engine.evaluate.benchmark_parts import (
@@ -60,17 +60,17 @@ from bnnkit.engine.evaluate.run import SCHEMA_VERSION, _run_conditions
 from bnnkit.engine.evaluate.write import CLEAN, run_identity, score_timing, timing_record
 from bnnkit.engine.features.cache import run_feature_cache
 from bnnkit.engine.features.loop import StreamStats, posterior_samples
+from bnnkit.engine.posthoc.abstention import fit_abstention
 from bnnkit.engine.posthoc.calibrate import apply_run_temperature
 from bnnkit.engine.posthoc.score_fit import (
     FIT_LIMIT,
-    add_seen_values,
     fit_sources,
     fit_train_scores,
 )
 from bnnkit.engine.posthoc.score_set import evaluation_scores, score_entries
 from bnnkit.engine.posthoc.threshold import write_threshold_file
 from bnnkit.errors import UsageError
-from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE, calibrate_thresholds, clean_json
+from bnnkit.metrics.protocol import DEFAULT_ABSTAIN_SCORE, clean_json
 from bnnkit.metrics.records import Predictions
 from bnnkit.run.fileio import atomic_write_text
 from bnnkit.run.layout import THRESHOLD_FILE, RunLayout
@@ -156,30 +156,12 @@ def evaluate_benchmarks(
     n_cal = int((fit_on.generators < len(train)).sum())
     if not n_cal:
         raise UsageError(f"no readable calibration images under the run's '{recipe.data.root}'")
-    calibrated_on = calibration_record(recipe, n_cal)
-    t_seen = time.perf_counter()
-    from bnnkit.engine.posthoc import score_fit
-
-    dependent = score_fit.seen_dependent(chosen.scores)
-    fit_part, threshold_part = (
-        score_fit.seen_fit_halves(fit_on, len(train)) if dependent else (fit_on, fit_on)
-    )
     key = json.dumps([[b.spec.name, b.spec.root, b.layout] for b in benches] + [n_cal, k])
-    seen_fit = score_fit.fit_seen_scores(chosen.scores, fit_part, len(train), run_dir, key)
-    for rec in [fit_on, threshold_part, *records.values()]:
-        add_seen_values(chosen.scores, rec)
-    t_seen = time.perf_counter() - t_seen
-    thresholds, crossfit = calibrate_thresholds(
-        fit_on, len(train), coverage, [n for n in requested if n not in dependent]
-    )
-    if dependent & set(requested):
-        more = calibrate_thresholds(
-            threshold_part, len(train), coverage, [n for n in requested if n in dependent]
-        )
-        thresholds, crossfit = {**thresholds, **more[0]}, {**crossfit, **more[1]}
-    thresholds = {n: thresholds[n] for n in requested}
-    crossfit = {n: crossfit[n] for n in requested}
-    options = chosen.options(abstain_on)
+    fitted = fit_abstention(
+        chosen, fit_on, records.values(), recipe=recipe, n_seen=len(train), coverage=coverage,
+        run_dir=run_dir, key=key,
+    )  # fmt: skip
+    thresholds, crossfit, options = fitted.thresholds, fitted.crossfit, fitted.options
     args = (requested, thresholds, abstain_on, coverage, options, crossfit)
 
     shift = torch.full((len(stream_gens),), -1, dtype=torch.long)
@@ -217,14 +199,14 @@ def evaluate_benchmarks(
         "seen_generators": pooled_seen,
         "ood_generators": pooled[len(pooled_seen) :],
         "coverage_target": coverage,
-        "scores": fit_sources(score_entries(chosen, run_dir), calibrated_on),
+        "scores": fit_sources(score_entries(chosen, run_dir), fitted.calibrated_on),
         **block(all_pooled, pooled, len(pooled_seen), *args),
         "benchmarks": per_bench,
         "summary": summary(per_bench),
         "degradations": {},
         "broken_files": [{"path": x.path, "reason": x.reason} for x in stats[CLEAN].broken],
     }
-    metrics["abstention"]["calibration"] = {**calibrated_on, "file": THRESHOLD_FILE}
+    metrics["abstention"]["calibration"] = {**fitted.calibrated_on, "file": THRESHOLD_FILE}
     if temperature:
         from bnnkit.engine.posthoc.calibrate import temperature_metrics
 
@@ -232,10 +214,8 @@ def evaluate_benchmarks(
     metrics = clean_json(metrics)
     atomic_write_text(layout.metrics, json.dumps(metrics, indent=2))
     write_threshold_file(
-        run_dir, metrics, recipe, abstain_on=abstain_on, thresholds=thresholds,
-        crossfit=crossfit, coverage=coverage, k=k, seen=train, n_cal=n_cal,
-        calibrated_on=calibrated_on, options=options, chosen=chosen, fit_info=fit_info,
-        seen_fit=seen_fit, inference=inference, tiling=None,
+        run_dir, metrics, recipe, fitted, k=k, seen=train, fit_info=fit_info,
+        inference=inference, tiling=None,
         t_value=temperature["temperature"] if temperature else None,
     )  # fmt: skip
     atomic_write_text(layout.predictions, benchmark_csv(benches, locals_))
@@ -248,7 +228,7 @@ def evaluate_benchmarks(
 
     timing = timing_record(stats, all_pooled, k, t_end - t_report, t_end - t_start, meta, device,
                            _NoPartial())  # fmt: skip
-    timing["scores"] = score_timing(fit_info, t_seen, seen_fit, t_fit - t_start)
+    timing["scores"] = score_timing(fit_info, fitted.seconds, fitted.seen_fit, t_fit - t_start)
     timing["images_streamed"] = streamed_counts(records, fit_on, stats)
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
     return metrics

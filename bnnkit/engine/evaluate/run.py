@@ -35,10 +35,10 @@ from rich.console import Console
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
 from bnnkit.data.debias import apply_debias, debias_of, debias_record
-from bnnkit.data.degrade import Degradation
+from bnnkit.data.degrade import ATTACKS, Degradation
 from bnnkit.data.index import DEFAULT_CACHE_DIR
 from bnnkit.data.layouts import Sample, data_notes, index_split, layout_record
-from bnnkit.data.splits import CALIBRATION_SPLIT, calibration_record
+from bnnkit.data.splits import CALIBRATION_SPLIT
 from bnnkit.engine.build import load_run
 from bnnkit.engine.device import resolve_device
 from bnnkit.engine.evaluate import attack
@@ -62,18 +62,16 @@ from bnnkit.engine.features.loop import (
     worker_count,
 )
 from bnnkit.engine.features.tiles import TiledTransform, Tiling, make_tiling, run_tiled, tiling_of
-from bnnkit.engine.posthoc import score_fit
+from bnnkit.engine.posthoc.abstention import fit_abstention
 from bnnkit.engine.posthoc.calibrate import apply_run_temperature, temperature_metrics
 from bnnkit.engine.posthoc.score_fit import (
     FIT_LIMIT,
-    add_seen_values,
-    fit_seen_scores,
+    fit_sources,
     fit_train_scores,
 )
 from bnnkit.engine.posthoc.score_set import evaluation_scores, score_entries
 from bnnkit.engine.posthoc.threshold import (
     guarantee_block,
-    halves,
     verdict_block,
     write_threshold_file,
 )
@@ -83,7 +81,6 @@ from bnnkit.metrics.protocol import (
     DEFAULT_ABSTAIN_SCORE,
     UNFITTED_ABSTAIN_SCORE,
     abstention_metrics,
-    calibrate_thresholds,
     clean_json,
     condition_metrics,
 )
@@ -274,29 +271,12 @@ def evaluate_run(
             f"no readable {which} of the seen generators under '{d.root}'",
             hint="check the data with `bnnkit data check`",
         )
-    calibrated_on = calibration_record(recipe, n_cal)
-    t_seen = time.perf_counter()
-    dependent = score_fit.seen_dependent(chosen.scores)
-    # a seen-fitted score (fused) is fitted on one half of the calibration images and its
-    # threshold set on the other (an old run without them: both on the seen val images)
-    fit_part, threshold_part = (
-        score_fit.seen_fit_halves(fit_on, n_seen) if dependent and cal_items else (fit_on, fit_on)
-    )
-    seen_fit = fit_seen_scores(chosen.scores, fit_part, n_seen, run_dir, partial.key)
-    for rec in [fit_on, threshold_part, *records.values()]:
-        add_seen_values(chosen.scores, rec)
-    t_seen = time.perf_counter() - t_seen
-    independent = [n for n in requested if n not in dependent]
-    conformal = guarantee is not None  # --guarantee: split-conformal thresholds
-    thresholds, crossfit = calibrate_thresholds(fit_on, n_seen, coverage, independent, conformal)
-    if dependent & set(requested):
-        more = calibrate_thresholds(
-            threshold_part, n_seen, coverage, [n for n in requested if n in dependent], conformal
-        )
-        thresholds, crossfit = {**thresholds, **more[0]}, {**crossfit, **more[1]}
-        thresholds = {n: thresholds[n] for n in requested}
-        crossfit = {n: crossfit[n] for n in requested}
-    options = chosen.options(abstain_on)
+    fitted = fit_abstention(
+        chosen, fit_on, records.values(), recipe=recipe, n_seen=n_seen, coverage=coverage,
+        run_dir=run_dir, key=partial.key, split_halves=bool(cal_items),
+        conformal=guarantee is not None,  # --guarantee: split-conformal thresholds
+    )  # fmt: skip
+    thresholds, crossfit, options = fitted.thresholds, fitted.crossfit, fitted.options
     metrics: dict[str, Any] = {
         **run_identity(SCHEMA_VERSION, run_dir, recipe, k),
         **({"inference_overrides": inference} if inference else {}),
@@ -311,20 +291,14 @@ def evaluate_run(
         "seen_generators": seen,
         "ood_generators": ood_gens,
         "coverage_target": coverage,
-        "scores": score_fit.fit_sources(score_entries(chosen, run_dir), calibrated_on),
+        "scores": fit_sources(score_entries(chosen, run_dir), fitted.calibrated_on),
         **condition_metrics(clean, generators, n_seen, requested),
         "abstention": {
             **abstention_metrics(
                 clean, generators, n_seen, thresholds, abstain_on, coverage, crossfit, options
             ),
-            "calibration": {
-                **calibrated_on,
-                "file": THRESHOLD_FILE,
-                **halves(fit_part, threshold_part, fit_on, n_seen),
-            },
-            **guarantee_block(
-                guarantee, threshold_part if abstain_on in dependent else fit_on, n_seen
-            ),
+            "calibration": {**fitted.calibrated_on, "file": THRESHOLD_FILE, **fitted.halves()},
+            **guarantee_block(guarantee, fitted.score_rows, n_seen),
         },
         **verdict_block(max_false_alarm or recipe.eval.max_false_alarm, fit_on, clean, n_seen),
         **(
@@ -335,12 +309,14 @@ def evaluate_run(
         "degradations": {},
         "broken_files": [{"path": b.path, "reason": b.reason} for b in stats[CLEAN].broken],
     }
+    attacked = any(d.kind in ATTACKS for d in degradations)
+    aimed = attack.target(detector, method, 2) if attacked else ""
     for deg in degradations:
         data = records[deg.name]
         metrics["degradations"][deg.name] = {
             **deg.record(),  # kind, value, values, severity, description
             **condition_metrics(data, generators, n_seen, requested),
-            **attack.record(deg, records, thresholds, abstain_on, detector, method),
+            **attack.record(deg, records, thresholds[abstain_on], abstain_on, aimed),
             "abstention": abstention_metrics(
                 data, generators, n_seen, thresholds, abstain_on, coverage, options=options
             ),
@@ -348,10 +324,8 @@ def evaluate_run(
     metrics = clean_json(metrics)
     atomic_write_text(layout.metrics, json.dumps(metrics, indent=2))
     write_threshold_file(
-        run_dir, metrics, recipe, abstain_on=abstain_on, thresholds=thresholds,
-        crossfit=crossfit, coverage=coverage, k=k, seen=seen, n_cal=n_cal,
-        calibrated_on=calibrated_on, options=options, chosen=chosen, fit_info=fit_info,
-        seen_fit=seen_fit, inference=inference, tiling=tiling, t_value=t_value,
+        run_dir, metrics, recipe, fitted, k=k, seen=seen, fit_info=fit_info,
+        inference=inference, tiling=tiling, t_value=t_value,
     )  # fmt: skip
     paths = [s.path for s in items]
     atomic_write_text(
@@ -365,7 +339,7 @@ def evaluate_run(
     timing = timing_record(
         stats, clean, k, t_end - t_report, t_end - t_start, meta, device, partial
     )
-    timing["scores"] = score_timing(fit_info, t_seen, seen_fit, t_fit - t_start)
+    timing["scores"] = score_timing(fit_info, fitted.seconds, fitted.seen_fit, t_fit - t_start)
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))
     return metrics
 

@@ -1,48 +1,44 @@
 """The abstention and verdict thresholds an evaluation fits on the calibration split and writes
-to ``threshold.json`` (through :mod:`bnnkit.run.threshold`): how the calibration images were
-shared by seen-fitted scores, the split-conformal guarantee (``--guarantee``) and the
-Neyman-Pearson verdict threshold (``--max-false-alarm``), :mod:`bnnkit.metrics.conformal`."""
+to ``threshold.json`` (through :mod:`bnnkit.run.threshold`; the fits themselves:
+:mod:`.abstention`): the split-conformal guarantee (``--guarantee``) and the Neyman-Pearson
+verdict threshold (``--max-false-alarm``), :mod:`bnnkit.metrics.conformal`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from bnnkit.engine.posthoc.abstention import Abstention
 from bnnkit.engine.posthoc.score_set import threshold_fits
 from bnnkit.metrics.conformal import guarantee_record, neyman_pearson_threshold
 from bnnkit.run.threshold import threshold_record, write_threshold
 
 
-def halves(fit_part, threshold_part, fit_on, n_seen: int) -> dict[str, Any]:
-    """How the calibration images were shared by seen-fitted scores and their thresholds."""
-    if fit_part is fit_on:
-        return {}
-    n = [int((r.generators < n_seen).sum()) for r in (fit_part, threshold_part)]
-    return {"seen_fitted_scores": {"fit_n": n[0], "threshold_n": n[1]}}
-
-
 def write_threshold_file(
-    run_dir: Path, metrics: dict[str, Any], recipe, *, abstain_on: str, thresholds, crossfit,
-    coverage: float, k: int, seen: list[str], n_cal: int, calibrated_on, options, chosen,
-    fit_info: dict[str, Any], seen_fit: dict[str, Any], inference, tiling, t_value,
+    run_dir: Path, metrics: dict[str, Any], recipe: Any, fitted: Abstention, *, k: int,
+    seen: list[str], fit_info: dict[str, Any], inference: dict[str, Any], tiling: Any,
+    t_value: float | None,
 ) -> None:  # fmt: skip
     """Write ``threshold.json``: the threshold per score, what it was calibrated on and the
     options ``bnnkit predict`` must rebuild the scores with."""
+    score = fitted.score
     record = threshold_record(
-        score=abstain_on,
-        thresholds=thresholds,
-        crossfit=crossfit,
-        coverage=coverage,
-        coverage_seen=metrics["abstention"]["by_score"][abstain_on]["seen"]["coverage"],
+        score=score,
+        thresholds=fitted.thresholds,
+        crossfit=fitted.crossfit,
+        coverage=fitted.coverage,
+        coverage_seen=metrics["abstention"]["by_score"][score]["seen"]["coverage"],
         samples=k,
         method=recipe.inference.name,
         seen=seen,
-        n_calibration=n_cal,
-        calibrated_on=calibrated_on,
+        n_calibration=fitted.n_cal,
+        calibrated_on=fitted.calibrated_on,
         run_dir=run_dir,
-        options=options,
-        score_options=chosen.needed_options(),
-        score_fit=threshold_fits(chosen, fit_info.get("fingerprint"), seen_fit["fingerprint"]),
+        options=fitted.options,
+        score_options=fitted.chosen.needed_options(),
+        score_fit=threshold_fits(
+            fitted.chosen, fit_info.get("fingerprint"), fitted.seen_fit["fingerprint"]
+        ),
     )
     if inference:
         record["inference_overrides"] = inference
