@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from bnnkit.api import run_protocol  # noqa: E402
 from bnnkit.data.dataset import ImageDataset, build_transform  # noqa: E402
-from bnnkit.data.genimage import index_split  # noqa: E402
+from bnnkit.data.layouts import index_split  # noqa: E402
 from bnnkit.data.synth import synthesize  # noqa: E402
 from bnnkit.engine.build import build  # noqa: E402
 from bnnkit.engine.features.loop import extract_features, make_loader, worker_count  # noqa: E402

@@ -339,8 +339,8 @@ def sweep_features(s: Settings, device: torch.device) -> tuple[Tensor, Tensor, d
     tiled with Gaussian noise up to ``sweep_features`` rows: a stand-in for a cache of that many
     images with the backbone's real feature width."""
     from bnnkit.data.dataset import ImageDataset, build_transform
-    from bnnkit.data.genimage import index_split
     from bnnkit.data.layout import GENERATORS
+    from bnnkit.data.layouts import index_split
     from bnnkit.data.synth import synthesize
 
     with tempfile.TemporaryDirectory(prefix="bnnkit-bench-") as tmp:

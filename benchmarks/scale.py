@@ -192,7 +192,8 @@ def bench_decode(a: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image, ImageFilter
 
     from bnnkit.data.dataset import ImageDataset, build_transform
-    from bnnkit.data.genimage import Sample, index_split
+    from bnnkit.data.genimage import Sample
+    from bnnkit.data.layouts import index_split
 
     folder = Path(a["work"]) / "decode256"
     folder.mkdir(exist_ok=True)

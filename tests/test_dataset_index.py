@@ -18,10 +18,11 @@ from PIL import Image
 
 import bnnkit.data.index as index_mod
 from bnnkit.cli import main
-from bnnkit.data.genimage import class_folders, find_generators, index_split
+from bnnkit.data.genimage import class_folders, find_generators
 from bnnkit.data.index import DatasetIndex, index_file, samples_digest
 from bnnkit.data.inventory import take_inventory
 from bnnkit.data.layout import CLASS_FOLDERS
+from bnnkit.data.layouts import index_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ def extract(root: Path, cache: Path, dtype: str = "float32", batch_size: int = 3
     """(features, backbone images) of ``root``'s sdv4 training split through the cache, with
     ``ROWS`` samples per shard and batches that straddle shard boundaries."""
     from bnnkit.data.dataset import ImageDataset, build_transform
-    from bnnkit.data.genimage import index_split
+    from bnnkit.data.layouts import index_split
     from bnnkit.engine.build import build
     from bnnkit.engine.features import store as feature_store
     from bnnkit.engine.features.cache import cached_features

@@ -11,7 +11,8 @@ from helpers import QUICKSTART
 from PIL import Image
 
 from bnnkit.data.dataset import ImageDataset, build_transform, collate
-from bnnkit.data.genimage import find_generators, index_split, require_generators
+from bnnkit.data.genimage import find_generators, require_generators
+from bnnkit.data.layouts import index_split
 from bnnkit.errors import UsageError
 
 

@@ -176,7 +176,7 @@ def test_channels_last_features_match_contiguous_and_the_cpu(synth_root):
 # -- the frozen feature cache ---------------------------------------------------------------------
 def test_feature_cache_on_cuda_matches_the_cpu_and_is_reused(synth_root, tmp_path):
     from bnnkit.data.dataset import ImageDataset, build_transform
-    from bnnkit.data.genimage import index_split
+    from bnnkit.data.layouts import index_split
     from bnnkit.engine.features.cache import FEATURES_DIR, cached_features
 
     recipe = tiny_recipe(synth_root, **{"train.backbone": '"frozen"'})

@@ -96,7 +96,7 @@ def frozen_run(tmp_path_factory, synth_root) -> Path:
 
 def _loaded(run: Path):
     from bnnkit.data.dataset import ImageDataset, build_transform
-    from bnnkit.data.genimage import index_split
+    from bnnkit.data.layouts import index_split
     from bnnkit.engine.build import load_run
 
     recipe, detector, method, meta = load_run(run, CPU)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnnkit.data.dataset import ImageDataset, build_transform
-from bnnkit.data.genimage import index_split
+from bnnkit.data.layouts import index_split
 from bnnkit.engine.features.loop import (
     extract_features,
     make_loader,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from bnnkit import hookimpl, plugins
 from bnnkit.cli import main
-from bnnkit.data.genimage import index_split
+from bnnkit.data.layouts import index_split
 from bnnkit.engine.train.phases import Phase, plan_phases
 from bnnkit.methods.base import InferenceMethod
 

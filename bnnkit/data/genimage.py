@@ -119,28 +119,19 @@ def _listing(
         }
 
 
-def index_split(
-    root: str | Path,
-    generators: list[str],
-    split: str,
-    *,
-    limit: int = 0,
-    balance: bool = True,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-) -> list[Sample]:
-    """Samples of ``split`` for ``generators``: per generator, both classes, balanced (the larger
-    class subsampled to the smaller) and capped at ``limit`` per class when ``limit > 0``.
-    Subsampling is seeded, so the same recipe always sees the same files. With ``cache_dir``
-    the file list comes from the dataset index there (:mod:`bnnkit.data.index`), refreshed
-    first, instead of a walk of the folders; the samples are the same either way."""
+def split_listing(
+    root: str | Path, generators: list[str], split: str, cache_dir: str | Path | None = None
+) -> dict[str, dict[int, list[Sample]]]:
+    """Every sample of ``split`` for ``generators`` in a GenImage tree, per generator and label
+    (for :func:`select_samples`; :func:`bnnkit.data.layouts.index_split` selects from it). With
+    ``cache_dir`` the file list comes from the dataset index there (:mod:`bnnkit.data.index`),
+    refreshed first, instead of a walk of the folders; the samples are the same either way."""
     folders = require_generators(root, generators)
     listed = _listing(root, class_folders({g: folders[g] for g in generators}, [split]), cache_dir)
-    per_gen = {
+    return {
         gen: {label: listed.get((gen, split, name), []) for name, label in CLASS_FOLDERS.items()}
         for gen in generators
     }
-    return select_samples(per_gen, split, limit, balance, seed)
 
 
 def select_samples(

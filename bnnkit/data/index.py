@@ -383,7 +383,7 @@ class DatasetIndex:
 
 def samples_digest(samples: Iterable[Any]) -> str:
     """A digest of a file list for cache keys: path, label, generator, size and mtime of each
-    sample. Samples from an indexed :func:`~bnnkit.data.genimage.index_split` carry their size
+    sample. Samples from an indexed :func:`~bnnkit.data.layouts.index_split` carry their size
     and mtime (``Sample.size``/``Sample.mtime_ns``), so this costs no ``stat``; others are
     stat'ed. Same files, same digest, whether or not they came through the index."""
     h = hashlib.sha256()

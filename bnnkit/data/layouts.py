@@ -208,15 +208,19 @@ def index_split(
     layout: str = "auto",
 ) -> list[Sample]:
     """Samples of ``split`` (``"train"`` or ``"val"``) for ``generators`` in the data at ``root``
-    (any layout): per generator both classes, balanced and capped at ``limit`` per class,
-    seeded; see :func:`bnnkit.data.genimage.index_split` for GenImage."""
+    (any layout): per generator both classes, balanced (the larger class subsampled to the
+    smaller) and capped at ``limit`` per class when ``limit > 0``. Subsampling is seeded, so the
+    same recipe always sees the same files. With ``cache_dir``, a GenImage or binary tree's
+    file list comes from the dataset index there (:mod:`bnnkit.data.index`), refreshed first,
+    instead of a walk of the folders; the samples are the same either way."""
     kind = resolve_layout(root, layout)
     if kind == "genimage":
-        return genimage.index_split(root, generators, split, limit=limit, balance=balance,
-                                    seed=seed, cache_dir=cache_dir)  # fmt: skip
-    require_generators(root, generators, kind)
-    if kind == "binary":
-        listed = _binary_listing(root, generators, split, cache_dir)
+        listed = genimage.split_listing(root, generators, split, cache_dir)
     else:
-        listed = _manifest_listing(root, generators, split)
+        require_generators(root, generators, kind)
+        listed = (
+            _binary_listing(root, generators, split, cache_dir)
+            if kind == "binary"
+            else _manifest_listing(root, generators, split)
+        )
     return genimage.select_samples(listed, split, limit, balance, seed)
