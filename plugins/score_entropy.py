@@ -8,21 +8,15 @@ so a near-saturated predictive keeps a small positive entropy instead of 0.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import predictive_uncertainty
-from bnnkit.scores.base import Score, ScoreInputs
+from bnnkit.scores.predictive import PredictiveScore
 
 
-class PredictiveEntropy(Score):
+class PredictiveEntropy(PredictiveScore):
     summary = "entropy of the posterior predictive (total uncertainty)"
     source = "bnnkit (decompose: total)"
-
-    def __call__(self, inputs: ScoreInputs) -> Tensor:
-        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
-        return self.as_output(predictive_uncertainty(logits, probs)["total"])
+    component = "total"
 
 
 @hookimpl

@@ -10,21 +10,15 @@ for every image with a logit gap above ~16.6, so confident images tied.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import predictive_uncertainty
-from bnnkit.scores.base import Score, ScoreInputs
+from bnnkit.scores.predictive import PredictiveScore
 
 
-class MaxProb(Score):
+class MaxProb(PredictiveScore):
     summary = "1 - max-probability of the posterior predictive"
     source = "bnnkit (Hendrycks & Gimpel 2017)"
-
-    def __call__(self, inputs: ScoreInputs) -> Tensor:
-        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
-        return self.as_output(predictive_uncertainty(logits, probs)["max_prob"])
+    component = "max_prob"
 
 
 @hookimpl

@@ -8,21 +8,15 @@ float64 from the logits (:func:`bnnkit.metrics.uncertainty.decompose_from_logits
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.metrics.uncertainty import predictive_uncertainty
-from bnnkit.scores.base import Score, ScoreInputs
+from bnnkit.scores.predictive import PredictiveScore
 
 
-class MutualInformation(Score):
+class MutualInformation(PredictiveScore):
     summary = "mutual information of label and weights (epistemic uncertainty)"
     source = "bnnkit (decompose: epistemic; Houlsby et al. 2011)"
-
-    def __call__(self, inputs: ScoreInputs) -> Tensor:
-        logits, probs = inputs.logits.detach().cpu(), inputs.probs.detach().cpu()
-        return self.as_output(predictive_uncertainty(logits, probs)["epistemic"])
+    component = "epistemic"
 
 
 @hookimpl
