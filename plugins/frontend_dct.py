@@ -16,11 +16,12 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
+from bnnkit.model.frontend import Frontend
 from bnnkit.options import Field, PluginOptions
 
 
@@ -33,16 +34,16 @@ def dct_matrix(n: int) -> Tensor:
     return d.float()
 
 
-class BlockDCT(nn.Module):
+class BlockDCT(Frontend):
+    plugin_name = "dct"
+
     class Options(PluginOptions):
         block: int = Field(8, ge=2, le=64, description="tile side (8: JPEG's blocks)")
         eps: float = Field(1e-4, gt=0, description="log(|coefficient| + eps)")
 
     def __init__(self, in_channels: int = 3, **options: Any) -> None:
-        super().__init__()
-        o = self.Options.parse(options, "model.frontend", owner="frontend 'dct'")
-        self.block, self.eps = int(o.block), float(o.eps)
-        self.out_channels = in_channels
+        super().__init__(in_channels, **options)
+        self.block, self.eps = int(self.opts.block), float(self.opts.eps)
         self.register_buffer("basis", dct_matrix(self.block), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:

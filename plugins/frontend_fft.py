@@ -11,22 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
+from bnnkit.model.frontend import Frontend
 from bnnkit.options import Field, PluginOptions
 
 
-class LogSpectrum(nn.Module):
+class LogSpectrum(Frontend):
+    plugin_name = "fft"
+
     class Options(PluginOptions):
         eps: float = Field(1e-4, gt=0, description="log(|coefficient| + eps)")
 
     def __init__(self, in_channels: int = 3, **options: Any) -> None:
-        super().__init__()
-        o = self.Options.parse(options, "model.frontend", owner="frontend 'fft'")
-        self.eps = float(o.eps)
-        self.out_channels = in_channels
+        super().__init__(in_channels, **options)
+        self.eps = float(self.opts.eps)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images

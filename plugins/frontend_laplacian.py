@@ -10,20 +10,22 @@ non-persistent buffer), so checkpoints of runs made with ``input_filter`` load u
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.options import NoOptions
+from bnnkit.model.frontend import Frontend
 
 
-class LaplacianFilter(nn.Module):
+class LaplacianFilter(Frontend):
     """``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` on each channel, reflect-padded."""
 
+    plugin_name = "laplacian"
+    summary = "fixed 3x3 Laplacian high-pass per channel (was model.input_filter)"
+
     def __init__(self, in_channels: int = 3) -> None:
-        super().__init__()
-        self.out_channels = in_channels
+        super().__init__(in_channels)
         kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
         self.register_buffer("kernel", kernel.view(1, 1, 3, 3), persistent=False)
 
@@ -35,9 +37,4 @@ class LaplacianFilter(nn.Module):
 
 @hookimpl
 def register_frontends(register: RegisterPart) -> None:
-    register(
-        "laplacian",
-        LaplacianFilter,
-        options=NoOptions,
-        summary="fixed 3x3 Laplacian high-pass per channel (was model.input_filter)",
-    )
+    register("laplacian", LaplacianFilter)  # no options; summary: the class's

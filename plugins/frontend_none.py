@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.options import NoOptions
+from bnnkit.model.frontend import Frontend
 
 
-class NoFrontend(nn.Module):
+class NoFrontend(Frontend):
     """The identity; ``out_channels`` = the input's."""
-
-    def __init__(self, in_channels: int = 3) -> None:
-        super().__init__()
-        self.out_channels = in_channels
 
     def forward(self, images: Tensor) -> Tensor:
         return images
@@ -22,4 +18,4 @@ class NoFrontend(nn.Module):
 
 @hookimpl
 def register_frontends(register: RegisterPart) -> None:
-    register("none", NoFrontend, options=NoOptions, summary="identity: the image as it is")
+    register("none", NoFrontend, summary="identity: the image as it is")

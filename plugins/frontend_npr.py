@@ -14,23 +14,24 @@ upsamples the half-size image by exactly 2, fails on odd sizes instead.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
+from bnnkit.model.frontend import Frontend
 from bnnkit.options import Field, PluginOptions
 
 
-class NeighbourResidual(nn.Module):
+class NeighbourResidual(Frontend):
+    plugin_name = "npr"
+
     class Options(PluginOptions):
         scale: float = Field(2.0 / 3.0, gt=0, description="factor on the residual (NPR: 2/3)")
 
     def __init__(self, in_channels: int = 3, **options: float) -> None:
-        super().__init__()
-        o = self.Options.parse(options, "model.frontend", owner="frontend 'npr'")
-        self.scale = float(o.scale)
-        self.out_channels = in_channels
+        super().__init__(in_channels, **options)
+        self.scale = float(self.opts.scale)
 
     def forward(self, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
+from bnnkit.model.frontend import Frontend
 from bnnkit.options import Field, PluginOptions
 
 _KV = [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]]
@@ -45,7 +46,9 @@ def srm_kernels() -> Tensor:
     return raw / torch.tensor([4.0, 12.0, 2.0])[:, None, None]
 
 
-class SRMFilter(nn.Module):
+class SRMFilter(Frontend):
+    plugin_name = "srm"
+
     class Options(PluginOptions):
         channels: Literal["sum", "separate"] = Field(
             "sum",
@@ -57,9 +60,8 @@ class SRMFilter(nn.Module):
         )
 
     def __init__(self, in_channels: int = 3, **options: Any) -> None:
-        super().__init__()
-        o = self.Options.parse(options, "model.frontend", owner="frontend 'srm'")
-        self.in_channels = in_channels
+        super().__init__(in_channels, **options)
+        o = self.opts
         self.separate = o.channels == "separate"
         kernels = srm_kernels()
         if self.separate:  # out 3k + c: kernel k on colour c alone

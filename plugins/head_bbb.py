@@ -108,6 +108,7 @@ class ExactPrior(nn.Module):
 
 
 class BBBHead(Head):
+    plugin_name = "bbb"
     deterministic = False
 
     class Options(PluginOptions):
@@ -123,8 +124,8 @@ class BBBHead(Head):
         )
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        o = self.Options.parse(options, "model.head", owner="head 'bbb'")
+        super().__init__(in_features, num_classes, **options)
+        o = self.opts
         self.prior = ExactPrior(
             o.prior, sigma_1=o.prior_sigma_1, sigma_2=o.prior_sigma_2, pi=o.prior_pi, b=o.prior_b
         )

@@ -18,14 +18,15 @@ from bnnkit.options import Field, PluginOptions
 
 
 class DropoutHead(Head):
+    plugin_name = "dropout"
     deterministic = False
 
     class Options(PluginOptions):
         p: float = Field(0.5, ge=0, lt=1, description="dropout rate before the linear layer")
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        self.p = float(self.Options.parse(options, "model.head", owner="head 'dropout'").p)
+        super().__init__(in_features, num_classes, **options)
+        self.p = float(self.opts.p)
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:

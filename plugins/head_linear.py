@@ -20,6 +20,7 @@ from bnnkit.options import Field, PluginOptions
 
 
 class LinearHead(Head):
+    plugin_name = "linear"
     deterministic = True
 
     class Options(PluginOptions):
@@ -35,8 +36,8 @@ class LinearHead(Head):
         )
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        opts = self.Options.parse(options, "model.head", owner="head 'linear'")
+        super().__init__(in_features, num_classes, **options)
+        opts = self.opts
         self.linear = nn.Linear(in_features, num_classes)
         if opts.init is not None:
             from bnnkit.model.head_init import init_linear

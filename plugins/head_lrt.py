@@ -40,6 +40,7 @@ from bnnkit.options import Field, PluginOptions
 
 
 class LRTHead(Head):
+    plugin_name = "lrt"
     deterministic = False
 
     class Options(PluginOptions):
@@ -49,8 +50,8 @@ class LRTHead(Head):
         )
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        o = self.Options.parse(options, "model.head", owner="head 'lrt'")
+        super().__init__(in_features, num_classes, **options)
+        o = self.opts
         self.prior_sigma = float(o.prior_sigma)
         posterior_rho_init = o.posterior_rho_init
         bound = 1.0 / math.sqrt(in_features)

@@ -105,6 +105,7 @@ def _make_likelihood() -> nn.Module:
 class GPHead(Head):
     """C independent variational GPs over the pooled features (see the module docstring)."""
 
+    plugin_name = "gp"
     deterministic = False
 
     class Options(PluginOptions):
@@ -112,8 +113,8 @@ class GPHead(Head):
         kernel: Literal["rbf", "matern"] = Field("rbf", description="rbf, or matern (nu = 5/2)")
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        o = self.Options.parse(options, "model.head", owner="head 'gp'")
+        super().__init__(in_features, num_classes, **options)
+        o = self.opts
         self.num_inducing = o.num_inducing
         self.gp = _make_gp(in_features, num_classes, o.num_inducing, o.kernel)
         self.likelihood = _make_likelihood()

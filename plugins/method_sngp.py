@@ -56,6 +56,7 @@ NORMALISED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 class SNGPHead(Head):
     """Random Fourier features and a bias-free linear output (see the module docstring)."""
 
+    plugin_name = "sngp"
     deterministic = True
 
     class Options(PluginOptions):
@@ -65,8 +66,8 @@ class SNGPHead(Head):
         )
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes)
-        o = self.Options.parse(options, "model.head", owner="head 'sngp'")
+        super().__init__(in_features, num_classes, **options)
+        o = self.opts
         ell = math.sqrt(in_features) if o.lengthscale == "auto" else float(o.lengthscale)
         self.lengthscale = ell
         self.register_buffer("rff_weight", torch.randn(o.num_inducing, in_features) / ell)

@@ -18,9 +18,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
+
+from bnnkit.options import NoOptions, PluginOptions
+
+
+class Frontend(nn.Module):
+    """An optional base of frontend modules (the built-ins use it): parses the recipe's
+    ``[model.frontend]`` options against ``Options`` into ``self.opts`` (a wrong option names its
+    key path and the frontend ``plugin_name``) and keeps ``in_channels``, with ``out_channels``
+    the same unless the subclass sets another."""
+
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+    plugin_name: ClassVar[str] = ""
+
+    def __init__(self, in_channels: int = 3, **options: Any) -> None:
+        super().__init__()
+        owner = f"frontend '{self.plugin_name or type(self).__name__}'"
+        self.opts = self.Options.parse(options, "model.frontend", owner=owner)
+        self.in_channels = self.out_channels = in_channels
 
 
 def make_frontend(

@@ -7,8 +7,12 @@ posterior sample per ``forward`` in training and expose ``sample_logits(features
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
+
+from bnnkit.options import NoOptions, PluginOptions
 
 
 class Head(nn.Module):
@@ -16,11 +20,18 @@ class Head(nn.Module):
 
     #: True when ``forward`` is a deterministic function of the features in eval mode.
     deterministic: bool = True
+    #: the option declaration (:mod:`bnnkit.options`): ``__init__`` parses the recipe's
+    #: ``[model.head]`` options against it into ``self.opts`` (a wrong one names its key path)
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+    #: the registered name, for those messages (``head 'bbb'``)
+    plugin_name: ClassVar[str] = ""
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
+        owner = f"head '{self.plugin_name or type(self).__name__}'"
+        self.opts = self.Options.parse(options, "model.head", owner=owner)
 
     def kl(self) -> Tensor:
         """KL(q || prior) of the variational posterior, summed over parameters (0 if none)."""
