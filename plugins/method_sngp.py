@@ -1,18 +1,8 @@
-"""Method and head: ``sngp``, a random-Fourier-feature Gaussian-process output layer with a
-Laplace posterior (Liu et al., NeurIPS 2020, "Simple and Principled Uncertainty Estimation with
-Deterministic Deep Learning via Distance Awareness").
+"""Method: ``sngp``, a random-Fourier-feature Gaussian-process output layer (the ``sngp`` head,
+``plugins/head_sngp.py``) with a Laplace posterior (Liu et al., NeurIPS 2020, "Simple and
+Principled Uncertainty Estimation with Deterministic Deep Learning via Distance Awareness").
 
-Head ``sngp`` (``[model.head]`` options): pooled features ``x [B, d]`` -> random Fourier features
-``phi(x) = sqrt(2 / D) cos(W x + b)``, ``W [D, d] ~ N(0, 1 / lengthscale^2)``, ``b [D] ~ U[0,
-2 pi]``, both drawn once when the head is built (under the recipe's seed) and kept as persistent
-buffers (saved with the detector, so a loaded run has the same features) -> a linear output
-``beta [C, D]`` without bias (the GP's prior mean is 0). ``phi(x)^T phi(x')`` approximates the RBF
-kernel ``exp(-|x - x'|^2 / (2 lengthscale^2))``; ``D = num_inducing`` (default 1024).
-``lengthscale = "auto"`` is ``sqrt(d)``: made for standardised features (``model.standardise``,
-on by default with a frozen backbone), whose pairs lie ``|x - x'|^2 ~ 2 d`` apart, so a typical
-pair has kernel value ``e^-1``.
-
-Method ``sngp`` (``[inference]`` options): training is MAP on ``beta`` (mean cross-entropy + the
+``[inference]`` options: training is MAP on ``beta`` (mean cross-entropy + the
 Gaussian prior ``ridge / (2 N) |beta|^2``; ``beta`` gets no optimiser weight decay, the prior is
 that term). The Laplace posterior is fitted in :meth:`SNGP.after_training` on the training set's
 final features, which is the paper's "accumulate over the last epoch" evaluated at the final
@@ -34,8 +24,7 @@ pretrained features, so the head phase refuses it.
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,45 +36,10 @@ from bnnkit.methods.base import InferenceMethod, split_weight_decay
 from bnnkit.model.detector import Detector, build_detector
 from bnnkit.model.heads import Head
 from bnnkit.options import Field, PluginOptions
+from bnnkit_plugins.head_sngp import PositiveFinite, SNGPHead
 
-PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 #: the layers ``spectral_norm = true`` wraps in the backbone
 NORMALISED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-class SNGPHead(Head):
-    """Random Fourier features and a bias-free linear output (see the module docstring)."""
-
-    plugin_name = "sngp"
-    deterministic = True
-
-    class Options(PluginOptions):
-        num_inducing: int = Field(1024, ge=1, le=65536, description="random features D")
-        lengthscale: Literal["auto"] | PositiveFinite = Field(
-            "auto", description="RBF lengthscale; 'auto' = sqrt(feature dim) (standardised)"
-        )
-
-    def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
-        super().__init__(in_features, num_classes, **options)
-        o = self.opts
-        ell = math.sqrt(in_features) if o.lengthscale == "auto" else float(o.lengthscale)
-        self.lengthscale = ell
-        self.register_buffer("rff_weight", torch.randn(o.num_inducing, in_features) / ell)
-        self.register_buffer("rff_bias", torch.rand(o.num_inducing) * (2 * math.pi))
-        self.output = nn.Linear(o.num_inducing, num_classes, bias=False)
-
-    @property
-    def num_inducing(self) -> int:
-        return int(self.rff_bias.shape[0])
-
-    def random_features(self, features: Tensor) -> Tensor:
-        """``phi(x) [B, D]``."""
-        x = features.to(self.rff_weight.dtype)
-        scale = math.sqrt(2.0 / self.num_inducing)
-        return scale * torch.cos(F.linear(x, self.rff_weight, self.rff_bias))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.output(self.random_features(features))
 
 
 def _spectral_normalise(module: nn.Module) -> int:
@@ -251,11 +205,6 @@ class SNGP(InferenceMethod):
 
     def load_extra_meta(self, meta: dict[str, Any]) -> None:
         self.facts = {k: v for k, v in meta.items() if k not in ("covariance", "ridge")}
-
-
-@hookimpl
-def register_heads(register: RegisterPart) -> None:
-    register("sngp", SNGPHead, summary="random Fourier features + linear output (SNGP's GP layer)")
 
 
 @hookimpl

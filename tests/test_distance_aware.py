@@ -12,11 +12,13 @@ from helpers import QUICKSTART, fit_head, invoke, train_and_evaluate, two_blobs
 
 from bnnkit.metrics.uncertainty import decompose
 from bnnkit.testing import check_method, registered
-from bnnkit_plugins import method_gp, method_sngp
+from bnnkit_plugins import head_gp, head_sngp, method_gp, method_sngp
+from bnnkit_plugins.head_gp import GPHead
 from bnnkit_plugins.head_linear import LinearHead
-from bnnkit_plugins.method_gp import GP, GPHead
+from bnnkit_plugins.head_sngp import SNGPHead
+from bnnkit_plugins.method_gp import GP
 from bnnkit_plugins.method_kflaplace import KFLaplace
-from bnnkit_plugins.method_sngp import SNGP, SNGPHead
+from bnnkit_plugins.method_sngp import SNGP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -188,7 +190,7 @@ def test_spectral_norm_wraps_the_backbone_and_refuses_a_frozen_one(synth_root, t
     from bnnkit.recipe import load_recipe
 
     sets = {"inference": '{name = "sngp", spectral_norm = true}', "model.head": '{name = "sngp"}'}
-    with registered(method_sngp) as registry:
+    with registered(head_sngp, method_sngp) as registry:
         assert registry.get("method", "sngp")
         r = load_recipe(QUICKSTART, [f"{k}={v}" for k, v in sets.items()], get_registry())
         from bnnkit.engine.build import build
@@ -210,7 +212,7 @@ def test_quickstart_trains_evaluates_and_predicts(synth_root, tmp_path, name):
         "train.backbone": '"frozen"',
         "train.epochs": 4,
     }
-    with registered(method_sngp, method_gp):
+    with registered(head_sngp, method_sngp, head_gp, method_gp):
         listed = invoke(["plugins", "--kind", "method"])
         assert "sngp" in listed and "gp" in listed
         result = train_and_evaluate(QUICKSTART, tmp_path, data=synth_root, backbone=None, sets=sets)
@@ -229,7 +231,7 @@ def test_sngp_finetunes_jointly_with_spectral_norm(synth_root, tmp_path):
         "model.head": '{name = "sngp", num_inducing = 64}',
         "train.epochs": 1,
     }
-    with registered(method_sngp):
+    with registered(head_sngp, method_sngp):
         result = train_and_evaluate(QUICKSTART, tmp_path, data=synth_root, backbone=None, sets=sets)
         assert [row["phase"] for row in result.meta["history"]] == ["finetune"]
         assert result.meta["method_meta"]["covariance"] == "diagonal"
@@ -239,14 +241,14 @@ def test_sngp_finetunes_jointly_with_spectral_norm(synth_root, tmp_path):
 def test_gp_likelihood_reads_a_batch_of_exactly_c_images(fitted):
     """gpytorch's SoftmaxLikelihood transposes a batch of C (= 2) images; ours does not: the
     ELBO's data term of a 2-image batch is the mean of the two images' own."""
-    from bnnkit_plugins.method_gp import _gpytorch
+    from bnnkit_plugins.head_gp import import_gpytorch
 
     method = fitted["gp"]
     xb, yb = torch.tensor([[-1.5, 0.0], [1.5, 0.5]]), torch.tensor([0, 1])  # a real, a fake
 
     def nll(rows: torch.Tensor, targets: torch.Tensor) -> float:
         torch.manual_seed(0)
-        with torch.no_grad(), _gpytorch().settings.num_likelihood_samples(20000):
+        with torch.no_grad(), import_gpytorch().settings.num_likelihood_samples(20000):
             return float(method.training_loss(rows, targets).nll)
 
     both = nll(xb, yb)
