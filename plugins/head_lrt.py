@@ -51,9 +51,8 @@ class LRTHead(Head):
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes, **options)
-        o = self.opts
-        self.prior_sigma = float(o.prior_sigma)
-        posterior_rho_init = o.posterior_rho_init
+        self.prior_sigma = float(self.opts.prior_sigma)
+        posterior_rho_init = self.opts.posterior_rho_init
         bound = 1.0 / math.sqrt(in_features)
         self.weight_mu = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-bound, bound))
         self.bias_mu = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
