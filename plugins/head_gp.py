@@ -14,7 +14,9 @@ samples grows with distance from the training features (``tests/test_distance_aw
 Initialisation (as DUE): inducing points = k-means centres (scikit-learn ``KMeans``) of training
 features, the kernel lengthscale = the mean pairwise distance of those features
 (:meth:`GPHead.initialise`; when it runs: ``plugins/method_gp.py``). A persistent buffer
-``initialised`` records it, so a resumed or loaded run never re-initialises.
+``initialised`` records it, so a resumed or loaded run never re-initialises. Under torchrun each
+rank initialises on its own first batch and then takes rank 0's head (a broadcast), so the
+replicas start, and stay, equal.
 
 The head's ``forward`` returns the predictive mean of the logits; ``sample_logits`` draws ``k``
 logits from each image's marginal predictive ``N(mean_c(x), var_c(x))`` (independent across
@@ -136,7 +138,15 @@ class GPHead(Head):
         ip.copy_(centres.to(ip.dtype).expand(self.num_classes, m, -1))
         base = self.gp.covar_module.base_kernel
         base.lengthscale = torch.full_like(base.lengthscale, ell)
+        if not strategy.variational_params_initialized.item():  # what gpytorch does on the
+            q = strategy._variational_distribution  # first call (random mean), done here so
+            q.initialize_variational_distribution(strategy.prior_distribution)  # it is shared
+            strategy.variational_params_initialized.fill_(1)
         self.initialised.fill_(True)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # torchrun: every rank calls this
+            for tensor in self.state_dict().values():  # on its own batch; rank 0's wins
+                dist.broadcast(tensor, src=0)
 
     def predictive(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Marginal predictive of the logits: mean and variance ``[B, C]``."""

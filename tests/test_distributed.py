@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICKSTART, tiny_overrides
+from helpers import QUICKSTART, run_in_session, tiny_overrides
 
 from bnnkit.cli import main
 from bnnkit.engine.train.distributed import DistInfo, shard
@@ -68,3 +68,20 @@ def test_torchrun_two_cpu_processes_make_one_complete_run(synth_root, tmp_path, 
     assert torch.equal(rank0["params"], rank1["params"])
     result = runner.invoke(main, ["evaluate", str(run), "--json"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_gp_head_initialised_on_rank_0_is_the_same_on_every_rank(synth_root, tmp_path):
+    """The gp head initialises its inducing points from the first training batch it sees; each
+    rank sees another batch, so rank 0's initialisation must reach every rank, or the replicas
+    train (on all-reduced gradients) from different starting points and end apart."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    sets = {"inference": '{name = "gp"}', "model.head": '{name = "gp", num_inducing = 4}',
+            "train.backbone": '"frozen"', "train.head_epochs": 2, "eval.samples": 4}  # fmt: skip
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", str(WORKER), str(tmp_path), "train",
+           str(QUICKSTART), "--runs-dir", str(tmp_path / "runs"), "-q",
+           *tiny_overrides(synth_root, **sets)]  # fmt: skip
+    run_in_session(cmd, pythonpath=[WORKER.parent])
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0["params"], rank1["params"])
