@@ -84,7 +84,7 @@ def _clip_model(comment: str) -> str:
     )
 
 
-def _resnet_model(frontend: str) -> str:
+def _resnet_model(frontend: str, out_index: str = "") -> str:
     lines = []
     if frontend:
         lines += ["[model.frontend]", frontend, ""]
@@ -92,6 +92,7 @@ def _resnet_model(frontend: str) -> str:
         "[model.backbone]",
         'name = "resnet50"',
         _pad("pretrained = true", "timm hub weights; or a local .safetensors/.pth file"),
+        *([out_index] if out_index else []),
         "",
         "[model.attention]",
         _pad('name = "none"', "the paper's global average pool, no attention block"),
@@ -131,12 +132,16 @@ FAMILIES = (
             "NPR (Tan et al., CVPR 2024): a ResNet-50 reads (x - up(down(x))) * 2/3, nearest",
             "down/up-sampling by 2 ([model.frontend] npr). Published GenImage SD1.4 -> all",
             "average: 88.6 (Effort's re-run); 90.1 in the paper (mean of the 7 non-SD1.4 sets).",
-            "What differs: the full ResNet-50 (layer1-layer4, 2048-d), not the paper's network",
-            "truncated after layer2 (512-d): bnnkit's timm backbone has no features_only /",
-            "out_indices option yet; ImageNet-pretrained start; trained on GenImage SD1.4, not",
-            "ProGAN 4-class; bnnkit's resnet50_* optimiser; calibration split.",
+            "The ResNet-50 is cut after layer2 as the paper's (out_index = 2: 512-d, stride 8).",
+            "What differs: an ImageNet-pretrained start (the paper trains from scratch, with a",
+            "3x3 first convolution where timm's resnet50 has 7x7; both stride 2, max pool kept);",
+            "trained on GenImage SD1.4, not ProGAN 4-class; bnnkit's resnet50_* optimiser;",
+            "calibration split.",
         ),
-        model=_resnet_model(_pad('name = "npr"', "x - up(down(x)), times 2/3 as the paper")),
+        model=_resnet_model(
+            _pad('name = "npr"', "x - up(down(x)), times 2/3 as the paper"),
+            _pad("out_index = 2", "cut after layer2, as the paper: 512 channels"),
+        ),
         train=FINETUNE_TRAIN,
         standin=CNN_STANDIN,
     ),

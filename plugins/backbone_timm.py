@@ -19,6 +19,12 @@ final norm; what timm's ``forward_head(pre_logits=True)`` gives with ``global_po
 as a ``(B, C, 1, 1)`` map. ``model.pool = "cls"`` does this, and the training-free methods'
 ViT recipes use it (WePe and RIGID read DINOv2's CLS embedding).
 
+Truncation: ``out_index = N`` builds the model with timm's ``features_only = True,
+out_indices = (N,)``, which drops every block after feature level ``N``, and reads that level's
+map (``out_channels`` = its channels). For a ResNet, levels 1-4 are ``layer1``-``layer4`` (0 is
+the stem): NPR's network is a ResNet-50 cut after ``layer2`` (``out_index = 2``, 512 channels,
+stride 8). A truncated model has no CLS readout.
+
 CLIP image towers (a timm name with a CLIP pretrained tag, e.g.
 ``vit_large_patch14_clip_224.openai``, whose pretrained config keeps CLIP's projection as the
 model's ``head``; see
@@ -53,7 +59,10 @@ class TimmBackbone(nn.Module):
         says of its pretrained config."""
         super().__init__()
         self.model = model
-        self.out_channels = int(model.num_features)
+        #: a timm feature wrapper (``features_only``): ``model(x)`` is a list of maps, one level
+        self.truncated = not callable(getattr(model, "forward_features", None))
+        info = getattr(model, "feature_info", None)
+        self.out_channels = int(info.channels()[-1] if self.truncated else model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
         self.input_mean, self.input_std, self.input_interpolation = _data_config(model)
         self.readout = "map"  # or "cls": see use_cls_token
@@ -92,6 +101,8 @@ class TimmBackbone(nn.Module):
         return bool(self._projection)
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.truncated:
+            return self.model(images)[-1]
         out = self.model.forward_features(images)
         if self.readout == "cls":
             cls = out[:, 0]  # the CLS row after the final norm
@@ -134,6 +145,12 @@ class TimmOptions(PluginOptions):
         description="input size of a ViT-style model whose position embeddings fix it (e.g. 224 "
         "for DINOv2, built for 518; pretrained position embeddings are interpolated)",
     )
+    out_index: int | None = Field(
+        None,
+        ge=0,
+        description="cut the model after this feature level (timm features_only, out_indices="
+        "(N,)); ResNet: 1-4 = layer1-layer4, NPR's is 2 (512 channels)",
+    )
 
 
 def create_timm_backbone(
@@ -146,8 +163,10 @@ def create_timm_backbone(
 
     opts = TimmOptions.parse(options, "model.backbone", owner="backbone 'timm'")
     name = name.split("/", 1)[1] if name.startswith("timm/") else name
-    projection = _projection_of(name)
+    projection = 0 if opts.out_index is not None else _projection_of(name)
     kwargs: dict = {"num_classes": projection, "global_pool": ""}
+    if opts.out_index is not None:  # timm's feature wrapper takes no classifier arguments
+        kwargs = {"features_only": True, "out_indices": (opts.out_index,)}
     if in_chans != 3:
         kwargs["in_chans"] = int(in_chans)
     if opts.drop_path_rate:
@@ -165,6 +184,14 @@ def create_timm_backbone(
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except IndexError:
+        if opts.out_index is None:
+            raise
+        raise UsageError(
+            f"model.backbone.out_index = {opts.out_index}: timm model '{name}' has no such "
+            "feature level",
+            hint="a ResNet has levels 0 (stem) to 4 (layer4); see timm's model.feature_info",
+        ) from None
     except TypeError as exc:
         if "img_size" not in kwargs or "img_size" not in str(exc):
             raise
