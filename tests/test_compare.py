@@ -185,3 +185,33 @@ def test_needs_at_least_one_run():
     result = _invoke()
     assert result.exit_code == 2
     assert "Missing argument" in result.output
+
+
+def test_real_and_fake_accuracy_columns_when_the_runs_have_them(runs):
+    """R.Acc / F.Acc of the seen generators, and the unseen generators' mean F.Acc (unseen
+    fakes called real show there, not in the pooled accuracy); left out for runs evaluated
+    before these metrics existed."""
+    assert "ID R.Acc" not in _invoke(*map(str, runs), "--format", "markdown").output
+    kfl = runs[1]
+    metrics = json.loads((kfl / "metrics.json").read_text())
+    metrics["seen"] |= {"real_accuracy": 0.98, "fake_accuracy": 0.82}
+    metrics["per_generator"] = {
+        "midjourney": {"fake_accuracy": 0.3},
+        "glide": {"fake_accuracy": 0.6},
+        "sdv4": {"fake_accuracy": 1.0},
+    }
+    (kfl / "metrics.json").write_text(json.dumps(metrics))
+    rows = {r["method"]: r for r in json.loads(_invoke(*map(str, runs), "--format", "json").output)}
+    got = rows["kflaplace"]
+    assert (got["id_real_accuracy"], got["id_fake_accuracy"]) == (0.98, 0.82)
+    assert got["unseen_fake_accuracy"] == pytest.approx(0.45)  # midjourney and glide, not sdv4
+    assert rows["map"]["unseen_fake_accuracy"] is None
+    lines = _invoke(*map(str, runs), "--format", "markdown").output.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    kfl_row = next(line for line in lines if "kflaplace" in line)
+    cells = dict(zip(header, [c.strip() for c in kfl_row.strip("|").split("|")], strict=True))
+    assert (cells["ID R.Acc"], cells["ID F.Acc"], cells["unseen F.Acc"]) == (
+        "0.980",
+        "0.820",
+        "0.450",
+    )

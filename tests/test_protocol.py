@@ -84,7 +84,8 @@ def test_sdv4_protocol_prints_published_rows_and_writes_the_tables(tmp_path, syn
     rows = read_csv(out)
     header = list(rows[0])
     assert header[6:9] == ["midjourney", "sdv4", "biggan"]  # the paper's column order
-    assert header[9:] == ["average", "unseen_average", "ood_auroc", "errors_caught"]
+    assert header[9:] == ["average", "unseen_average", "ood_auroc", "errors_caught",
+                          "real_average", "fake_average"]  # fmt: skip
     published = [r for r in rows if r["source"] == "published"]
     assert [r["row"] for r in published] == ["ResNet-50 (published)", "Swin-T (published)"]
     assert float(published[0]["midjourney"]) == pytest.approx(0.549)
@@ -99,6 +100,11 @@ def test_sdv4_protocol_prints_published_rows_and_writes_the_tables(tmp_path, syn
     assert metrics["seen_generators"] == ["sdv4"]
     assert set(metrics["ood_generators"]) == {"midjourney", "biggan"}
     assert cell["summary"]["accuracy"]["biggan"] == pytest.approx(float(ours["biggan"]))
+    per = metrics["per_generator"]  # R.Acc / F.Acc: means over the three test generators
+    for key, part in (("real_average", "real_accuracy"), ("fake_average", "fake_accuracy")):
+        want = sum(per[g][part] for g in ("midjourney", "sdv4", "biggan")) / 3
+        assert float(ours[key]) == pytest.approx(want, abs=1e-5)
+    assert published[0]["real_average"] == published[0]["fake_average"] == ""
     assert record["table"][-1]["accuracy"]["sdv4"] == pytest.approx(float(ours["sdv4"]))
     assert (out / "heatmap.png").stat().st_size > 0
     assert "\\toprule" in (out / "table.tex").read_text()

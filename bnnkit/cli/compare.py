@@ -63,6 +63,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         for name, o in ood.items()
     }
     seen = metrics.get("seen") or {}
+    per_generator = metrics.get("per_generator") or {}
     per_image = timing.get("predict_seconds_per_image")
     abstention = metrics.get("abstention") or {}
     score = abstention.get("score")
@@ -76,9 +77,14 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "backbone": ((recipe.get("model") or {}).get("backbone") or {}).get("name"),
         "samples": metrics.get("samples"),
         "id_accuracy": seen.get("accuracy"),
+        "id_real_accuracy": seen.get("real_accuracy"),
+        "id_fake_accuracy": seen.get("fake_accuracy"),
         "nll": seen.get("nll"),
         "ece": seen.get("ece"),
         "unseen_accuracy": _mean([u["accuracy"] for u in unseen.values()]),
+        "unseen_fake_accuracy": _mean(
+            [(per_generator.get(g) or {}).get("fake_accuracy") for g in unseen]
+        ),
         "epistemic_auroc": _mean([u["epistemic_auroc"] for u in unseen.values()]),
         "abstain_score": canonical_score(score) if score else None,
         "abstain_auroc": _mean(score_aurocs),

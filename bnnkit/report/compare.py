@@ -37,9 +37,12 @@ COMPARE_COLUMNS: list[tuple[str, str, int]] = [
     ("samples", "K", 0),
     ("unseen", "unseen", 0),
     ("id_accuracy", "ID acc", 3),
+    ("id_real_accuracy", "ID R.Acc", 3),
+    ("id_fake_accuracy", "ID F.Acc", 3),
     ("nll", "NLL", 3),
     ("ece", "ECE", 3),
     ("unseen_accuracy", "unseen acc", 3),
+    ("unseen_fake_accuracy", "unseen F.Acc", 3),
     ("epistemic_auroc", "epist. OOD AUROC", 3),
     ("abstain_score", "abstain on", 0),
     ("abstain_auroc", "its OOD AUROC", 3),
@@ -49,8 +52,9 @@ COMPARE_COLUMNS: list[tuple[str, str, int]] = [
     ("predict_ms_per_image", "predict ms/img", 2),
 ]
 COMPARE_CAPTION = (
-    "ID = generators seen in training (val split). Unseen acc and epistemic OOD AUROC (unseen "
-    "fakes vs seen-generator images) are means over the unseen generators. Unseen caught: the "
+    "ID = generators seen in training (val split). R.Acc / F.Acc: accuracy on reals / fakes. "
+    "Unseen acc, unseen F.Acc and epistemic OOD AUROC (unseen fakes vs seen-generator images) "
+    "are means over the unseen generators. Unseen caught: the "
     "fraction of the unseen generators' errors the run's abstention threshold (on the score "
     "'abstain on', whose mean OOD AUROC is 'its OOD AUROC') catches. Predict time per image = "
     "backbone + K posterior samples, from `bnnkit evaluate`."
@@ -125,6 +129,8 @@ def compare_table(
 
     if not any(r.get("bench_acc_mean") is not None for r in rows):
         drop = [*drop, *(c[0] for c in BENCHMARK_COLUMNS)]
+    if not any(r.get("id_real_accuracy") is not None for r in rows):  # evaluated before them
+        drop = [*drop, "id_real_accuracy", "id_fake_accuracy", "unseen_fake_accuracy"]
     columns = [column(*c) for c in COMPARE_COLUMNS if c[0] not in drop]
     caption = COMPARE_CAPTION + ("" if BENCHMARK_COLUMNS[0][0] in drop else BENCH_CAPTION)
     if any(r.get("predict_timed") == TIMED_CACHED for r in rows):

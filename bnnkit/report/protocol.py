@@ -1,7 +1,8 @@
 """The tables and heatmap of ``bnnkit protocol``: one row per cell (a run), one column per test
 generator in GenImage's column order, then the average, the unseen generators' average, the OOD
 AUROC of the chosen score on the unseen generators' fakes and the fraction of the unseen
-generators' errors that the abstention threshold catches.
+generators' errors that the abstention threshold catches; R.Acc and F.Acc (the mean accuracy on
+the reals and on the fakes of the test generators) follow the average.
 
 Rows are plain dicts (what ``protocol.json`` holds under ``table``); accuracies are in [0, 1]
 in ``table.csv`` and ``protocol.json``, in percent in the terminal, ``table.md`` and
@@ -64,7 +65,14 @@ PUBLISHED_SDV4: dict[str, dict[str, float]] = {
 }
 PUBLISHED_SOURCE = "GenImage Table 3 (Zhu et al., 2023)"
 CSV_FIXED = ("block", "row", "method", "source", "train", "unseen")
-CSV_TAIL = ("average", "unseen_average", "ood_auroc", "errors_caught")
+CSV_TAIL = (
+    "average",
+    "unseen_average",
+    "ood_auroc",
+    "errors_caught",
+    "real_average",
+    "fake_average",
+)
 #: the mark of a ``loo`` row's held-out generator in the tables (and its legend)
 HELD_OUT_MARK = "*"
 HELD_OUT_LEGEND = "*: the generator the row held out of training (its unseen one)."
@@ -109,7 +117,8 @@ def protocol_rows(
                 "source": "published", "train": ["sdv4"], "unseen": unseen, "accuracy": acc,
                 "average": _mean(list(acc.values())),
                 "unseen_average": _mean([acc[g] for g in unseen]),
-                "ood_auroc": None, "errors_caught": None,
+                "ood_auroc": None, "errors_caught": None, "real_average": None,
+                "fake_average": None,
             })  # fmt: skip
     for cell, m in zip(cells, metrics, strict=True):
         per = m["per_generator"]
@@ -123,6 +132,8 @@ def protocol_rows(
             "accuracy": acc, "average": _mean(list(acc.values())),
             "unseen_average": _mean([acc[g] for g in cell.unseen]),
             "ood_auroc": combined.get("auroc"), "errors_caught": caught.get("errors_caught_rate"),
+            "real_average": _mean([(per.get(g) or {}).get("real_accuracy") for g in generators]),
+            "fake_average": _mean([(per.get(g) or {}).get("fake_accuracy") for g in generators]),
         })  # fmt: skip
     return rows
 
@@ -136,7 +147,7 @@ def _pct(key: str, sub: str | None = None, mark_unseen: bool = False):
     :class:`~bnnkit.report.tables.Marked` (a ``loo`` row's held-out cell)."""
 
     def get(row: Mapping[str, Any]) -> Any:
-        value = row[key][sub] if sub is not None else row[key]
+        value = row[key][sub] if sub is not None else row.get(key)
         value = None if is_missing(value) else 100 * value
         if mark_unseen and sub in row["unseen"] and row["source"] != "published":
             return Marked(value, HELD_OUT_MARK)
@@ -182,13 +193,16 @@ def protocol_table(
         ),  # fmt: skip
         *[num(PAPER_LABELS.get(g, g), _pct("accuracy", g, mark)) for g in generators],
         num("avg", _pct("average")),
+        num("R.Acc", _pct("real_average")),
+        num("F.Acc", _pct("fake_average")),
         num("unseen avg", _pct("unseen_average"), "unseen"),
         num(f"OOD AUROC ({score})", _pct("ood_auroc"), "AUROC"),
         num(f"errors caught ({abstain_on})", _pct("errors_caught"), "caught"),
     ]
     sections = tuple(i for i in range(1, len(rows)) if rows[i]["block"] != rows[i - 1]["block"])
     caption = (
-        f"Accuracy (%) per test generator; OOD AUROC: {score} score, unseen generators' fakes "
+        f"Accuracy (%) per test generator; R.Acc / F.Acc: mean accuracy on the reals / the "
+        f"fakes of the test generators; OOD AUROC: {score} score, unseen generators' fakes "
         f"against seen images; errors caught: unseen generators' misclassified images the "
         f"threshold on the {abstain_on} score abstains on."
     )
@@ -214,9 +228,8 @@ def render_csv(rows: Sequence[Mapping[str, Any]], generators: Sequence[str]) -> 
     for r in rows:
         fixed = [r["block"], r["row"], r["method"], r["source"], ";".join(r["train"]),
                  ";".join(r["unseen"])]  # fmt: skip
-        writer.writerow(
-            [*fixed, *(num(r["accuracy"][g]) for g in generators), *(num(r[k]) for k in CSV_TAIL)]
-        )
+        accuracy = [num(r["accuracy"][g]) for g in generators]
+        writer.writerow([*fixed, *accuracy, *(num(r.get(k)) for k in CSV_TAIL)])
     return buf.getvalue()
 
 
