@@ -84,7 +84,7 @@ def _clip_model(comment: str) -> str:
     )
 
 
-def _resnet_model(frontend: str, out_index: str = "") -> str:
+def _resnet_model(frontend: str, out_index: int | None = None) -> str:
     lines = []
     if frontend:
         lines += ["[model.frontend]", frontend, ""]
@@ -92,7 +92,11 @@ def _resnet_model(frontend: str, out_index: str = "") -> str:
         "[model.backbone]",
         'name = "resnet50"',
         _pad("pretrained = true", "timm hub weights; or a local .safetensors/.pth file"),
-        *([out_index] if out_index else []),
+        *(
+            [_pad(f"out_index = {out_index}", f"cut after layer{out_index}, as the paper")]
+            if out_index is not None
+            else []
+        ),
         "",
         "[model.attention]",
         _pad('name = "none"', "the paper's global average pool, no attention block"),
@@ -138,10 +142,7 @@ FAMILIES = (
             "trained on GenImage SD1.4, not ProGAN 4-class; bnnkit's resnet50_* optimiser;",
             "calibration split.",
         ),
-        model=_resnet_model(
-            _pad('name = "npr"', "x - up(down(x)), times 2/3 as the paper"),
-            _pad("out_index = 2", "cut after layer2, as the paper: 512 channels"),
-        ),
+        model=_resnet_model(_pad('name = "npr"', "x - up(down(x)), times 2/3 as the paper"), 2),
         train=FINETUNE_TRAIN,
         standin=CNN_STANDIN,
     ),
