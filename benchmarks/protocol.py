@@ -60,8 +60,9 @@ def extraction_seconds(recipe: str, overrides: list[str], device: torch.device) 
     detector, _ = build(r, num_train=1)
     detector.to(device)
     d, gens = r.data, list(PAPER_ORDER)
-    items = index_split(d.root, gens, "train", limit=d.train_limit, balance=d.balance, seed=r.seed)
-    items += index_split(d.root, gens, "val", limit=d.val_limit, balance=d.balance, seed=r.seed)
+    sel = {"balance": d.balance, "seed": r.seed, "layout": d.layout}
+    items = index_split(d.root, gens, "train", limit=d.train_limit, **sel)
+    items += index_split(d.root, gens, "val", limit=d.val_limit, **sel)
     tf = build_transform(d.image_size, d.preprocess, train=False, norm=detector.normalisation)
     loader = make_loader(
         ImageDataset(items, tf, gens), r.eval.batch_size, seed=r.seed,

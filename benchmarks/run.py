@@ -350,7 +350,7 @@ def sweep_features(s: Settings, device: torch.device) -> tuple[Tensor, Tensor, d
             size=s.sweep_source_size,
         )  # fmt: skip
         gens = list(GENERATORS)
-        samples = index_split(root, gens, "train", limit=0, balance=True, seed=0)
+        samples = index_split(root, gens, "train", limit=0, balance=True, seed=0, layout="genimage")
         ds = ImageDataset(samples, build_transform(s.sweep_source_size, "crop", False), gens)
         torch.manual_seed(0)
         det, _ = build(recipe_for(s, "map", "linear", s.sweep_source_size), num_train=len(ds))

@@ -202,7 +202,8 @@ def bench_decode(a: dict[str, Any]) -> dict[str, Any]:
         im = Image.effect_noise((256, 256), 30 + i % 50).convert("RGB")
         im.filter(ImageFilter.GaussianBlur(1)).save(folder / f"{i}.jpg", quality=90)
         large.append(Sample(folder / f"{i}.jpg", 1, "adm"))
-    tiny = index_split(a["root"], ["adm", "sdv4"], "train", balance=False)[: a["files"]]
+    tiny = index_split(a["root"], ["adm", "sdv4"], "train", balance=False, layout="genimage")
+    tiny = tiny[: a["files"]]
     out = {}
     for name, samples, side in (("tiny", tiny, IMAGE_SIDE), ("genimage_sized", large, 224)):
         tf = build_transform(side, "crop", train=False)

@@ -23,7 +23,8 @@ Truncation: ``out_index = N`` builds the model with timm's ``features_only = Tru
 out_indices = (N,)``, which drops every block after feature level ``N``, and reads that level's
 map (``out_channels`` = its channels). For a ResNet, levels 1-4 are ``layer1``-``layer4`` (0 is
 the stem): NPR's network is a ResNet-50 cut after ``layer2`` (``out_index = 2``, 512 channels,
-stride 8). A truncated model has no CLS readout.
+stride 8). A truncated model has no CLS readout. ``drop_path_rate`` is spread by timm over the
+full model's depth before the cut, so the blocks kept get the smaller rates of the early blocks.
 
 CLIP image towers (a timm name with a CLIP pretrained tag, e.g.
 ``vit_large_patch14_clip_224.openai``, whose pretrained config keeps CLIP's projection as the
@@ -184,7 +185,7 @@ def create_timm_backbone(
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-    except IndexError:
+    except (IndexError, AssertionError):  # timm's CNN / ViT feature wrappers
         if opts.out_index is None:
             raise
         raise UsageError(

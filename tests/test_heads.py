@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bnnkit.metrics.uncertainty import decompose
@@ -69,3 +70,38 @@ def test_map_predicts_with_dropout_off_even_from_a_training_head():
     torch.testing.assert_close(first, expected.expand(7, 6, 2), atol=1e-6, rtol=0)
     torch.testing.assert_close(second, first, atol=0, rtol=0)
     assert float(decompose(first)["epistemic"].max()) < 1e-12
+
+
+def test_the_head_base_parses_options_and_leaves_heads_that_parse_their_own_alone():
+    from bnnkit.model.heads import Head
+    from bnnkit.options import Field, OptionsError, PluginOptions
+
+    class Width(PluginOptions):
+        width: int = Field(description="required: no default")
+
+    class Forwarding(Head):
+        plugin_name = "forwarding"
+        Options = Width
+
+        def __init__(self, in_features: int, num_classes: int, **options) -> None:
+            super().__init__(in_features, num_classes, **options)
+
+    class OwnParse(Head):  # written before the base parsed options
+        Options = Width
+
+        def __init__(self, in_features: int, num_classes: int, **options) -> None:
+            super().__init__(in_features, num_classes)
+            self.own = self.Options.parse(options, "model.head")
+
+    assert Forwarding(4, 2, width=3).opts.width == 3
+    with pytest.raises(
+        OptionsError, match=r"model\.head\.size: .*head 'forwarding' accepts: width"
+    ):
+        Forwarding(4, 2, width=3, size=1)
+    with pytest.raises(
+        OptionsError,
+        match=r"model\.head\.width: expected int",
+    ):
+        Forwarding(4, 2, width="wide")
+    head = OwnParse(4, 2, width=5)
+    assert head.own.width == 5 and head.opts is None

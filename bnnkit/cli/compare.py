@@ -167,9 +167,10 @@ def command(runs: tuple[Path, ...], out_format: str) -> None:
     Columns: method, backbone, posterior samples K, the run's unseen generators (in the title
     when every run shares them), ID accuracy, R.Acc / F.Acc (on reals / fakes), NLL and ECE
     (generators seen in training), accuracy and F.Acc on the unseen generator(s), epistemic
-    OOD AUROC (unseen fakes vs seen-generator images), the score the run abstains on and the fraction of the unseen generators' errors
-    its threshold catches, train time and predict time per image (marked ‡ where it timed the
-    head only, from a frozen backbone's feature cache). A protocol cell's run is named
+    OOD AUROC (unseen fakes vs seen-generator images), the score the run abstains on and the
+    fraction of the unseen generators' errors its threshold catches, train time and predict
+    time per image (marked ‡ where it timed the head only, from a frozen backbone's feature
+    cache). A protocol cell's run is named
     <recipe>/<cell>. Values come from each run's metrics.json (schema 1 to 3) and timing.json
     (written by `bnnkit evaluate`) and checkpoint.json.
 

@@ -7,7 +7,8 @@
   frozen. Default targets: a ViT-style model's ``blocks.<i>.attn.qkv``, ``attn.proj``,
   ``mlp.fc1``, ``mlp.fc2`` (not ``patch_embed.proj``); a ResNet's ``conv1``/``conv2``/``conv3``
   of the residual blocks of ``layer3`` and ``layer4`` (the 3x3/1x1 convolutions of the last two
-  stages; peft adapts ``nn.Conv2d`` too). Other models need ``target_modules``.
+  stages; peft adapts ``nn.Conv2d`` too; of a ResNet cut with ``out_index``, its last two
+  stages). Other models need ``target_modules``.
 - ``partial``: the last ``train.partial_blocks`` blocks learn, the rest is frozen. Blocks: a
   ViT-style model's ``blocks`` (then its final ``norm``/``fc_norm`` learn too), a ResNet's
   residual blocks of ``layer1``..``layer4`` counted from the end, or the blocks of ``stages``
@@ -41,16 +42,31 @@ _FINAL_NORMS = ("norm", "fc_norm", "norm_pre")
 
 
 def timm_model(backbone: nn.Module) -> nn.Module:
-    """The module to adapt: a timm backbone plugin's ``.model``, else the backbone itself."""
-    return getattr(backbone, "model", backbone)
+    """The module to adapt: a timm backbone plugin's ``.model``, else the backbone itself; for
+    a ViT cut with ``out_index`` (timm's ``FeatureGetterNet``), the pruned ViT inside it."""
+    model = getattr(backbone, "model", backbone)
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(inner, "patch_embed") else model
+
+
+def resnet_layers(model: nn.Module) -> list[str]:
+    """The names of a ResNet's stages ``layer1``.. that ``model`` has, in order: all four, or
+    the first few of a ResNet cut with ``out_index``; ``[]`` for any other model."""
+    names = []
+    for i in range(1, 5):
+        if not isinstance(getattr(model, f"layer{i}", None), nn.Module):
+            break
+        names.append(f"layer{i}")
+    return names if hasattr(model, "conv1") else []
 
 
 def default_targets(model: nn.Module) -> str:
     """The default LoRA targets of ``model`` (see the module docstring)."""
     if isinstance(getattr(model, "blocks", None), nn.Module) and hasattr(model, "patch_embed"):
         return VIT_TARGETS
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        return RESNET_TARGETS
+    if layers := resnet_layers(model):  # its last two stages (layer3, layer4 when uncut)
+        last = "".join(name[-1] for name in layers[-2:])
+        return RESNET_TARGETS.replace("[34]", f"[{last}]")
     raise UsageError(
         f'train.backbone = "lora": no default adapter targets for a {type(model).__name__} '
         "(defaults exist for ViT-style and ResNet-style timm models)",
@@ -90,8 +106,8 @@ def _blocks(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential | nn.ModuleList) and hasattr(model, "patch_embed"):
         return list(blocks), [m for m in after if m is not getattr(model, "norm_pre", None)]
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        return [b for i in range(1, 5) for b in getattr(model, f"layer{i}")], []
+    if layers := resnet_layers(model):
+        return [b for name in layers for b in getattr(model, name)], []
     stages = getattr(model, "stages", None)
     if isinstance(stages, nn.Sequential | nn.ModuleList):
         flat = [b for s in stages for b in getattr(s, "blocks", [s])]

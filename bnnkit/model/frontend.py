@@ -28,7 +28,7 @@ from bnnkit.options import NoOptions, PluginOptions
 class Frontend(nn.Module):
     """An optional base of frontend modules (the built-ins use it): parses the recipe's
     ``[model.frontend]`` options against ``Options`` into ``self.opts`` (a wrong option names its
-    key path and the frontend ``plugin_name``) and keeps ``in_channels``, with ``out_channels``
+    key path; the hint names ``plugin_name``) and keeps ``in_channels``, with ``out_channels``
     the same unless the subclass sets another."""
 
     Options: ClassVar[type[PluginOptions]] = NoOptions

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bnnkit.options import NoOptions, PluginOptions
+from bnnkit.options import NoOptions, OptionsError, PluginOptions
 
 
 class Head(nn.Module):
@@ -31,7 +31,13 @@ class Head(nn.Module):
         self.in_features = in_features
         self.num_classes = num_classes
         owner = f"head '{self.plugin_name or type(self).__name__}'"
-        self.opts = self.Options.parse(options, "model.head", owner=owner)
+        try:
+            self.opts = self.Options.parse(options, "model.head", owner=owner)
+        except OptionsError:
+            if options:
+                raise
+            # a head that parses its own options (required ones) after super().__init__(in, n)
+            self.opts = None
 
     def kl(self) -> Tensor:
         """KL(q || prior) of the variational posterior, summed over parameters (0 if none)."""
