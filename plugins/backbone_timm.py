@@ -85,6 +85,11 @@ class TimmBackbone(nn.Module):
         """Make ``forward`` return the CLS embedding after the final norm, ``(B, C, 1, 1)``
         (see the module docstring). A model without a CLS token (a CNN, Swin, a ViT built
         with ``class_token = False``) raises ``ValueError``."""
+        if self.truncated:
+            raise ValueError(
+                "model.pool = 'cls' reads the CLS token, which a backbone cut with "
+                "model.backbone.out_index does not give: use pool = 'avg' or 'max'"
+            )
         if not self.has_cls_token:
             kind = "tokens but no CLS token" if hasattr(self.model, "patch_embed") else "a map"
             raise ValueError(

@@ -37,7 +37,7 @@ def test_a_level_the_model_lacks_names_the_key() -> None:
 def test_a_cut_vit_has_a_map_but_no_cls_readout() -> None:
     vit = create_timm_backbone("test_vit", out_index=1)
     assert vit(torch.randn(1, 3, 160, 160)).shape == (1, vit.out_channels, 10, 10)
-    with pytest.raises(ValueError, match="use pool = 'avg' or 'max'"):
+    with pytest.raises(ValueError, match="cut with model.backbone.out_index .* 'avg' or 'max'"):
         vit.use_cls_token()
 
 
