@@ -185,3 +185,35 @@ def test_a_repeated_tag_does_not_overwrite_the_current_files(tmp_path):
     _save(tmp_path, 5)  # e.g. a signal right after an epoch's checkpoint, at the same step
     assert read_meta(tmp_path)["files"]["model"] == "model-s5-2.safetensors"
     assert read_meta(RunLayout(tmp_path).previous)["files"]["model"] == "model-s5.safetensors"
+
+
+def test_the_same_weights_give_the_same_model_file_in_every_process(tmp_path):
+    """A bbb head's aliased parameters (weight_mu is also weight_sampler.mu) are saved once.
+    safetensors' save_model also listed the dropped aliases in the header's metadata, written
+    in a random order per process, so the same weights hashed differently on every save (and
+    model_sha256, which keys the staleness checks, with them)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from bnnkit.run.partial import save_weights\n"
+        "from bnnkit_plugins.head_bbb import BBBHead\n"
+        "torch.manual_seed(0)\n"
+        "save_weights(BBBHead(8, 2), __import__('pathlib').Path(sys.argv[1]), None)\n"
+    )
+    files = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", code, str(f)], check=True)
+    digests = {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert len(digests) == 1
+    from safetensors.torch import load_model
+
+    torch.manual_seed(0)
+    want = BBBHead(8, 2)
+    got = BBBHead(8, 2)
+    load_model(got, str(files[0]), strict=True)
+    assert got.layer.weight_sampler.mu is got.layer.weight_mu  # still one parameter
+    for (name, a), b in zip(want.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -2,8 +2,9 @@
 
 Layout inside a run directory (names in :mod:`bnnkit.run.layout`):
 
-- ``model-<tag>.safetensors``: the detector's parameters and buffers (safetensors'
-  ``save_model`` handles blitz's aliased parameters, e.g. ``weight_mu`` == ``weight_sampler.mu``);
+- ``model-<tag>.safetensors``: the detector's parameters and buffers (a parameter registered
+  twice, as blitz's ``weight_mu`` == ``weight_sampler.mu``, saved once; the same weights give
+  the same bytes, :func:`bnnkit.run.partial.save_weights`);
   for ``train.backbone = "lora"``/``"partial"`` only what trains (:mod:`bnnkit.run.partial`);
 - ``state-<tag>.safetensors``: the method's extra tensors, optimiser and RNG state;
 - ``checkpoint.json``: which files are current, epoch/step, the non-tensor skeleton of the

@@ -49,9 +49,23 @@ def load_part(model: nn.Module, path: Path, base: dict[str, Any], device: str) -
 
 
 def save_weights(model: nn.Module, path: Path, only: set[str] | None) -> None:
-    """The model's state dict (``only``: those keys) to a safetensors file."""
-    if only is None:  # save_model handles blitz's aliased parameters
-        save_model(model, str(path))
+    """The model's state dict (``only``: those keys) to a safetensors file, the same bytes for
+    the same weights. A tensor registered under several names (blitz's ``weight_mu`` is also
+    ``weight_sampler.mu``) is saved once, under its first name in sorted order (the name
+    safetensors' ``save_model`` keeps; ``load_model`` restores the others). Written by hand
+    because ``save_model`` also records each dropped alias in the header's metadata, which the
+    Rust writer serialises in a random order per process: identical weights got another
+    sha256 (``model_sha256``) on every save."""
+    if only is None:
+        state = model.state_dict(keep_vars=True)
+        first: dict[int, str] = {}
+        for name in sorted(state):
+            first.setdefault(id(state[name]), name)
+        kept = {name: state[name].detach().cpu().contiguous() for name in first.values()}
+        try:
+            save_file(kept, str(path))
+        except ValueError:  # tensors that share memory as views: safetensors' own handling
+            save_model(model, str(path))
         return
     sd = model.state_dict()  # copies: aliased parameters are then separate tensors
     save_file({k: sd[k].detach().cpu().clone() for k in sorted(only)}, str(path))
