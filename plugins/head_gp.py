@@ -15,8 +15,8 @@ Initialisation (as DUE): inducing points = k-means centres (scikit-learn ``KMean
 features, the kernel lengthscale = the mean pairwise distance of those features
 (:meth:`GPHead.initialise`; when it runs: ``plugins/method_gp.py``). A persistent buffer
 ``initialised`` records it, so a resumed or loaded run never re-initialises. Under torchrun each
-rank initialises on its own first batch and then takes rank 0's head (a broadcast), so the
-replicas start, and stay, equal.
+rank initialises on its own rows (its own draw, or its own first batch) and then takes rank 0's
+head (a broadcast), so the replicas start, and stay, equal.
 
 The head's ``forward`` returns the predictive mean of the logits; ``sample_logits`` draws ``k``
 logits from each image's marginal predictive ``N(mean_c(x), var_c(x))`` (independent across

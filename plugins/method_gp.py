@@ -1,10 +1,11 @@
 """Method: ``gp``, trains the ``gp`` head (``plugins/head_gp.py``: a variational
 inducing-point Gaussian process per logit, as DUE: van Amersfoort et al. 2021) with gpytorch.
 
-Initialisation: the engine has no hook that hands a method the training features *before*
-training, so :meth:`GP.training_loss` calls :meth:`GPHead.initialise` lazily on the first
-training batch it sees (k-means on that batch; when the batch has fewer distinct rows than
-``num_inducing`` the remaining points are batch rows plus noise of 0.1 of the batch's scale).
+Initialisation (:meth:`GPHead.initialise`): in a head phase, on up to 1,000 training rows drawn
+at random, as DUE does (:meth:`GP.begin_head_phase`); a fine-tuning phase has no features
+before its first step, so :meth:`GP.training_loss` initialises on the first training batch it
+sees (when the rows are fewer than ``num_inducing`` distinct ones, the remaining points are
+rows plus noise of 0.1 of their scale).
 
 The loss is the negative ELBO, ``gpytorch.mlls.VariationalELBO`` with a softmax (categorical)
 likelihood over the C GP outputs, the logits (gpytorch's ``SoftmaxLikelihood`` misreads a batch
@@ -27,6 +28,9 @@ from bnnkit.methods.base import InferenceMethod, LossParts
 from bnnkit.model.heads import Head
 from bnnkit_plugins.head_gp import GPHead, import_gpytorch
 
+#: training rows a head phase initialises the head on at most (DUE's sample size)
+INIT_ROWS = 1000
+
 
 class GP(InferenceMethod):
     heads = ("gp",)
@@ -42,11 +46,19 @@ class GP(InferenceMethod):
             head.likelihood, head.gp, num_data=self.num_train
         )
 
+    def begin_head_phase(self, features: Any, targets: Tensor) -> None:
+        """Initialise the head on up to :data:`INIT_ROWS` training rows drawn at random (as
+        DUE), unless a resumed or loaded head already is."""
+        if not bool(self.gp_head.initialised):
+            n = len(features)
+            rows = torch.randperm(n)[:INIT_ROWS].sort().values if n > INIT_ROWS else slice(None)
+            self.gp_head.initialise(torch.as_tensor(features[rows]))
+
     def training_loss(
         self, features: Tensor, targets: Tensor, indices: Tensor | None = None
     ) -> LossParts:
         head = self.gp_head
-        if not bool(head.initialised):  # no hook sees the features before training: lazily
+        if not bool(head.initialised):  # a fine-tuning phase: on its first batch
             head.initialise(features)
         output = head.gp(features.to(torch.float32))
         elbo = self.elbo(output, targets)

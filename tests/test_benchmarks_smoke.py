@@ -189,6 +189,27 @@ def test_unseen_benchmark_refuses_the_choosing_seed_in_headline_mode(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unseen_benchmark_only_narrows_the_preregistered_pairs_never_changes_them(tmp_path):
+    """``--only METHOD`` re-measures a changed method's pre-registered pairs; it cannot name a
+    pair that was not pre-registered, nor go with the exploratory grid (before any work)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unseen_bench", UNSEEN)
+    assert spec is not None and spec.loader is not None
+    unseen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unseen)
+    args = unseen.parse(["--only", "gp,sngp"])
+    assert args.pairs == [p for p in unseen.PREREGISTERED if p[0] in ("gp", "sngp")]
+    assert args.pairs and unseen.PREREGISTERED[0] not in args.pairs  # no headline row then
+    for bad, message in (
+        (["--only", "map"], "no pre-registered pair has that method"),
+        (["--explore", "--only", "gp"], "--only belongs to the headline"),
+    ):
+        proc = _unseen(tmp_path, *bad)
+        assert proc.returncode == 2 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unseen_benchmark_guarantee_reports_both_thresholds(tmp_path):
     """``--guarantee 0.9``: every pre-registered pair is also evaluated with split-conformal
     thresholds (``eval.guarantee``, recorded by bnnkit in each cell), reported beside the

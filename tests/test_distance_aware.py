@@ -254,3 +254,32 @@ def test_gp_likelihood_reads_a_batch_of_exactly_c_images(fitted):
     both = nll(xb, yb)
     alone = (nll(xb[:1], yb[:1]) + nll(xb[1:], yb[1:])) / 2
     assert both == pytest.approx(alone, rel=0.02)
+
+
+def test_gp_head_phase_initialises_on_a_draw_of_the_whole_training_set():
+    """DUE initialises on a random sample of the training features; the first batch of a
+    sorted training set holds one cluster only, so the lazy first-batch path could not."""
+    method = _gp()
+    far = torch.cat([torch.randn(300, D) - 20, torch.randn(300, D) + 20])  # sorted: two clusters
+    targets = torch.cat([torch.zeros(300), torch.ones(300)]).long()
+    method.begin_head_phase(far, targets)
+    strategy = method.gp_head.gp.variational_strategy.base_variational_strategy
+    points = strategy.inducing_points.detach()[0]
+    assert (points[:, 0] < -10).any() and (points[:, 0] > 10).any()  # both clusters
+    before = strategy.inducing_points.detach().clone()
+    method.begin_head_phase(far[:10] * 0, targets[:10])  # a resumed phase: kept as it is
+    torch.testing.assert_close(strategy.inducing_points.detach(), before)
+    lazy = _gp()
+    lazy.training_loss(far[:64], targets[:64])  # for contrast: a first batch sees one cluster
+    first = lazy.gp_head.gp.variational_strategy.base_variational_strategy.inducing_points
+    assert (first.detach()[0, :, 0] < -10).all()
+
+
+def test_the_trainer_hands_the_head_phase_its_training_set(synth_root, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(GP, "begin_head_phase", lambda self, f, t: seen.append((len(f), len(t))))
+    sets = {"inference": '{name = "gp"}', "model.head": '{name = "gp"}',
+            "train.backbone": '"frozen"', "train.head_epochs": 1}  # fmt: skip
+    with registered(head_gp, method_gp):
+        result = train_and_evaluate(QUICKSTART, tmp_path, data=synth_root, backbone=None, sets=sets)
+    assert seen == [(result.meta["num_train"], result.meta["num_train"])]

@@ -155,6 +155,15 @@ class InferenceMethod:
         ``epochs`` is the phase's length and ``steps_per_epoch`` its optimiser steps per epoch,
         the same on every torchrun rank (each step then averages all ranks' batches)."""
 
+    def begin_head_phase(self, features: Any, targets: Tensor) -> None:
+        """Called at the start of a head phase (again after a resume), right after
+        :meth:`begin_phase` and before the first step, with the training set the phase trains
+        on: ``features`` rows as the head sees them (standardised when
+        the detector standardises), indexable like an ``[N, D]`` tensor (``features[idx]`` is a
+        tensor; for a frozen backbone a lazy view of the feature cache: index the rows you
+        need rather than materialising all), ``targets[N]`` the labels. On every torchrun rank
+        with the full set. E.g. ``gp`` initialises its inducing points here. Default: nothing."""
+
     def after_step(self, step: int) -> None:
         """Called after every optimiser step (e.g. to keep an SG-MCMC sample)."""
 

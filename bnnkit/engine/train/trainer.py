@@ -260,6 +260,7 @@ class Trainer:
         self._val_feats = val_feats
         steps = self.data.steps_per_epoch(feats.labels.shape[0], images=False)
         method.begin_phase(phase.name, phase.epochs, steps)
+        method.begin_head_phase(feats.features, self.data.targets(feats.labels, feats.generators))
         optimizer = self._optimizer(method, [{"params": list(detector.head.parameters())}])
         return feats, PhaseRun(
             phase.name, phase.epochs, steps,
