@@ -48,6 +48,15 @@ def load_part(model: nn.Module, path: Path, base: dict[str, Any], device: str) -
         )
 
 
+def _alias_key(t: torch.Tensor) -> tuple | None:
+    """What two names of one tensor share (the same view of the same memory); None for a
+    tensor without memory of its own (empty, meta), which is nobody's alias."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    ptr = t.untyped_storage().data_ptr()
+    return (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 def save_weights(model: nn.Module, path: Path, only: set[str] | None) -> None:
     """The model's state dict (``only``: those keys) to a safetensors file, the same bytes for
     the same weights. A tensor registered under several names (blitz's ``weight_mu`` is also
@@ -57,14 +66,14 @@ def save_weights(model: nn.Module, path: Path, only: set[str] | None) -> None:
     Rust writer serialises in a random order per process: identical weights got another
     sha256 (``model_sha256``) on every save."""
     if only is None:
-        state = model.state_dict(keep_vars=True)
-        first: dict[int, str] = {}
+        state = model.state_dict()
+        first: dict[Any, str] = {}
         for name in sorted(state):
-            first.setdefault(id(state[name]), name)
+            first.setdefault(_alias_key(state[name]) or name, name)
         kept = {name: state[name].detach().cpu().contiguous() for name in first.values()}
         try:
             save_file(kept, str(path))
-        except ValueError:  # tensors that share memory as views: safetensors' own handling
+        except (ValueError, RuntimeError):  # memory shared as other views: safetensors' way
             save_model(model, str(path))
         return
     sd = model.state_dict()  # copies: aliased parameters are then separate tensors
