@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": environment(),
     }  # fmt: skip
     emit(report, args.out)
+    headline = report["headline"] is not None
     table = (explore_md(explore["results"], args.scores, gens, args.data_seed) if explore
-             else headline_md(pairs, gens, CHOOSING_SEED))  # fmt: skip
+             else headline_md(pairs, gens, CHOOSING_SEED, headline))  # fmt: skip
     if args.guarantee:
         table += "\n" + guarantee_md(pairs, guaranteed, args.guarantee)
     print(table, file=sys.stderr)
