@@ -191,3 +191,33 @@ def test_protocol_prints_raw_and_controlled_tables(tmp_path, shortcut_root):
     controlled = json.loads(Path(ctrl["metrics"][0]).read_text(encoding="utf-8"))
     assert controlled["debias"]["controls"] == ["jpeg96"]
     assert "skipped" in invoke(args)  # done cells (both evaluations) are not redone
+
+
+def test_an_evaluation_debias_never_moves_training_images_into_calibration(tmp_path):
+    """``evaluate --debias size_matched`` narrows the training listing of a run trained without
+    it. The calibration images must stay a subset of the run's own (never images it trained
+    on): the carve is made on the listing before any debias filter, which then only removes."""
+    from bnnkit.data.splits import train_calibration_split
+    from bnnkit.plugins import get_registry
+    from bnnkit.recipe import load_recipe
+
+    top = tmp_path / "imagenet_ai_0419_sdv4" / "train"
+    for label, folder, sides in (
+        ("ai", "ai", range(60, 81)),
+        ("nature", "nature", range(40, 101, 2)),
+    ):
+        (top / folder).mkdir(parents=True)
+        for i, side in enumerate(sides):
+            ext = ".png" if label == "ai" else ".jpg"
+            _image(top / folder / f"{label}_{i}{ext}", side, side + 7, seed=i)
+    sets = [f"data.root={json.dumps(str(tmp_path))}", 'data.train_generators=["sdv4"]',
+            "data.holdout=[]", "data.calibration=0.3"]  # fmt: skip
+    recipe = load_recipe("quickstart", sets, get_registry())
+    trained_on, calibration = (set(map(str, (s.path for s in part)))
+                               for part in train_calibration_split(recipe))  # fmt: skip
+    recipe.data.debias = ["size_matched"]  # as `evaluate --debias size_matched` sets it
+    narrowed_train, narrowed_cal = (set(map(str, (s.path for s in part)))
+                                    for part in train_calibration_split(recipe))  # fmt: skip
+    assert narrowed_cal and narrowed_cal <= calibration and not narrowed_cal & trained_on
+    assert narrowed_train and narrowed_train <= trained_on
+    assert len(narrowed_train) + len(narrowed_cal) < len(trained_on) + len(calibration)

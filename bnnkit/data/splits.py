@@ -6,10 +6,11 @@ thresholds, seen-fitted scores such as ``fused``, a training-free method's calib
 
 :func:`train_calibration_split` is the one place the split is made; training, the score fits,
 ``calibrate`` and ``evaluate`` all call it. Per (generator, class) of the training split (after
-``data.balance`` and ``data.train_limit``), the ``ceil(fraction * n)`` images with the smallest
-``sha256(seed | generator | class | relative path)`` go to calibration (at most ``n - 1``: a
-folder of one image stays in training). The choice depends on each file's own name, not on
-the listing order, so adding files to a folder moves few images between the two parts.
+``data.balance`` and ``data.train_limit``, before ``data.debias``), the ``ceil(fraction * n)``
+images with the smallest ``sha256(seed | generator | class | relative path)`` go to calibration
+(at most ``n - 1``: a folder of one image stays in training). The choice depends on each
+file's own name, not on the listing order, so adding files to a folder moves few images
+between the two parts.
 
 A run's ``recipe.toml`` written before ``data.calibration`` existed has no calibration split
 (:data:`LEGACY_CALIBRATION`); its post-hoc fits stay on the seen validation images, and
@@ -91,14 +92,18 @@ def train_calibration_split(
     """``(train_items, calibration_items)`` of ``recipe``: its training generators' training
     split (``data.balance``, ``data.train_limit``, ``seed``; ``data.debias``'s
     ``size_matched``), with ``data.calibration`` of each (generator, class) carved out as the
-    calibration images."""
+    calibration images (carved before the debias filter, so that a different debias at
+    evaluation only removes images from each part)."""
     d = recipe.data
     items = index_split(
         d.root, list(d.train_generators), "train", limit=d.train_limit, balance=d.balance,
         seed=recipe.seed, cache_dir=cache_dir, layout=getattr(d, "layout", "auto"),
     )  # fmt: skip
-    items = apply_debias(recipe, items)
-    return carve_calibration(items, float(d.calibration), recipe.seed)
+    train, calibration = carve_calibration(items, float(d.calibration), recipe.seed)
+    # the carve is made before data.debias, which then only removes images from both parts:
+    # an evaluation's --debias override must not move a training image into calibration
+    kept = {s.path for s in apply_debias(recipe, items)}
+    return [s for s in train if s.path in kept], [s for s in calibration if s.path in kept]
 
 
 def calibration_items(recipe: Any, cache_dir: str | Path | None = None) -> list[Sample]:
