@@ -241,3 +241,24 @@ def test_seen_fitted_scores_are_thresholded_on_calibration_images_they_were_not_
     assert abs(len(a) - len(b)) <= 1  # one-image cells alternate
     _, scores = build_scores(["entropy", "knn", "fused"])
     assert seen_dependent(scores) == {"fused"}
+
+
+def test_unreadable_calibration_images_stop_the_evaluation_not_fall_back_to_val(
+    trained_run, tmp_path, runner
+):
+    """Every calibration image unreadable: the fits must not move, silently and still labelled
+    "calibration", onto the validation images the evaluation reports on."""
+    from bnnkit.cli import main
+
+    run = _copy(trained_run, tmp_path)
+    recipe = load_run_recipe(RunLayout(run).recipe)
+    root = tmp_path / "data"
+    shutil.copytree(recipe.data.root, root)
+    recipe.data.root = str(root)
+    cal = train_calibration_split(recipe)[1]
+    assert cal
+    for s in cal:
+        Path(s.path).write_bytes(b"not an image")
+    result = runner.invoke(main, ["evaluate", str(run), "--no-plots", "--data-root", str(root)])
+    assert result.exit_code == 2, result.output
+    assert "no readable calibration images" in result.output

@@ -263,7 +263,8 @@ def evaluate_run(
     )  # fmt: skip
     clean = records[CLEAN]
     # every post-hoc fit: on the calibration images; a run without them: the seen val images
-    fit_on = records.pop(CALIBRATION_SPLIT, None) or clean
+    calibration = records.pop(CALIBRATION_SPLIT, None)
+    fit_on = calibration if cal_items else clean  # an empty record is refused just below
     n_cal = int((fit_on.generators < n_seen).sum())
     if not n_cal or not int((clean.generators < n_seen).sum()):
         which = "calibration images (training folders)" if cal_items else "validation images"
