@@ -5,6 +5,7 @@ verdict threshold (``--max-false-alarm``), :mod:`bnnkit.metrics.conformal`."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +71,19 @@ def verdict_block(alpha: float | None, fit_on: Any, clean: Any, n_seen: int) -> 
         return {}
     cal = fit_on.generators < n_seen
     t = neyman_pearson_threshold(fit_on.p_fake[cal], fit_on.labels[cal], alpha)
+    # the bound holds for "fake when p > t"; predict's rule (run.threshold.verdict), like the
+    # accuracy's, is "fake when p >= threshold": the next float above t makes the two the same
+    t = math.nextafter(t, math.inf)
     seen = clean.generators < n_seen
     reals, fakes = seen & (clean.labels == 0), seen & (clean.labels == 1)
-    fake_called = clean.p_fake.double() > t
+    fake_called = clean.p_fake.double() >= t
     return {
         "verdict_threshold": {
             "p_threshold": t,
             "max_false_alarm": alpha,
             "n_real_calibration": int((cal & (fit_on.labels == 0)).sum()),
-            "rule": "fake when p(fake) > p_threshold (split conformal on the calibration reals)",
+            "rule": "fake when p(fake) >= p_threshold (the next float above the split-conformal "
+            "threshold of the calibration reals)",
             "seen_false_alarm": float(fake_called[reals].double().mean()) if reals.any() else None,
             "seen_detection": float(fake_called[fakes].double().mean()) if fakes.any() else None,
         }
