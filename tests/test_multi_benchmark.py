@@ -178,3 +178,21 @@ def test_multi_benchmark_script_prints_its_figures(tmp_path):
     assert fig["multi_over_separate_seconds"] > 0 and fig["multi_over_separate_cpu_seconds"] > 0
     assert result["meets_targets"] == {"backbone_passes_per_image_multi": True}
     assert list(tmp_path.iterdir()) == []  # nothing written outside its temp folder
+
+
+def test_data_refuses_a_run_whose_recipe_sets_a_guarantee_or_a_false_alarm_bound(
+    trained_run, synth_root, tmp_path, runner
+):
+    """--data does not apply eval.guarantee / eval.max_false_alarm yet: it must say so rather
+    than write a threshold.json without them (predict would silently fall back to 0.5)."""
+    import shutil
+
+    from bnnkit.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    recipe = run / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("[eval]\n", "[eval]\nmax_false_alarm = 0.1\n"))
+    result = runner.invoke(main, ["evaluate", str(run), "--no-plots", "--data", f"b={synth_root}"])
+    assert result.exit_code == 2, result.output
+    assert "does not apply the run's eval.max_false_alarm = 0.1" in result.output

@@ -51,6 +51,7 @@ from bnnkit.engine.evaluate.benchmark_parts import (
     summary,
 )
 from bnnkit.engine.evaluate.options import (
+    abstention_levels,
     calibration_images,
     evaluation_debias,
     inference_overrides,
@@ -105,9 +106,14 @@ def evaluate_benchmarks(
     if data_root:
         recipe.data.root = data_root
     evaluation_debias(recipe, debias)
-    coverage = recipe.eval.coverage if coverage is None else float(coverage)
-    if not 0.0 < coverage <= 1.0:
-        raise UsageError(f"--coverage {coverage}: must be in (0, 1], e.g. 0.95")
+    coverage, _ = abstention_levels(recipe, coverage, None, fit_limit)
+    unsupported = [f"eval.{k} = {v}" for k in ("guarantee", "max_false_alarm")
+                   if (v := getattr(recipe.eval, k)) is not None]  # fmt: skip
+    if unsupported:  # else threshold.json would silently drop them and predict fall back
+        raise UsageError(
+            f"--data does not apply the run's {' and '.join(unsupported)} yet",
+            hint="evaluate each benchmark on its own with --data-root, which applies them",
+        )
     if not recipe.data.calibration:
         raise UsageError(
             "--data needs a run with a calibration split (data.calibration > 0): the thresholds "
