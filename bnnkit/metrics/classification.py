@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from bnnkit.metrics.forensic import forensic_report
+from bnnkit.metrics.forensic import Roc, forensic_report
 from bnnkit.metrics.roc import _both_classes, _prep, _roc_counts, _unit_ranks
 
 # torchmetrics is imported inside the functions that use it: importing it pulls in torchvision
@@ -237,7 +237,9 @@ def adaptive_ece(p_fake: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     return total / conf.numel()
 
 
-def tpr_at_fpr(p_fake: Tensor, labels: Tensor, fpr: float = 0.01) -> float:
+def tpr_at_fpr(
+    p_fake: Tensor, labels: Tensor, fpr: float = 0.01, *, roc: Roc | None = None
+) -> float:
     r"""True-positive rate on fakes at a false-positive rate on real images of at most ``fpr``.
 
     :math:`\max\{\text{TPR}(t) : \text{FPR}(t) \le \text{fpr}\}` over the exact ROC operating
@@ -249,7 +251,7 @@ def tpr_at_fpr(p_fake: Tensor, labels: Tensor, fpr: float = 0.01) -> float:
     p, y = _prep(p_fake, labels)
     if not _both_classes(y):
         return NAN
-    fps, tps = _roc_counts(p, y)
+    fps, tps = roc if roc is not None else _roc_counts(p, y)
     n_neg = y.numel() - int(y.sum())
     budget = math.floor(fpr * n_neg + 1e-9)
     ok = fps <= budget  # always true for the leading "flag nothing" point
@@ -267,6 +269,7 @@ def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
     ``eer``, ``oracle_accuracy``, ``cllr``).
     """
     p, y = _prep(p_fake, labels)
+    roc = _roc_counts(p, y) if _both_classes(y) else None  # one ROC for its five metrics
     return {
         "accuracy": accuracy(p, y),
         "balanced_accuracy": balanced_accuracy(p, y),
@@ -276,9 +279,9 @@ def classification_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
         "brier": brier(p, y),
         "ece": ece(p, y),
         "adaptive_ece": adaptive_ece(p, y),
-        "tpr_at_fpr_0_1": tpr_at_fpr(p, y, 0.001),
-        "tpr_at_fpr_1": tpr_at_fpr(p, y, 0.01),
-        "tpr_at_fpr_5": tpr_at_fpr(p, y, 0.05),
+        "tpr_at_fpr_0_1": tpr_at_fpr(p, y, 0.001, roc=roc),
+        "tpr_at_fpr_1": tpr_at_fpr(p, y, 0.01, roc=roc),
+        "tpr_at_fpr_5": tpr_at_fpr(p, y, 0.05, roc=roc),
         "n": p.numel(),
-        **forensic_report(p, y),
+        **forensic_report(p, y, roc=roc),
     }

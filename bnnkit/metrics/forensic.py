@@ -49,14 +49,19 @@ def fake_accuracy(p_fake: Tensor, labels: Tensor) -> float:
     return _class_accuracy(p_fake, labels, 1)
 
 
-def _roc_rates(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+#: a precomputed :func:`~bnnkit.metrics.roc._roc_counts` of the same images (one ROC serves
+#: every ROC metric of a report)
+Roc = tuple[Tensor, Tensor]
+
+
+def _roc_rates(p: Tensor, y: Tensor, roc: Roc | None = None) -> tuple[Tensor, Tensor]:
     """``(FPR, TPR)`` float64 at every exact operating point, from (0, 0) to (1, 1)."""
-    fps, tps = _roc_counts(p, y)
+    fps, tps = roc if roc is not None else _roc_counts(p, y)
     n_pos = int(y.sum())
     return fps.double() / (y.numel() - n_pos), tps.double() / n_pos
 
 
-def eer(p_fake: Tensor, labels: Tensor) -> float:
+def eer(p_fake: Tensor, labels: Tensor, *, roc: Roc | None = None) -> float:
     r"""Equal error rate: the rate at which FPR = FNR (= 1 − TPR) on the ROC.
 
     The ROC is the polyline through the exact operating points, from (0, 0) to (1, 1); between
@@ -73,7 +78,7 @@ def eer(p_fake: Tensor, labels: Tensor) -> float:
     p, y = _prep(p_fake, labels)
     if not _both_classes(y):
         return NAN
-    fpr, tpr = _roc_rates(p, y)
+    fpr, tpr = _roc_rates(p, y, roc)
     d = fpr + tpr - 1.0
     i = int(torch.searchsorted(d, torch.tensor([0.0], dtype=torch.float64))[0])  # first d >= 0
     if d[i] == 0.0:
@@ -82,7 +87,7 @@ def eer(p_fake: Tensor, labels: Tensor) -> float:
     return float(fpr[i - 1] + lam * (fpr[i] - fpr[i - 1]))
 
 
-def oracle_accuracy(p_fake: Tensor, labels: Tensor) -> float:
+def oracle_accuracy(p_fake: Tensor, labels: Tensor, *, roc: Roc | None = None) -> float:
     """Accuracy at the **oracle** threshold: the best accuracy any threshold reaches on these
     very images (flag fake if ``p >= t``, over every exact operating point, including flagging
     none or all).
@@ -95,7 +100,7 @@ def oracle_accuracy(p_fake: Tensor, labels: Tensor) -> float:
     p, y = _prep(p_fake, labels)
     if not _both_classes(y):
         return NAN
-    fps, tps = _roc_counts(p, y)
+    fps, tps = roc if roc is not None else _roc_counts(p, y)
     n_neg = y.numel() - int(y.sum())
     return float((tps + n_neg - fps).max()) / y.numel()
 
@@ -124,12 +129,20 @@ def cllr(p_fake: Tensor, labels: Tensor) -> float:
     return float(0.5 * (fakes + reals))
 
 
-def forensic_report(p_fake: Tensor, labels: Tensor) -> dict[str, float]:
+def forensic_report(p_fake: Tensor, labels: Tensor, *, roc: Roc | None = None) -> dict[str, float]:
     """``real_accuracy``, ``fake_accuracy``, ``eer``, ``oracle_accuracy`` and ``cllr`` of one
-    set of images (merged into :func:`~bnnkit.metrics.classification.classification_report`)."""
+    set of images (merged into :func:`~bnnkit.metrics.classification.classification_report`,
+    which passes the ``roc`` it computed)."""
     p, y = _prep(p_fake, labels)
-    return {metric.__name__: metric(p, y) for metric in FORENSIC_METRICS}
+    if roc is None and _both_classes(y):
+        roc = _roc_counts(p, y)
+    return {
+        metric.__name__: metric(p, y, roc=roc) if metric in ROC_METRICS else metric(p, y)
+        for metric in FORENSIC_METRICS
+    }
 
 
 #: the metrics of :func:`forensic_report`, in its order; each is keyed by its function's name
 FORENSIC_METRICS = (real_accuracy, fake_accuracy, eer, oracle_accuracy, cllr)
+#: those that read the ROC (and take a precomputed one)
+ROC_METRICS = (eer, oracle_accuracy)
