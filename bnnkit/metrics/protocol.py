@@ -81,7 +81,9 @@ def _mean(t: Tensor) -> float:
     return float(t.double().mean()) if t.numel() else float("nan")
 
 
-def _group_report(data: Predictions, mask: Tensor) -> dict[str, Any]:
+def group_report(data: Predictions, mask: Tensor | slice = slice(None)) -> dict[str, Any]:
+    """The classification report and mean uncertainties of ``data``'s rows in ``mask`` (all of
+    them without one)."""
     out: dict[str, Any] = classification_report(data.p_fake[mask], data.labels[mask])
     for key in UNCERTAINTY_KEYS:
         out[f"{key}_uncertainty"] = _mean(getattr(data, key)[mask])
@@ -132,7 +134,7 @@ def condition_metrics(
     unseen_mask = ~seen_mask
     per_generator: dict[str, Any] = {}
     for i, name in enumerate(generators):
-        entry = _group_report(data, g == i)
+        entry = group_report(data, g == i)
         entry["seen"] = i < n_seen
         per_generator[name] = entry
     ood: dict[str, Any] = {}
@@ -155,8 +157,8 @@ def condition_metrics(
 
     correct = data.correct
     return {
-        "seen": _group_report(data, seen_mask),
-        "unseen": _group_report(data, unseen_mask) if has_unseen else None,
+        "seen": group_report(data, seen_mask),
+        "unseen": group_report(data, unseen_mask) if has_unseen else None,
         "per_generator": per_generator,
         "average_accuracy": {
             "all": avg(generators),

@@ -78,6 +78,7 @@ def default_targets(model: nn.Module) -> str:
 def apply_lora(model: nn.Module, settings: Any) -> nn.Module:
     """LoRA adapters into ``model`` in place (peft), base frozen; returns ``model``."""
     from peft import LoraConfig, inject_adapter_in_model  # a dependency; imported when used
+
     targets = settings.target_modules or default_targets(model)
     config = LoraConfig(
         r=settings.rank,

@@ -18,8 +18,7 @@ from bnnkit.data.splits import CALIBRATION_SPLIT
 from bnnkit.engine.evaluate.write import CLEAN
 from bnnkit.engine.features.loop import StreamStats
 from bnnkit.errors import UsageError
-from bnnkit.metrics.classification import classification_report
-from bnnkit.metrics.protocol import abstention_metrics, condition_metrics
+from bnnkit.metrics.protocol import abstention_metrics, condition_metrics, group_report
 from bnnkit.metrics.records import Predictions
 from bnnkit.report.predictions import predictions_csv
 
@@ -116,19 +115,11 @@ def remap(record: Predictions, lut: torch.Tensor) -> Predictions:
     return out
 
 
-def _all_block(record: Predictions) -> dict[str, Any]:
-    out: dict[str, Any] = classification_report(record.p_fake, record.labels)
-    for key in ("total", "aleatoric", "epistemic"):
-        t = getattr(record, key)
-        out[f"{key}_uncertainty"] = float(t.double().mean()) if t.numel() else float("nan")
-    return out
-
-
 def block(record, gens, n_seen, requested, thresholds, abstain_on, coverage, options, crossfit):
     """Every metric of one record (a benchmark's or the pooled one) under one condition."""
     return {
         **condition_metrics(record, gens, n_seen, requested),
-        "all": _all_block(record),
+        "all": group_report(record),
         "abstention": abstention_metrics(
             record, gens, n_seen, thresholds, abstain_on, coverage, crossfit, options
         ),
