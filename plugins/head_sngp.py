@@ -50,6 +50,11 @@ class SNGPHead(Head):
         self.register_buffer("rff_bias", torch.rand(o.num_inducing) * (2 * math.pi))
         self.output = nn.Linear(o.num_inducing, num_classes, bias=False)
 
+    def variational_parameters(self) -> list[nn.Parameter]:
+        """beta: the ``sngp`` method's loss holds its Gaussian prior (the ridge term), so the
+        optimiser gives it no weight decay, as it does a variational posterior's."""
+        return list(self.parameters())
+
     @property
     def num_inducing(self) -> int:
         return int(self.rff_bias.shape[0])

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from bnnkit import hookimpl
 from bnnkit.hookspecs import RegisterPart
-from bnnkit.methods.base import InferenceMethod, split_weight_decay
+from bnnkit.methods.base import InferenceMethod
 from bnnkit.model.detector import Detector, build_detector
 from bnnkit.model.heads import Head
 from bnnkit.options import Field, PluginOptions
@@ -103,15 +103,6 @@ class SNGP(InferenceMethod):
         prior = 0.5 * self.opts.ridge / self.num_train * self.sngp.output.weight.square().sum()
         loss = nll + prior
         return LossParts(loss=loss, nll=nll.detach(), kl=prior.detach(), logits=logits.detach())
-
-    def configure_optimizer(
-        self, param_groups: list[dict[str, Any]], *, optimizer: str, lr: float, weight_decay: float
-    ) -> torch.optim.Optimizer:
-        """beta's prior is the ``ridge`` term of the loss: no weight decay on the head."""
-        groups = split_weight_decay(param_groups, list(self.sngp.parameters()))
-        return super().configure_optimizer(
-            groups, optimizer=optimizer, lr=lr, weight_decay=weight_decay
-        )
 
     # -- the Laplace fit ------------------------------------------------------------------------
     @torch.no_grad()
