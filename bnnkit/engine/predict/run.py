@@ -219,9 +219,11 @@ def predict_run(
     (at most ``max_tiles``, overlapping by ``tile_overlap``, reduced by ``tile_reduce``: see
     :mod:`bnnkit.engine.features.tiles`); the rows then carry the tile spread too."""
     layout = RunLayout(run_dir)
+    # threshold.json, read once; None when missing or stale (calibrated for other weights)
+    record = read_threshold(layout.root) if p_threshold is None or abstain else None
     if p_threshold is None:  # evaluate --max-false-alarm's Neyman-Pearson threshold, else 0.5
-        p_threshold = float((read_threshold(layout.root) or {}).get("p_threshold", 0.5))
-    calibrated = read_threshold(layout.root) if abstain else None
+        p_threshold = float((record or {}).get("p_threshold", 0.5))
+    calibrated = record if abstain else None
     warnings = []
     if abstain and calibrated is None and layout.threshold.is_file():
         warnings.append(
