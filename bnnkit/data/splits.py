@@ -40,6 +40,7 @@ __all__ = [
     "carve_calibration",
     "in_sample_warning",
     "train_calibration_split",
+    "val_items",
 ]
 
 #: the split name of the calibration images (feature-cache entries, ``fitted_on`` records)
@@ -104,6 +105,22 @@ def train_calibration_split(
     # an evaluation's --debias override must not move a training image into calibration
     kept = {s.path for s in apply_debias(recipe, items)}
     return [s for s in train if s.path in kept], [s for s in calibration if s.path in kept]
+
+
+def val_items(
+    recipe: Any, generators: list[str], cache_dir: str | Path | None = None, *,
+    root: str | Path | None = None, layout: str | None = None,
+) -> list[Sample]:  # fmt: skip
+    """The validation images of ``generators`` as ``recipe`` reads them (``data.val_limit``,
+    ``data.balance``, ``seed``, ``data.debias``'s ``size_matched``); ``root`` / ``layout``:
+    another benchmark's (default the recipe's ``data.root`` and ``data.layout``)."""
+    d = recipe.data
+    items = index_split(
+        d.root if root is None else root, list(generators), "val", limit=d.val_limit,
+        balance=d.balance, seed=recipe.seed, cache_dir=cache_dir,
+        layout=getattr(d, "layout", "auto") if layout is None else layout,
+    )  # fmt: skip
+    return apply_debias(recipe, items)
 
 
 def calibration_items(recipe: Any, cache_dir: str | Path | None = None) -> list[Sample]:

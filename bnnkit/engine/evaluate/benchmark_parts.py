@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from bnnkit.data.debias import apply_debias
 from bnnkit.data.index import DEFAULT_CACHE_DIR
-from bnnkit.data.layouts import LAYOUTS, index_split, list_generators, resolve_layout
-from bnnkit.data.splits import CALIBRATION_SPLIT
+from bnnkit.data.layouts import LAYOUTS, list_generators, resolve_layout
+from bnnkit.data.splits import CALIBRATION_SPLIT, val_items
 from bnnkit.engine.evaluate.write import CLEAN
 from bnnkit.engine.features.loop import StreamStats
 from bnnkit.errors import UsageError
@@ -96,11 +95,7 @@ def resolve_benchmark(b: Benchmark, recipe, train: list[str]) -> ResolvedBenchma
         raise UsageError(f"--data {b.name}={b.root}: no generators found ({kind} layout)")
     seen = [g for g in train if g in found]
     unseen = [g for g in found if g not in train]
-    d = recipe.data
-    items = apply_debias(recipe, index_split(
-        b.root, seen + unseen, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
-        cache_dir=DEFAULT_CACHE_DIR, layout=kind,
-    ))  # fmt: skip
+    items = val_items(recipe, seen + unseen, DEFAULT_CACHE_DIR, root=b.root, layout=kind)
     if not items:
         raise UsageError(f"--data {b.name}={b.root}: no validation images found")
     named = [replace(s, generator=f"{b.name}/{s.generator}") for s in items]  # one stream list

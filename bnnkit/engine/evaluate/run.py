@@ -34,11 +34,11 @@ import torch
 from rich.console import Console
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
-from bnnkit.data.debias import apply_debias, debias_of, debias_record
+from bnnkit.data.debias import debias_of, debias_record
 from bnnkit.data.degrade import ATTACKS, Degradation
 from bnnkit.data.index import DEFAULT_CACHE_DIR
-from bnnkit.data.layouts import Sample, data_notes, index_split, layout_record
-from bnnkit.data.splits import CALIBRATION_SPLIT
+from bnnkit.data.layouts import Sample, data_notes, layout_record
+from bnnkit.data.splits import CALIBRATION_SPLIT, val_items
 from bnnkit.engine.build import load_run
 from bnnkit.engine.device import resolve_device
 from bnnkit.engine.evaluate import attack
@@ -232,10 +232,7 @@ def evaluate_run(
     abstain_on, requested = chosen.abstain_on, chosen.requested
     degradations = list(degradations or [])
     d = recipe.data
-    items = apply_debias(recipe, index_split(
-        d.root, generators, "val", limit=d.val_limit, balance=d.balance, seed=recipe.seed,
-        cache_dir=DEFAULT_CACHE_DIR, layout=d.layout,
-    ))  # fmt: skip
+    items = val_items(recipe, generators, DEFAULT_CACHE_DIR)
     for note in data_notes(d.root, d.layout) if console is not None else ():
         console.print(note, markup=False)
     cal_items = calibration_images(recipe, console)

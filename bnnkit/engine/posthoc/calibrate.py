@@ -36,14 +36,14 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from bnnkit.data.dataset import ImageDataset, build_transform, draft_size
-from bnnkit.data.debias import apply_debias, debias_of
+from bnnkit.data.debias import debias_of
 from bnnkit.data.index import DEFAULT_CACHE_DIR
-from bnnkit.data.layouts import index_split
 from bnnkit.data.splits import (
     CALIBRATION_SPLIT,
     calibration_items,
     calibration_record,
     in_sample_warning,
+    val_items,
 )
 from bnnkit.engine.build import load_run
 from bnnkit.engine.features.cache import cached_features, run_feature_cache
@@ -164,10 +164,7 @@ def calibrate_run(
         items = calibration_items(recipe, DEFAULT_CACHE_DIR)
     else:
         warnings.warn(in_sample_warning("the temperature is"), stacklevel=2)
-        items = index_split(d.root, seen, "val", limit=d.val_limit, balance=d.balance,
-                            seed=recipe.seed, cache_dir=DEFAULT_CACHE_DIR,
-                            layout=d.layout)  # fmt: skip
-        items = apply_debias(recipe, items)
+        items = val_items(recipe, seen, DEFAULT_CACHE_DIR)
     feats = _features(detector, method, recipe, meta, items, device)
     if not len(feats.labels):
         which = "calibration" if d.calibration else "validation"

@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from bnnkit.data.augment import FROZEN_NOTE, SeededSamples, is_active
 from bnnkit.data.dataset import ImageDataset, Normalisation, build_transform, draft_size
-from bnnkit.data.debias import apply_debias, debias_of
-from bnnkit.data.layouts import index_split
-from bnnkit.data.splits import CALIBRATION_SPLIT, train_calibration_split
+from bnnkit.data.debias import debias_of
+from bnnkit.data.splits import CALIBRATION_SPLIT, train_calibration_split, val_items
 from bnnkit.engine.device import Acceleration
 from bnnkit.engine.features.cache import cached_features
 from bnnkit.engine.features.loop import Features, extract_features, make_loader, worker_count
@@ -62,9 +61,7 @@ class TrainData:
         d, r = self.recipe.data, self.recipe
         gens = list(d.train_generators)
         train, self.calibration = train_calibration_split(r, self.cache_dir)
-        val = index_split(d.root, gens, "val", limit=d.val_limit, balance=d.balance, seed=r.seed,
-                          cache_dir=self.cache_dir, layout=d.layout)  # fmt: skip
-        val = apply_debias(r, val)  # data.debias size_matched (train/calibration: in the split)
+        val = val_items(r, gens, self.cache_dir)
         if not train:
             raise UsageError(f"no training images found under '{d.root}' for {', '.join(gens)}")
         return train, val
