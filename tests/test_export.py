@@ -269,3 +269,17 @@ def test_a_partial_checkpoint_exports_its_base_reference(trained_run, tmp_path):
     assert json.loads((result.path / "config.json").read_text())["base"] == base
     card = (result.path / "README.md").read_text()
     assert "only the lora tensors; the base is rebuilt from the file /data/base.safetensors" in card
+
+
+def test_metrics_of_other_weights_are_left_out_of_an_export(evaluated, tmp_path):
+    """metrics.json is quoted only when its evaluation's threshold.json holds these weights'
+    sha256; a run trained further since shows no numbers that belong to other weights."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    threshold = json.loads((run / "threshold.json").read_text())
+    threshold["model_sha256"] = "0" * 64  # as if the run had been trained further since
+    (run / "threshold.json").write_text(json.dumps(threshold))
+    result = export_run(run, tmp_path / "out")
+    assert not result.evaluated and "metrics.json" not in result.files
+    assert any("metrics.json cannot be tied to these weights" in n for n in result.notes)
+    assert "Not evaluated" in (tmp_path / "out" / "README.md").read_text()

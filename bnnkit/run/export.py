@@ -192,6 +192,10 @@ def export_run(run: str | Path, dest: str | Path, *, force: bool = False) -> Exp
         elif record is not None:
             fitted[name] = record
     threshold, temperature = fitted.get(THRESHOLD_FILE), fitted.get(TEMPERATURE_FILE)
+    if metrics is not None and threshold is None:  # written together by one evaluate
+        notes.append(f"{METRICS_FILE} cannot be tied to these weights (its {THRESHOLD_FILE} is "
+                     "missing or for other weights); left out")  # fmt: skip
+        metrics = None
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"

@@ -107,10 +107,17 @@ def _detector(config: dict[str, Any]) -> list[str]:
 def _evaluation(metrics: dict[str, Any], threshold: dict[str, Any] | None) -> list[str]:
     seen, unseen = metrics.get("seen") or {}, metrics.get("unseen") or {}
     ood = ", ".join(metrics.get("ood_generators") or []) or "none"
+    cal = (metrics.get("abstention") or {}).get("calibration") or {}
+    in_sample = cal.get("split") == metrics.get("split", "val")
+    never = (
+        "never trained on; the thresholds were calibrated on its seen images: in-sample"
+        if in_sample
+        else "never trained or calibrated on"
+    )
     lines = [
         "## Evaluation",
         "",
-        f"On the `{metrics.get('split', 'val')}` split (never trained or calibrated on), "
+        f"On the `{metrics.get('split', 'val')}` split ({never}), "
         f"K = {_num(metrics.get('samples'))} posterior samples; unseen generators: {ood}.",
         "",
         "| images | n | accuracy | AUROC | R.Acc | F.Acc | ECE |",
@@ -127,15 +134,14 @@ def _evaluation(metrics: dict[str, Any], threshold: dict[str, Any] | None) -> li
     score = abst.get("score")
     block = (abst.get("by_score") or {}).get(score) or {}
     kept, caught = block.get("seen") or {}, block.get("unseen_combined") or {}
-    cal = abst.get("calibration") or {}
     lines += [
         "",
         "## Abstention",
         "",
         f"`bnnkit predict` answers *uncertain* when the score `{score}` is above "
         f"{_num(block.get('threshold'), 4)} (`threshold.json`), set for a target coverage of "
-        f"{_pct(abst.get('coverage_target'))} of seen images on the calibration split "
-        f"({cal.get('split', '–')}: {_num(cal.get('n'))} images of "
+        f"{_pct(abst.get('coverage_target'))} of seen images on the `{cal.get('split', '–')}` "
+        f"split ({_num(cal.get('n'))} images of "
         f"{', '.join(cal.get('generators') or []) or '–'}).",
         "",
         f"- seen images kept: {_pct(kept.get('coverage'))} "
