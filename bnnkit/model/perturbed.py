@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnkit.model.detector import Detector, FeatureStandardiser
+from bnnkit.model.detector import Detector, FeatureStandardiser, select_pool
 from bnnkit.model.heads import Head
 
 #: the perturbation kinds and their code in the ``spec`` buffer
@@ -82,13 +82,7 @@ class PerturbedBackbone(nn.Module):
     def use_cls_token(self) -> None:
         """``model.pool = "cls"``: the base backbone's CLS readout (a ``ValueError`` if it
         has none; the plain detector around the base already switched it)."""
-        switch = getattr(self.base, "use_cls_token", None)
-        if switch is None:
-            raise ValueError(
-                f"model.pool = 'cls' needs a backbone with a CLS token (a ViT-style timm "
-                f"model); {type(self.base).__name__} has none: use pool = 'avg' or 'max'"
-            )
-        switch()
+        select_pool(self.base, "cls")
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Refuse a checkpoint whose perturbations differ from this module's (an evaluation

@@ -65,16 +65,13 @@ def model_digest(detector: Detector, recipe: Any) -> str:
     stored dtype (computed once per command, not per folder)."""
     h = hashlib.sha256()
     h.update(_weights_digest(detector).encode())
+    frontend = detector.input_filter_name  # hashes a learnable frontend's tensors: once
     h.update(
         json.dumps(
             {
                 "backbone": recipe.model.backbone.name,
                 "pool": detector.pool,
-                **(
-                    {}
-                    if detector.input_filter_name == "none"
-                    else {"input_filter": detector.input_filter_name}
-                ),  # fmt: skip
+                **({} if frontend == "none" else {"input_filter": frontend}),
                 "image_size": recipe.data.image_size,
                 "preprocess": recipe.data.preprocess,
                 "jpeg_draft": draft_size(
