@@ -248,3 +248,26 @@ def test_parquet_manifest_without_pyarrow_names_the_package(tmp_path, monkeypatc
     (tmp_path / "list.parquet").write_bytes(b"PAR1")
     with pytest.raises(UsageError, match="needs the 'pyarrow' package"):
         index_split(tmp_path / "list.parquet", ["x"], "val")
+
+
+def test_a_manifest_is_parsed_once_per_version_and_stat_once_per_row(tmp_path, monkeypatch):
+    import os
+
+    from bnnkit.data import manifest
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    file = tmp_path / "manifest.csv"
+    file.write_text("path,label\na.png,real\nmissing.png,fake\n")
+    calls = []
+    real_stat = os.stat
+    monkeypatch.setattr(manifest.os, "stat", lambda p, *a, **k: calls.append(p) or real_stat(p))
+    first = manifest.read_manifest(tmp_path)
+    before = manifest._parsed.cache_info().hits
+    again = manifest.read_manifest(tmp_path)
+    assert manifest._parsed.cache_info().hits == before + 1  # not parsed again
+    assert [r.path.name for r in again.rows] == [r.path.name for r in first.rows] == ["a.png"]
+    assert [p.reason for p in again.problems] == ["file not found"]
+    rows = [p for p in calls if str(p).endswith(".png")]
+    assert len(rows) == 4  # two rows, two reads: one stat per row each time
+    file.write_text("path,label\na.png,real\nmissing.png,fake\na.png,fake\n")  # a new version
+    assert len(manifest.read_manifest(tmp_path).rows) == 2

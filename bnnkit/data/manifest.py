@@ -18,7 +18,9 @@ the manifest is read, and ``data check`` decodes every one.
 from __future__ import annotations
 
 import csv
+import functools
 import os
+import stat as stat_mod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,15 @@ def manifest_file(root: str | Path) -> Path | None:
 
 
 def _records(file: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The manifest's columns and rows, parsed once per version of the file: one command reads
+    the manifest several times (generators, families, each split, the data notes)."""
+    st = file.stat()
+    return _parsed(str(file.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, mtime_ns: int, size: int) -> tuple[list[str], list[dict[str, Any]]]:
+    file = Path(path)  # mtime_ns and size key the cache: a changed manifest is read again
     if file.suffix.lower() in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq
@@ -172,7 +183,7 @@ def read_manifest(root: str | Path, *, stat: bool = True) -> Manifest:
             except OSError:
                 out.problems.append(Problem(i, path_text, "file not found"))
                 continue
-            if not os.path.isfile(path):
+            if not stat_mod.S_ISREG(st.st_mode):  # the stat just made, not a second one
                 out.problems.append(Problem(i, path_text, "not a file"))
                 continue
             size, mtime = st.st_size, st.st_mtime_ns
