@@ -63,13 +63,11 @@ def threshold_record(
     coverage_seen: float,
     samples: int,
     method: str,
-    seen: list[str],
-    n_calibration: int,
+    calibrated_on: dict[str, Any],
     run_dir: Path,
     options: dict[str, Any] | None = None,
     score_fit: dict[str, Any] | None = None,
     score_options: dict[str, dict[str, Any]] | None = None,
-    calibrated_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of ``threshold.json`` (schema 2) for the chosen abstention ``score`` (its
     ``options``; ``score_options``: the options of ``score`` and of every score it reads,
@@ -91,8 +89,8 @@ def threshold_record(
         "thresholds": thresholds,
         "samples": samples,
         "method": method,
-        # the images the thresholds were set on (evaluate: the calibration split's)
-        "calibrated_on": calibrated_on or {"split": "val", "generators": seen, "n": n_calibration},
+        # the images the thresholds were set on (the calibration split's; an old run's: val)
+        "calibrated_on": calibrated_on,
         "model_sha256": model_fingerprint(run_dir),
         "rule": f"verdict 'uncertain' when score {score} > threshold",
     }

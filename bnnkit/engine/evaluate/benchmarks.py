@@ -220,7 +220,7 @@ def evaluate_benchmarks(
     metrics = clean_json(metrics)
     atomic_write_text(layout.metrics, json.dumps(metrics, indent=2))
     write_threshold_file(
-        run_dir, metrics, recipe, fitted, k=k, seen=train, fit_info=fit_info,
+        run_dir, metrics, recipe, fitted, k=k, fit_info=fit_info,
         inference=inference, tiling=None,
         t_value=temperature["temperature"] if temperature else None,
     )  # fmt: skip

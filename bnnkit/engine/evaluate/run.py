@@ -322,7 +322,7 @@ def evaluate_run(
     metrics = clean_json(metrics)
     atomic_write_text(layout.metrics, json.dumps(metrics, indent=2))
     write_threshold_file(
-        run_dir, metrics, recipe, fitted, k=k, seen=seen, fit_info=fit_info,
+        run_dir, metrics, recipe, fitted, k=k, fit_info=fit_info,
         inference=inference, tiling=tiling, t_value=t_value,
     )  # fmt: skip
     paths = [s.path for s in items]

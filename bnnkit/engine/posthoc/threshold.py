@@ -17,8 +17,7 @@ from bnnkit.run.threshold import threshold_record, write_threshold
 
 def write_threshold_file(
     run_dir: Path, metrics: dict[str, Any], recipe: Any, fitted: Abstention, *, k: int,
-    seen: list[str], fit_info: dict[str, Any], inference: dict[str, Any], tiling: Any,
-    t_value: float | None,
+    fit_info: dict[str, Any], inference: dict[str, Any], tiling: Any, t_value: float | None,
 ) -> None:  # fmt: skip
     """Write ``threshold.json``: the threshold per score, what it was calibrated on and the
     options ``bnnkit predict`` must rebuild the scores with."""
@@ -31,8 +30,6 @@ def write_threshold_file(
         coverage_seen=metrics["abstention"]["by_score"][score]["seen"]["coverage"],
         samples=k,
         method=recipe.inference.name,
-        seen=seen,
-        n_calibration=fitted.n_cal,
         calibrated_on=fitted.calibrated_on,
         run_dir=run_dir,
         options=fitted.options,
