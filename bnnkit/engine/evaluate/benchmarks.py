@@ -229,11 +229,9 @@ def evaluate_benchmarks(
     write_report(run_dir, metrics, all_pooled, plots=plots)
     t_end = time.perf_counter()
 
-    class _NoPartial:
-        reused: list[str] = []
-
-    timing = timing_record(stats, all_pooled, k, t_end - t_report, t_end - t_start, meta, device,
-                           _NoPartial())  # fmt: skip
+    timing = timing_record(
+        stats, all_pooled, k, t_end - t_report, t_end - t_start, meta, device, reused=[]
+    )
     timing["scores"] = score_timing(fit_info, fitted.seconds, fitted.seen_fit, t_fit - t_start)
     timing["images_streamed"] = streamed_counts(records, fit_on, stats)
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))

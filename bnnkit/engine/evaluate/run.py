@@ -335,7 +335,7 @@ def evaluate_run(
     write_report(run_dir, metrics, clean, plots=plots)
     t_end = time.perf_counter()
     timing = timing_record(
-        stats, clean, k, t_end - t_report, t_end - t_start, meta, device, partial
+        stats, clean, k, t_end - t_report, t_end - t_start, meta, device, partial.reused
     )
     timing["scores"] = score_timing(fit_info, fitted.seconds, fitted.seen_fit, t_fit - t_start)
     atomic_write_text(layout.timing, json.dumps(clean_json(timing), indent=2))

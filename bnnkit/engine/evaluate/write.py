@@ -24,7 +24,7 @@ from typing import Any
 CLEAN = "clean"
 
 
-def timing_record(stats, clean, k, report_s, total_s, meta, device, partial) -> dict[str, Any]:
+def timing_record(stats, clean, k, report_s, total_s, meta, device, reused) -> dict[str, Any]:
     """``timing.json`` without its ``scores`` block (:func:`score_timing`)."""
     c = stats[CLEAN]
     n = max(len(clean), 1)
@@ -47,7 +47,7 @@ def timing_record(stats, clean, k, report_s, total_s, meta, device, partial) -> 
         "total_seconds": total_s,
         "train_seconds": meta.get("train_seconds"),
         "device": str(device),
-        "reused_conditions": partial.reused,
+        "reused_conditions": list(reused),
     }
 
 
