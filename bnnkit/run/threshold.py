@@ -63,11 +63,11 @@ def threshold_record(
     coverage_seen: float,
     samples: int,
     method: str,
-    calibrated_on: dict[str, Any],
     run_dir: Path,
     options: dict[str, Any] | None = None,
     score_fit: dict[str, Any] | None = None,
     score_options: dict[str, dict[str, Any]] | None = None,
+    calibrated_on: dict[str, Any],
 ) -> dict[str, Any]:
     """The content of ``threshold.json`` (schema 2) for the chosen abstention ``score`` (its
     ``options``; ``score_options``: the options of ``score`` and of every score it reads,
